@@ -1,0 +1,284 @@
+"""Matérn 5/2 kernel on inverse distances, with its energy/force derivative blocks.
+
+Implements method.md "Kernel (Matérn 5/2 on descriptors)" and the PS kernel of
+"Permutation symmetry". With u = D(x_a) − D(x_b), ρ = |u|, s = √5 ρ / γ::
+
+    k          = (1 + s + s²/3) e^{−s}
+    cov(E_a, F_b) = −J_bᵀ ∂k/∂D_b = −c1 · (J_bᵀ u)
+    cov(F_a, F_b) = J_aᵀ H J_b,   block (i, j) = c1 (J_aᵀ J_b)_{ij} − c2 (J_aᵀ u)_i (J_bᵀ u)_jᵀ
+    c1 = 5/(3γ²) (1 + s) e^{−s},  c2 = 25/(3γ⁴) e^{−s}
+
+J and H are never formed. With V[i, k] = (r_i − r_k)/|r_i − r_k|³ (see
+``aff_app.descriptors``):
+
+* (J_aᵀ J_b)_{ij} = −V_a[i, j] V_b[i, j]ᵀ for i ≠ j (one pair), and
+  Σ_k V_a[i, k] V_b[i, k]ᵀ for i = j (the N−1 pairs of atom i);
+* (J_aᵀ u)_i = −Σ_k U[i, k] V_a[i, k] where U is u as a symmetric N×N matrix.
+  Splitting U = D_a − D_b gives (J_aᵀ u)_i = X[a, b, i] − β[a, i] with
+  β[a, i] = Σ_k D_a[i, k] V_a[i, k] and X[a, b, i] = Σ_k D_b[i, k] V_a[i, k]:
+  one small matrix product per atom instead of a P-long loop.
+
+The PS kernel averages over a permutation group {P_q}, q = 1..S
+(method.md: k_s(x_a, x_b) = (1/S) Σ_q k(x_a, P_q x_b)); a permutation ``p``
+acts on positions as ``R[p]``, so atom j of x_b sits at position p⁻¹(j) of
+P x_b. Every function takes ``perms=None`` (S = 1, the plain kernel).
+
+Work is vectorised over configuration pairs, chunked over rows of the output
+so temporaries stay within ``chunk_bytes``, and the chunks run on a thread
+pool (numpy releases the GIL inside its kernels).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .descriptors import geometry_terms, pair_indices
+
+#: Default bound on the temporaries of one chunk of kernel rows (bytes).
+CHUNK_BYTES = 192 * 2**20
+
+
+def n_threads() -> int:
+    """Threads used for kernel assembly (``AFF_THREADS`` overrides; default: cores)."""
+    env = os.environ.get("AFF_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Per-frame terms the kernel needs, computed once per set of frames.
+
+    Attributes
+    ----------
+    D : (M, P) inverse distances in THE pair order, 1/Å
+    Dmat : (M, N, N) the same as symmetric matrices (zero diagonal)
+    V : (M, N, N, 3) compact Jacobian, 1/Å² (see ``aff_app.descriptors``)
+    """
+
+    D: np.ndarray
+    Dmat: np.ndarray
+    V: np.ndarray
+
+    @classmethod
+    def from_positions(cls, R: np.ndarray) -> "Geometry":
+        Dmat, V = geometry_terms(R)
+        i, j = pair_indices(Dmat.shape[1])
+        return cls(D=Dmat[:, i, j], Dmat=Dmat, V=V)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.D.shape[0])
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.Dmat.shape[1])
+
+    def permuted(self, p: np.ndarray) -> "Geometry":
+        """Terms of the permuted frames R[:, p] (no recomputation of distances)."""
+        p = np.asarray(p)
+        Dmat = self.Dmat[:, p][:, :, p]
+        V = self.V[:, p][:, :, p]
+        i, j = pair_indices(Dmat.shape[1])
+        return Geometry(D=Dmat[:, i, j], Dmat=Dmat, V=V)
+
+    def take(self, frames) -> "Geometry":
+        return Geometry(D=self.D[frames], Dmat=self.Dmat[frames], V=self.V[frames])
+
+
+def _coerce(x) -> Geometry:
+    return x if isinstance(x, Geometry) else Geometry.from_positions(x)
+
+
+def _perm_list(perms, n_atoms: int) -> list[np.ndarray]:
+    if perms is None:
+        return [np.arange(n_atoms)]
+    perms = np.asarray(perms, dtype=np.int64)
+    if perms.ndim != 2 or perms.shape[1] != n_atoms:
+        raise ValueError(f"perms must have shape (S, {n_atoms}), got {perms.shape}")
+    return list(perms)
+
+
+def matern52(rho: np.ndarray, gamma: float) -> np.ndarray:
+    """k(ρ) = (1 + s + s²/3) e^{−s}, s = √5 ρ/γ (method.md, dimensionless)."""
+    s = np.sqrt(5.0) * np.asarray(rho) / gamma
+    return (1.0 + s + s * s / 3.0) * np.exp(-s)
+
+
+def _coefficients(rho: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k, c1, c2 of method.md for distances ρ in descriptor space."""
+    s = np.sqrt(5.0) * rho / gamma
+    e = np.exp(-s)
+    k = (1.0 + s + s * s / 3.0) * e
+    c1 = (5.0 / (3.0 * gamma**2)) * (1.0 + s) * e
+    c2 = (25.0 / (3.0 * gamma**4)) * e
+    return k, c1, c2
+
+
+def _rho(Da: np.ndarray, Db: np.ndarray) -> np.ndarray:
+    # Direct differences, not |a|²+|b|²−2ab: the latter loses ~1e-8 relative
+    # accuracy near ρ = 0, enough to break positive definiteness at λ ≈ 1e-10.
+    u = Da[:, None, :] - Db[None, :, :]
+    return np.sqrt(np.einsum("abp,abp->ab", u, u))
+
+
+def _jtu(G_self: Geometry, G_other: Geometry, atoms: np.ndarray, self_is_a: bool) -> np.ndarray:
+    """(J_selfᵀ u)_i for atoms i, all pairs: shape (M_a, M_b, l, 3), u = D_a − D_b."""
+    Vs = G_self.V[:, atoms]  # (Ms, l, N, 3)
+    beta = np.einsum("mik,mikc->mic", G_self.Dmat[:, atoms], Vs)  # (Ms, l, 3)
+    # X[s, o, i, c] = Σ_k D_other[o, i, k] V_self[s, i, k, c]: one GEMM per atom
+    Do = G_other.Dmat[:, atoms]  # (Mo, l, N)
+    X = np.matmul(Vs.transpose(1, 0, 3, 2), Do.transpose(1, 2, 0)[:, None])  # (l, Ms, 3, Mo)
+    X = X.transpose(1, 3, 0, 2)  # (Ms, Mo, l, 3)
+    if self_is_a:  # (J_aᵀ u)_i = X − β_a
+        return X - beta[:, None]
+    # self is b: (J_bᵀ u)_j = −Σ_k (D_a − D_b)[j,k] V_b[j,k] = β_b − X; transpose to (Ma, Mb, ...)
+    return (beta[:, None] - X).transpose(1, 0, 2, 3)
+
+
+def _force_block(Ga: Geometry, Gb: Geometry, atoms_a, atoms_b, gamma: float) -> np.ndarray:
+    """Plain-kernel force covariance, shape (Ma, la, 3, Mb, lb, 3)."""
+    rho = _rho(Ga.D, Gb.D)
+    _, c1, c2 = _coefficients(rho, gamma)
+    wa = _jtu(Ga, Gb, atoms_a, True)  # (Ma, Mb, la, 3)
+    wb = _jtu(Gb, Ga, atoms_b, False)  # (Ma, Mb, lb, 3)
+    Va = Ga.V[:, atoms_a][:, :, atoms_b]  # (Ma, la, lb, 3)
+    Vb = Gb.V[:, atoms_a][:, :, atoms_b]  # (Mb, la, lb, 3)
+    # −c2 (J_aᵀu)_i (J_bᵀu)_jᵀ  and  c1 · (−V_a[i,j] V_b[i,j]ᵀ)  (i ≠ j; zero when i = j)
+    K = -c2[:, None, None, :, None, None] * np.einsum("abic,abjd->aicbjd", wa, wb)
+    K -= np.einsum("ab,aijc,bijd->aicbjd", c1, Va, Vb, optimize=True)
+    # i = j: c1 Σ_k V_a[i,k] V_b[i,k]ᵀ
+    common, ia, ib = np.intersect1d(atoms_a, atoms_b, return_indices=True)
+    for t, x, y in zip(common, ia, ib):
+        A = Ga.V[:, t].transpose(0, 2, 1).reshape(-1, Ga.n_atoms)  # (Ma*3, N)
+        B = Gb.V[:, t].transpose(0, 2, 1).reshape(-1, Gb.n_atoms)  # (Mb*3, N)
+        S = (A @ B.T).reshape(Ga.n_frames, 3, Gb.n_frames, 3)
+        K[:, x, :, :, y, :] += c1[:, None, :, None] * S
+    return K
+
+
+def _row_chunks(n_rows: int, bytes_per_row: int, chunk_bytes: int, threads: int = 1) -> list[slice]:
+    step = max(1, min(n_rows, chunk_bytes // max(1, bytes_per_row)))
+    if n_rows >= 8 * threads:  # at least one chunk per thread
+        step = min(step, -(-n_rows // threads))
+    return [slice(s, min(s + step, n_rows)) for s in range(0, n_rows, step)]
+
+
+def force_covariance(
+    Ra,
+    Rb,
+    gamma: float,
+    *,
+    atoms_a=None,
+    atoms_b=None,
+    perms=None,
+    chunk_bytes: int = CHUNK_BYTES,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Force–force covariance cov(F(x_a), F(x_b)) of the (PS) Matérn 5/2 kernel.
+
+    Parameters
+    ----------
+    Ra, Rb : ndarray (M, N, 3) in Å, or :class:`Geometry`
+    gamma : float
+        Range γ in descriptor units (1/Å).
+    atoms_a, atoms_b : int arrays, optional
+        Atoms (rows of x_a, columns of x_b); default all. For AFF both are
+        one PE set.
+    perms : ndarray (S, N), optional
+        Permutation group for the PS kernel; None = plain kernel.
+
+    Returns
+    -------
+    K : ndarray, shape (Ma·la·3, Mb·lb·3)
+        Ordered (frame, atom, component); units of 1/Å² (kernel variance 1).
+    """
+    Ga, Gb = _coerce(Ra), _coerce(Rb)
+    n = Ga.n_atoms
+    atoms_a = np.arange(n) if atoms_a is None else np.asarray(atoms_a, dtype=np.int64)
+    atoms_b = np.arange(n) if atoms_b is None else np.asarray(atoms_b, dtype=np.int64)
+    plist = _perm_list(perms, n)
+    ma, mb, la, lb = Ga.n_frames, Gb.n_frames, atoms_a.size, atoms_b.size
+    out = np.zeros((ma, la, 3, mb, lb, 3))
+    # permuted copies of x_b and the positions of atoms_b inside each copy
+    copies = []
+    for p in plist:
+        pinv = np.argsort(p)
+        copies.append((Gb if np.array_equal(p, np.arange(n)) else Gb.permuted(p), pinv[atoms_b]))
+    row_bytes = 8 * mb * (4 * 9 * la * lb + 3 * (la + lb) + Gb.D.shape[1] + 4)
+    threads = n_threads() if threads is None else threads
+    chunks = _row_chunks(ma, row_bytes, chunk_bytes, threads)
+
+    def work(sl: slice) -> None:
+        Gs = Ga.take(sl)
+        acc = out[sl]
+        for Gq, cols in copies:
+            acc += _force_block(Gs, Gq, atoms_a, cols, gamma)
+        if len(copies) > 1:
+            acc /= len(copies)
+
+    _run(work, chunks, threads)
+    return out.reshape(ma * la * 3, mb * lb * 3)
+
+
+def force_covariance_diag(R, gamma: float, *, atoms=None, perms=None) -> np.ndarray:
+    """Prior force covariance of each frame with itself, shape (M, l, 3, l, 3)."""
+    G = _coerce(R)
+    n = G.n_atoms
+    atoms = np.arange(n) if atoms is None else np.asarray(atoms, dtype=np.int64)
+    plist = _perm_list(perms, n)
+    out = np.zeros((G.n_frames, atoms.size, 3, atoms.size, 3))
+    for m in range(G.n_frames):
+        Gm = G.take(slice(m, m + 1))
+        acc = np.zeros((1, atoms.size, 3, 1, atoms.size, 3))
+        for p in plist:
+            pinv = np.argsort(p)
+            acc += _force_block(Gm, Gm.permuted(p), atoms, pinv[atoms], gamma)
+        out[m] = acc[0, :, :, 0] / len(plist)
+    return out
+
+
+def energy_covariance(Ra, Rb, gamma: float, *, perms=None) -> np.ndarray:
+    """Energy–energy covariance k_s(x_a, x_b), shape (Ma, Mb), dimensionless."""
+    Ga, Gb = _coerce(Ra), _coerce(Rb)
+    plist = _perm_list(perms, Ga.n_atoms)
+    K = np.zeros((Ga.n_frames, Gb.n_frames))
+    for p in plist:
+        Gq = Gb.permuted(p)
+        K += matern52(_rho(Ga.D, Gq.D), gamma)
+    return K / len(plist)
+
+
+def energy_force_covariance(Ra, Rb, gamma: float, *, perms=None) -> np.ndarray:
+    """cov(E(x_a), F(x_b)) = −∇_b k_s(x_a, x_b), shape (Ma, Mb, N, 3), 1/Å.
+
+    (method.md: cov(E_a, F_b) = −J_bᵀ ∂k/∂D_b and ∂k/∂D_b = c1 u.)
+    """
+    Ga, Gb = _coerce(Ra), _coerce(Rb)
+    n = Ga.n_atoms
+    plist = _perm_list(perms, n)
+    atoms = np.arange(n)
+    out = np.zeros((Ga.n_frames, Gb.n_frames, n, 3))
+    for p in plist:
+        pinv = np.argsort(p)
+        Gq = Gb.permuted(p)
+        _, c1, _ = _coefficients(_rho(Ga.D, Gq.D), gamma)
+        wb = _jtu(Gq, Ga, pinv[atoms], False)  # (J_bᵀ u) at the positions of atoms 0..N-1
+        out -= c1[:, :, None, None] * wb
+    return out / len(plist)
+
+
+def _run(work, chunks, threads) -> None:
+    threads = n_threads() if threads is None else threads
+    if threads <= 1 or len(chunks) <= 1:
+        for sl in chunks:
+            work(sl)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for f in [pool.submit(work, sl) for sl in chunks]:
+            f.result()
