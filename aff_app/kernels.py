@@ -121,10 +121,21 @@ def _coefficients(rho: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray
 
 
 def _rho(Da: np.ndarray, Db: np.ndarray) -> np.ndarray:
-    # Direct differences, not |a|²+|b|²−2ab: the latter loses ~1e-8 relative
-    # accuracy near ρ = 0, enough to break positive definiteness at λ ≈ 1e-10.
-    u = Da[:, None, :] - Db[None, :, :]
-    return np.sqrt(np.einsum("abp,abp->ab", u, u))
+    """|D_a − D_b| for all pairs, shape (Ma, Mb).
+
+    One GEMM (|a|² + |b|² − 2a·b), then entries close to zero are recomputed
+    from direct differences: the GEMM form loses ~1e-8 relative accuracy near
+    ρ = 0, enough to break positive definiteness at λ ≈ 1e-10.
+    """
+    na = np.einsum("ap,ap->a", Da, Da)
+    nb = np.einsum("bp,bp->b", Db, Db)
+    r2 = na[:, None] + nb[None, :] - 2.0 * (Da @ Db.T)
+    close = r2 < 1e-6 * (na[:, None] + nb[None, :])
+    if np.any(close):
+        ia, ib = np.nonzero(close)
+        u = Da[ia] - Db[ib]
+        r2[ia, ib] = np.einsum("kp,kp->k", u, u)
+    return np.sqrt(np.maximum(r2, 0.0))
 
 
 def _jtu(G_self: Geometry, G_other: Geometry, atoms: np.ndarray, self_is_a: bool) -> np.ndarray:
@@ -141,25 +152,36 @@ def _jtu(G_self: Geometry, G_other: Geometry, atoms: np.ndarray, self_is_a: bool
     return (beta[:, None] - X).transpose(1, 0, 2, 3)
 
 
-def _force_block(Ga: Geometry, Gb: Geometry, atoms_a, atoms_b, gamma: float) -> np.ndarray:
-    """Plain-kernel force covariance, shape (Ma, la, 3, Mb, lb, 3)."""
-    rho = _rho(Ga.D, Gb.D)
-    _, c1, c2 = _coefficients(rho, gamma)
+def _force_block(Ga: Geometry, Gb: Geometry, atoms_a, atoms_b, gamma: float, coef=None, out=None) -> np.ndarray:
+    """Plain-kernel force covariance, shape (Ma, la, 3, Mb, lb, 3).
+
+    ``coef`` = (k, c1, c2) for these frame pairs when already computed (they
+    depend on the frames only, not on the atoms: shared by all PE sets).
+    ``out``: an array of that shape to ADD the block into (saves a pass).
+    """
+    _, c1, c2 = _coefficients(_rho(Ga.D, Gb.D), gamma) if coef is None else coef
+    ma, mb, la, lb = Ga.n_frames, Gb.n_frames, atoms_a.size, atoms_b.size
+    if out is None:
+        out = np.zeros((ma, la, 3, mb, lb, 3))
     wa = _jtu(Ga, Gb, atoms_a, True)  # (Ma, Mb, la, 3)
     wb = _jtu(Gb, Ga, atoms_b, False)  # (Ma, Mb, lb, 3)
-    Va = Ga.V[:, atoms_a][:, :, atoms_b]  # (Ma, la, lb, 3)
-    Vb = Gb.V[:, atoms_a][:, :, atoms_b]  # (Mb, la, lb, 3)
-    # −c2 (J_aᵀu)_i (J_bᵀu)_jᵀ  and  c1 · (−V_a[i,j] V_b[i,j]ᵀ)  (i ≠ j; zero when i = j)
-    K = -c2[:, None, None, :, None, None] * np.einsum("abic,abjd->aicbjd", wa, wb)
-    K -= np.einsum("ab,aijc,bijd->aicbjd", c1, Va, Vb, optimize=True)
-    # i = j: c1 Σ_k V_a[i,k] V_b[i,k]ᵀ
+    # −c2 (J_aᵀu)_i (J_bᵀu)_jᵀ, written straight into the (a, i, c, b, j, d) layout
+    wa_c2 = (wa * (-c2)[:, :, None, None]).transpose(0, 2, 3, 1)[:, :, :, :, None, None]
+    out += wa_c2 * wb[:, None, None]
+    # c1 · (J_aᵀ J_b)_{ij}: −V_a[i,j] V_b[i,j]ᵀ for i ≠ j (V[i, i] = 0, so skip lone atoms)
+    if not (la == 1 and lb == 1 and atoms_a[0] == atoms_b[0]):
+        Va = Ga.V[:, atoms_a][:, :, atoms_b]  # (Ma, la, lb, 3)
+        Vb = Gb.V[:, atoms_a][:, :, atoms_b]  # (Mb, la, lb, 3)
+        out -= np.einsum("ab,aijc,bijd->aicbjd", c1, Va, Vb, optimize=True)
+    # i = j: c1 Σ_k V_a[i,k] V_b[i,k]ᵀ (one GEMM over k per atom)
     common, ia, ib = np.intersect1d(atoms_a, atoms_b, return_indices=True)
     for t, x, y in zip(common, ia, ib):
         A = Ga.V[:, t].transpose(0, 2, 1).reshape(-1, Ga.n_atoms)  # (Ma*3, N)
         B = Gb.V[:, t].transpose(0, 2, 1).reshape(-1, Gb.n_atoms)  # (Mb*3, N)
-        S = (A @ B.T).reshape(Ga.n_frames, 3, Gb.n_frames, 3)
-        K[:, x, :, :, y, :] += c1[:, None, :, None] * S
-    return K
+        S = (A @ B.T).reshape(ma, 3, mb, 3)
+        S *= c1[:, None, :, None]
+        out[:, x, :, :, y, :] += S
+    return out
 
 
 def _row_chunks(n_rows: int, bytes_per_row: int, chunk_bytes: int, threads: int = 1) -> list[slice]:
@@ -198,32 +220,74 @@ def force_covariance(
     K : ndarray, shape (Ma·la·3, Mb·lb·3)
         Ordered (frame, atom, component); units of 1/Å² (kernel variance 1).
     """
+    n = _coerce(Ra).n_atoms if not isinstance(Ra, Geometry) else Ra.n_atoms
+    atoms_a = np.arange(n) if atoms_a is None else atoms_a
+    atoms_b = atoms_a if atoms_b is None and atoms_a is not None else (np.arange(n) if atoms_b is None else atoms_b)
+    return force_covariance_sets(
+        Ra, Rb, gamma, [(atoms_a, atoms_b)], perms=perms, chunk_bytes=chunk_bytes, threads=threads
+    )[0]
+
+
+def force_covariance_sets(
+    Ra,
+    Rb,
+    gamma: float,
+    sets,
+    *,
+    perms=None,
+    chunk_bytes: int = CHUNK_BYTES,
+    threads: int | None = None,
+) -> list[np.ndarray]:
+    """Force covariance blocks of several atom sets in one pass over frame pairs.
+
+    The descriptor distances ρ and the coefficients c1, c2 depend on the frames
+    only, so they are computed once per chunk and permutation and shared by all
+    sets (for AFF: all PE sets of the molecule).
+
+    Parameters
+    ----------
+    sets : list of int arrays, or of (atoms_a, atoms_b) pairs
+        For a PE set ``S`` pass ``S`` (rows and columns both ``S``).
+
+    Returns
+    -------
+    list of ndarray, shapes (Ma·la·3, Mb·lb·3), in the order of ``sets``.
+    """
     Ga, Gb = _coerce(Ra), _coerce(Rb)
     n = Ga.n_atoms
-    atoms_a = np.arange(n) if atoms_a is None else np.asarray(atoms_a, dtype=np.int64)
-    atoms_b = np.arange(n) if atoms_b is None else np.asarray(atoms_b, dtype=np.int64)
+    pairs = []
+    for s in sets:
+        if isinstance(s, tuple):
+            a, b = s
+        else:
+            a = b = s
+        pairs.append((np.asarray(a, dtype=np.int64).reshape(-1), np.asarray(b, dtype=np.int64).reshape(-1)))
     plist = _perm_list(perms, n)
-    ma, mb, la, lb = Ga.n_frames, Gb.n_frames, atoms_a.size, atoms_b.size
-    out = np.zeros((ma, la, 3, mb, lb, 3))
-    # permuted copies of x_b and the positions of atoms_b inside each copy
+    ma, mb = Ga.n_frames, Gb.n_frames
+    outs = [np.zeros((ma, a.size, 3, mb, b.size, 3)) for a, b in pairs]
+    # permuted copies of x_b; atom j of x_b sits at position p⁻¹(j) of the copy
     copies = []
     for p in plist:
         pinv = np.argsort(p)
-        copies.append((Gb if np.array_equal(p, np.arange(n)) else Gb.permuted(p), pinv[atoms_b]))
-    row_bytes = 8 * mb * (4 * 9 * la * lb + 3 * (la + lb) + Gb.D.shape[1] + 4)
+        Gq = Gb if np.array_equal(p, np.arange(n)) else Gb.permuted(p)
+        copies.append((Gq, [pinv[b] for _, b in pairs]))
+    lmax = max(max(a.size, b.size) for a, b in pairs)
+    row_bytes = 8 * mb * (4 * 9 * lmax * lmax + 6 * lmax + 8)
     threads = n_threads() if threads is None else threads
     chunks = _row_chunks(ma, row_bytes, chunk_bytes, threads)
 
     def work(sl: slice) -> None:
         Gs = Ga.take(sl)
-        acc = out[sl]
         for Gq, cols in copies:
-            acc += _force_block(Gs, Gq, atoms_a, cols, gamma)
+            coef = _coefficients(_rho(Gs.D, Gq.D), gamma)
+            for out, (a, _), c in zip(outs, pairs, cols):
+                _force_block(Gs, Gq, a, c, gamma, coef, out=out[sl])
         if len(copies) > 1:
-            acc /= len(copies)
+            for out in outs:
+                out[sl] /= len(copies)
 
     _run(work, chunks, threads)
-    return out.reshape(ma * la * 3, mb * lb * 3)
+    return [out.reshape(ma * a.size * 3, mb * b.size * 3) for out, (a, b) in zip(outs, pairs)]
 
 
 def force_covariance_diag(R, gamma: float, *, atoms=None, perms=None) -> np.ndarray:
