@@ -1,0 +1,29 @@
+"""Shared fixtures: the repository root and the read-only reference data beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+MD17_DIR = SHARED_DIR / "data" / "md17"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The project's root directory."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data/md17`` (real MD17/rMD17 npz files); fails, never skips, when absent."""
+    if not MD17_DIR.is_dir() or not any(MD17_DIR.glob("*.npz")):
+        pytest.fail(
+            f"reference data not found at {MD17_DIR}: the tests need ../shared/data/md17/*.npz "
+            "beside the repository (see ../shared/data/README.md)",
+            pytrace=False,
+        )
+    return MD17_DIR
