@@ -1,0 +1,106 @@
+"""Every ``st.session_state`` key the app uses, in one place, plus small helpers.
+
+Rules (for everyone adding a page):
+
+- Never write a bare string key in a page: add a constant here and import it.
+- Widget keys double as test handles (``at.button(key=...)``, ``at.slider(key=...)``).
+- Derived state (models, predictions...) should remember the
+  ``Trajectory.fingerprint`` it was computed from, so a newly loaded data set
+  is never silently mixed with results of the previous one.
+- A full page reload starts a fresh session: pages that need data call
+  :func:`require_trajectory` first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from aff_app.trajectory import Trajectory
+
+# -- app-wide state -------------------------------------------------------------------
+#: The loaded ``Trajectory`` (replaced only when a new load succeeds).
+TRAJECTORY = "trajectory"
+#: True once this session has tried to open the default sample (so that a user
+#: who loads something else is never overridden by the default again).
+DEFAULT_SAMPLE_TRIED = "default_sample_tried"
+
+#: The Data page's file, absolute (``st.page_link``/``st.switch_page`` accept it from any
+#: page, and from test apps whose entry point lives elsewhere).
+DATA_PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "data.py")
+
+# -- Data page widgets -------------------------------------------------------------------
+DATA_SOURCE_TABS = "data_source_tabs"
+#: Bundled sample picker and its "Load" button.
+SAMPLE_CHOICE = "data_sample_choice"
+SAMPLE_LOAD = "data_sample_load"
+#: Upload and its options.
+UPLOAD_FILE = "data_upload_file"
+UPLOAD_FORMAT = "data_upload_format"
+UPLOAD_FRAMES = "data_upload_frames"
+UPLOAD_LABEL_SET = "data_upload_label_set"
+UPLOAD_ENERGY_KEY = "data_upload_energy_key"
+UPLOAD_FORCES_KEY = "data_upload_forces_key"
+UPLOAD_ENERGY_UNIT = "data_upload_energy_unit"
+UPLOAD_LENGTH_UNIT = "data_upload_length_unit"
+UPLOAD_LOAD = "data_upload_load"
+#: ``(file_id, sha256)`` of the current upload, so large files are hashed once.
+UPLOAD_DIGEST = "data_upload_digest"
+#: Option widgets whose choices depend on the uploaded file (reset when the file changes).
+UPLOAD_FILE_DEPENDENT = (UPLOAD_LABEL_SET, UPLOAD_ENERGY_KEY, UPLOAD_FORCES_KEY)
+#: Simulation inputs.
+SIM_MODE = "data_sim_mode"
+SIM_MOLECULE = "data_sim_molecule"
+SIM_SMILES = "data_sim_smiles"
+SIM_STEPS = "data_sim_steps"
+SIM_TEMPERATURE = "data_sim_temperature"
+SIM_TIMESTEP = "data_sim_timestep"
+SIM_EQUILIBRATION = "data_sim_equilibration"
+SIM_SAMPLE_EVERY = "data_sim_sample_every"
+SIM_SEED = "data_sim_seed"
+SIM_RUN = "data_sim_run"
+#: Frame explorer (slider, 3D view options).
+FRAME = "data_frame"
+SHOW_FORCES = "data_show_forces"
+ARROW_LENGTH = "data_arrow_length"
+SHOW_LABELS = "data_show_labels"
+#: Downloads.
+DOWNLOAD_EXTXYZ = "data_download_extxyz"
+DOWNLOAD_NPZ = "data_download_npz"
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def get_trajectory() -> Trajectory | None:
+    """The loaded trajectory, or None."""
+    traj = st.session_state.get(TRAJECTORY)
+    return traj if isinstance(traj, Trajectory) else None
+
+
+def set_trajectory(traj: Trajectory) -> None:
+    """Make ``traj`` the loaded data set and reset the frame selection.
+
+    Call it only before the frame slider is drawn in the current run (the Data
+    page loads data above the explorer), because it resets the slider's key.
+    """
+    if not isinstance(traj, Trajectory):
+        raise TypeError(f"expected a Trajectory, got {type(traj).__name__}")
+    st.session_state[TRAJECTORY] = traj
+    st.session_state.pop(FRAME, None)
+
+
+def require_trajectory() -> Trajectory:
+    """Return the loaded trajectory, or explain what to do and stop the page.
+
+    Other pages start with ``traj = require_trajectory()``: on a fresh session
+    (e.g. after a browser reload) they show a pointer to the Data page instead
+    of failing.
+    """
+    traj = get_trajectory()
+    if traj is None:
+        st.info("No trajectory loaded — go to the Data page to pick a sample, upload a file or simulate one.")
+        st.page_link(DATA_PAGE, label="Go to the Data page", icon="🗂️")
+        st.stop()
+    return traj

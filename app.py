@@ -1,0 +1,19 @@
+"""aff_app entry point: page configuration and navigation only.
+
+Run with ``bash scripts/start.sh`` (or ``streamlit run app.py``). Each page is
+a thin script under ``pages/``; to add one, add one ``st.Page`` line below.
+
+Icons must be emoji: the browser turns the current page's icon into the
+favicon, and for ``:material/...:`` icons it fetches that from fonts.gstatic.com
+(the app must make no request beyond 127.0.0.1); emoji become a ``data:`` URL.
+"""
+
+import streamlit as st
+
+st.set_page_config(page_title="aff_app · atomized force fields", page_icon="⚛️", layout="wide")
+
+PAGES = [
+    st.Page("pages/data.py", title="Data", icon="🗂️", default=True),
+]
+
+st.navigation(PAGES).run()

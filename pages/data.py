@@ -1,0 +1,183 @@
+"""Data page: load a trajectory (bundled sample, upload, or GFN2-xTB simulation), inspect it, download it.
+
+Thin: widgets -> aff_app library -> render. The loaded trajectory lives in
+``st.session_state[state.TRAJECTORY]`` and is replaced only when a load succeeds.
+"""
+
+import streamlit as st
+
+from aff_app import data as data_lib
+from aff_app import simulate
+from aff_app.ui import data_widgets as dw
+from aff_app.ui import state
+from aff_app.units import ENERGY_UNITS, LENGTH_UNITS
+
+AUTO = "auto"
+
+
+def load_into_session(loader, where, *, announce: bool = True) -> None:
+    """Run ``loader()``; on success make its trajectory the loaded one, else show why (old data stays)."""
+    try:
+        traj = loader()
+    except Exception as exc:  # one place per action turns any failure into a message
+        where.error(f"Loading failed: {dw.error_message(exc)}\n\nThe previously loaded data set is still loaded.")
+        return
+    state.set_trajectory(traj)
+    if announce:
+        where.success(f"Loaded {traj.name or traj.formula}: {traj.n_frames:,} frames of {traj.formula}.")
+
+
+st.title("Data")
+st.caption(
+    "Load a molecular-dynamics trajectory with energies and forces. "
+    "Everything is converted to kcal/mol, Å and kcal/mol/Å on loading."
+)
+
+# A fresh session (first visit, or a browser reload) opens on the bundled benzene sample.
+if state.get_trajectory() is None and not st.session_state.get(state.DEFAULT_SAMPLE_TRIED):
+    st.session_state[state.DEFAULT_SAMPLE_TRIED] = True
+    load_into_session(lambda: dw.load_sample(dw.DEFAULT_SAMPLE), st.container(), announce=False)
+
+tab_sample, tab_upload, tab_sim = st.tabs(["Bundled sample", "Upload a file", "Simulate (GFN2-xTB)"])
+
+# -- (a) bundled samples --------------------------------------------------------------------
+with tab_sample:
+    samples = dw.sample_files()
+    if not samples:
+        st.warning(f"No samples found in {dw.SAMPLE_DIR}.")
+    else:
+        names = list(samples)
+        col_pick, col_btn = st.columns([3, 1], vertical_alignment="bottom")
+        choice = col_pick.selectbox(
+            "Sample (sGDML .npz, kcal/mol and Å)", names,
+            index=names.index(dw.DEFAULT_SAMPLE) if dw.DEFAULT_SAMPLE in names else 0,
+            key=state.SAMPLE_CHOICE,
+        )
+        if col_btn.button("Load sample", key=state.SAMPLE_LOAD, type="primary"):
+            load_into_session(lambda: dw.load_sample(choice), tab_sample)
+
+# -- (b) upload -------------------------------------------------------------------------------
+with tab_upload:
+    upload = st.file_uploader(
+        f"Trajectory file ({', '.join('.' + e for e in data_lib.SUPPORTED_EXTENSIONS)}; up to {data_lib.MAX_UPLOAD_MB} MB)",
+        type=list(data_lib.SUPPORTED_EXTENSIONS),
+        key=state.UPLOAD_FILE,
+        max_upload_size=data_lib.MAX_UPLOAD_MB,
+    )
+    if upload is not None:
+        too_big = upload.size > data_lib.MAX_UPLOAD_MB * 1024 * 1024
+        if too_big:
+            st.error(
+                f"{upload.name} is {upload.size / 1024**2:,.1f} MB; the limit is {data_lib.MAX_UPLOAD_MB} MB. "
+                "Select fewer frames before uploading (e.g. `ase convert` with an index), or load it with the CLI."
+            )
+        else:
+            raw = upload.getvalue()
+            # hash each upload once; a new file resets the options that depend on it
+            memo = st.session_state.get(state.UPLOAD_DIGEST)
+            if not memo or memo[0] != upload.file_id:
+                memo = (upload.file_id, dw.digest(raw))
+                st.session_state[state.UPLOAD_DIGEST] = memo
+                for key in state.UPLOAD_FILE_DEPENDENT:
+                    st.session_state.pop(key, None)
+            content_hash = memo[1]
+
+            c1, c2 = st.columns(2)
+            fmt = c1.selectbox("Format", [AUTO, *data_lib.FORMATS], key=state.UPLOAD_FORMAT,
+                               help="auto: from the file extension (.xyz is read as extended XYZ).")
+            frames = c2.text_input("Frames (ASE slice)", value=":", key=state.UPLOAD_FRAMES,
+                                   help="':' all, '::10' every 10th, '-500:' the last 500, '5' one frame.")
+            fmt = None if fmt == AUTO else fmt
+            opts = dw.label_options_cached(content_hash, upload.name, fmt, _data=raw)
+            if opts["error"]:
+                st.warning(f"Could not inspect the file: {opts['error']}")
+            c3, c4, c5 = st.columns(3)
+            label_set = energy_key = forces_key = None
+            if opts["label_sets"]:
+                label_set = c3.selectbox(
+                    "Label set", opts["label_sets"], key=state.UPLOAD_LABEL_SET,
+                    help="rmd17 = recomputed (E, F); md17 = original MD17 labels (E_md17, F_md17). Never mix them.",
+                )
+            else:
+                c3.selectbox("Label set", ["— (none found)"], disabled=True, key=state.UPLOAD_LABEL_SET)
+            # explicit keys: default to the library's suggestion only when no label set covers the file
+            e_opts = [AUTO, *[k for k in opts["energy"] if k]]
+            f_opts = [AUTO, *[k for k in opts["forces"] if k]]
+            e_default = 0 if opts["label_sets"] or len(e_opts) == 1 else 1
+            f_default = 0 if opts["label_sets"] or len(f_opts) == 1 else 1
+            energy_key = c4.selectbox("Energy key", e_opts, index=e_default, key=state.UPLOAD_ENERGY_KEY,
+                                      help="Which field holds the energies (suggested from the file).")
+            forces_key = c5.selectbox("Forces key", f_opts, index=f_default, key=state.UPLOAD_FORCES_KEY,
+                                      help="Which field holds the forces (suggested from the file).")
+            c6, c7 = st.columns(2)
+            energy_unit = c6.selectbox("Energy unit in the file", [AUTO, *ENERGY_UNITS], key=state.UPLOAD_ENERGY_UNIT,
+                                       help="auto: what the file records, else kcal/mol for .npz and eV for ASE formats. "
+                                            "Forces are taken in energy unit / length unit.")
+            length_unit = c7.selectbox("Length unit in the file", [AUTO, *LENGTH_UNITS], key=state.UPLOAD_LENGTH_UNIT,
+                                       help="auto: what the file records, else Å.")
+
+            def _load_upload():
+                return dw.load_cached(
+                    content_hash, upload.name, fmt, frames.strip() or ":", label_set,
+                    None if energy_key == AUTO else energy_key,
+                    None if forces_key == AUTO else forces_key,
+                    None if energy_unit == AUTO else energy_unit,
+                    None if length_unit == AUTO else length_unit,
+                    _data=raw,
+                )
+
+            if st.button("Load file", key=state.UPLOAD_LOAD, type="primary"):
+                load_into_session(_load_upload, tab_upload)
+
+# -- (c) simulate -----------------------------------------------------------------------------
+with tab_sim:
+    st.caption(
+        "Langevin dynamics with the GFN2-xTB calculator (tblite): a small, reproducible data set "
+        "when no ab initio data is at hand. Takes a few seconds per hundred steps for a small molecule."
+    )
+    mode = st.radio("Molecule from", ["name", "SMILES"], horizontal=True, key=state.SIM_MODE)
+    if mode == "name":
+        molecules = simulate.list_molecules()
+        molecule = st.selectbox("Molecule", molecules,
+                                index=molecules.index("ethanol") if "ethanol" in molecules else 0,
+                                key=state.SIM_MOLECULE)
+        smiles = None
+    else:
+        smiles = st.text_input("SMILES", value="CCO", key=state.SIM_SMILES).strip() or None
+        molecule = None
+    s1, s2, s3, s4, s5, s6 = st.columns(6)
+    steps = s1.number_input(f"Frames (≤ {simulate.MAX_STEPS:,})", min_value=1, max_value=simulate.MAX_STEPS,
+                            value=200, step=50, key=state.SIM_STEPS)
+    sample_every = s2.number_input("MD steps per frame", min_value=1, max_value=1000, value=2,
+                                   key=state.SIM_SAMPLE_EVERY)
+    equilibration = s3.number_input("Equilibration steps", min_value=0, max_value=100_000, value=200, step=100,
+                                    key=state.SIM_EQUILIBRATION, help="MD steps run and discarded first.")
+    temperature = s4.number_input("Temperature (K)", min_value=1.0, max_value=5000.0, value=300.0, step=50.0,
+                                  key=state.SIM_TEMPERATURE)
+    timestep = s5.number_input("Time step (fs)", min_value=0.05, max_value=2.0, value=0.5, step=0.05,
+                               key=state.SIM_TIMESTEP)
+    seed = s6.number_input("Seed", min_value=0, value=0, step=1, key=state.SIM_SEED)
+    if st.button("Run simulation", key=state.SIM_RUN, type="primary"):
+        bar = tab_sim.progress(0.0, text="Starting…")
+
+        def _simulate():
+            return simulate.simulate_trajectory(
+                molecule, smiles=smiles, steps=int(steps), temperature_K=float(temperature),
+                timestep_fs=float(timestep), equilibration_steps=int(equilibration),
+                sample_every=int(sample_every), seed=int(seed),
+                progress=lambda frac, msg: bar.progress(frac, text=msg),
+            )
+
+        load_into_session(_simulate, tab_sim)
+        bar.empty()
+
+# -- the loaded data set ------------------------------------------------------------------------
+traj = state.get_trajectory()
+if traj is None:
+    st.info("Nothing loaded yet: pick a bundled sample, upload a file or run a simulation above.")
+    st.stop()
+
+dw.summary_card(traj)
+dw.frame_explorer(traj)
+st.markdown("##### Download the loaded data")
+dw.download_buttons(traj)
