@@ -1,0 +1,107 @@
+"""Browser-test fixtures: one Streamlit server and one headless Debian chromium per session.
+
+Reusable by every browser test (``@pytest.mark.browser``):
+
+- ``app_url``: base URL of ``streamlit run app.py`` bound to 127.0.0.1 on a free port.
+- ``browser``: Playwright chromium at ``/usr/bin/chromium`` (never ``playwright install``).
+- ``page``: a fresh page (new context, 1400x1000) whose every request is recorded in
+  ``request_log``; at teardown any request that left 127.0.0.1 fails the test.
+
+Helpers (``goto_app``, ``is_local_url``, ``SCREENSHOT_DIR``) live in ``helpers.py``.
+
+Missing chromium or playwright: skipped on a developer machine, but a hard
+failure under ``CI=true`` (the browser tests must never silently skip in CI).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .helpers import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, free_port, unavailable, is_local_url
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    """Start ``streamlit run app.py`` on 127.0.0.1:<free port>; yield its base URL."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", "app.py",
+        "--server.headless", "true",
+        "--server.port", str(port),
+        "--server.address", "127.0.0.1",
+        "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none",
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
+                    if resp.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not answer /_stcore/health within 90 s:\n{log_path.read_text(errors='replace')}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian chromium driven by Playwright's sync API."""
+    if not CHROMIUM.exists():
+        unavailable(f"{CHROMIUM} not found (bash scripts/setup.sh --dev installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is not installed (pip install -r requirements-dev.txt)")
+    from playwright.sync_api import expect
+
+    # the 2-core CI machine is slow on a cold start: wait up to 30 s for each expectation
+    expect.set_options(timeout=30_000)
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def request_log() -> list[str]:
+    """URLs of every request the page (and its iframes) made."""
+    return []
+
+
+@pytest.fixture
+def page(browser, request_log):
+    """A fresh browser page; fails the test at teardown if any request left 127.0.0.1."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.on("request", lambda req: request_log.append(req.url))
+    pg.set_default_timeout(60_000)
+    yield pg
+    context.close()
+    external = sorted({u for u in request_log if not is_local_url(u)})
+    if external:
+        pytest.fail(f"requests left 127.0.0.1: {external[:10]}")

@@ -1,0 +1,57 @@
+"""Helpers shared by the browser tests (imported by conftest.py and the test modules)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+LOCAL_SCHEMES = {"data", "blob", "about"}
+SCREENSHOT_DIR = REPO_ROOT / "docs" / "screenshots"
+
+
+def unavailable(reason: str) -> None:
+    """Skip locally; fail loudly in CI."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"browser tests cannot run under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def is_local_url(url: str) -> bool:
+    """True for 127.0.0.1/localhost URLs and data:, blob:, about: URLs."""
+    parsed = urlparse(url)
+    if parsed.scheme in LOCAL_SCHEMES:
+        return True
+    return parsed.scheme in ("http", "https", "ws", "wss") and (parsed.hostname or "") in LOCAL_HOSTS
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def goto_app(page, app_url: str, path: str = "") -> None:
+    """Open ``app_url/path`` and wait until the app has finished its first run."""
+    page.goto(f"{app_url}/{path.lstrip('/')}")
+    page.wait_for_selector('[data-testid="stApp"]')
+    # Streamlit shows a "running" status widget while the script runs.
+    page.wait_for_selector('[data-testid="stMainBlockContainer"]')
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000
+    )
