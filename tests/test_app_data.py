@@ -198,3 +198,35 @@ def test_simulate_water_replaces_the_data_set():
     assert traj.provenance.source == "simulated:water"
     assert _metrics(at)["Formula"] == "H2O"
     assert traj.has_labels and np.all(np.isfinite(traj.F))
+
+
+def test_upload_over_the_size_limit_is_refused_with_the_numbers(monkeypatch):
+    import aff_app.data
+
+    at = _app()  # opens the default sample before the limit shrinks
+    monkeypatch.setattr(aff_app.data, "MAX_UPLOAD_MB", 1)
+    at.run()  # the uploader is rebuilt with the new limit (a new max_upload_size resets it)
+    raw, _, _ = _water_extxyz(2)
+    big = raw + b" " * (1024 * 1024)  # 1.x MB of otherwise valid extxyz
+    at.file_uploader(key=state.UPLOAD_FILE).set_value(("big.extxyz", big, "text/plain")).run()
+    assert not at.exception, at.exception
+    assert any("the limit is 1 MB" in e.value for e in at.error)
+    assert not [b for b in at.button if b.key == state.UPLOAD_LOAD], "no Load button for a refused file"
+    assert _metrics(at)["Formula"] == "C6H6"
+
+
+@pytest.mark.parametrize("fmt", ["extxyz", "npz"])
+def test_downloads_round_trip_through_the_loader(fmt):
+    from aff_app.data import load_trajectory
+    from aff_app.ui import data_widgets
+
+    at = _app()
+    traj = at.session_state[state.TRAJECTORY].subset(slice(0, 5))
+    raw = data_widgets.export_bytes(traj, fmt)
+    back = load_trajectory(raw, filename=f"x.{fmt}")
+    np.testing.assert_array_equal(back.z, traj.z)
+    np.testing.assert_allclose(back.R, traj.R, rtol=1e-12)
+    np.testing.assert_allclose(back.E, traj.E, rtol=1e-12)
+    np.testing.assert_allclose(back.F, traj.F, rtol=1e-12, atol=1e-12)
+    labels = [el.proto.label for el in at.get("download_button")]
+    assert any("extended XYZ" in x for x in labels) and any("sGDML" in x for x in labels)

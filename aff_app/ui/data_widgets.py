@@ -198,9 +198,9 @@ def frame_explorer(traj: Trajectory) -> None:
     left, right = st.columns([1.15, 1], gap="medium")
     with left:
         if traj.E is not None:
-            st.plotly_chart(figures.energy_per_frame_figure(traj.E, selected=frame), key="data_energy_chart")
+            st.plotly_chart(figures.energy_per_frame_figure(traj.E, selected=frame), key=state.ENERGY_CHART)
         if traj.F is not None:
-            st.plotly_chart(figures.max_force_per_frame_figure(traj.F, selected=frame), key="data_force_chart")
+            st.plotly_chart(figures.max_force_per_frame_figure(traj.F, selected=frame), key=state.FORCE_CHART)
         if traj.E is None and traj.F is None:
             st.info("No energies or forces in this data set: nothing to plot.")
     with right:
@@ -232,7 +232,16 @@ def frame_explorer(traj: Trajectory) -> None:
 # -- downloads ------------------------------------------------------------------------------------
 
 
-def _written_bytes(writer, traj: Trajectory, suffix: str) -> bytes:
+#: Download formats: name -> (writer, file suffix, MIME type).
+EXPORTS = {
+    "extxyz": (data_lib.write_extxyz, ".extxyz", "text/plain"),
+    "npz": (data_lib.write_sgdml_npz, ".npz", "application/octet-stream"),
+}
+
+
+def export_bytes(traj: Trajectory, fmt: str) -> bytes:
+    """The trajectory written by ``aff_app.data``'s writer for ``fmt`` ('extxyz' or 'npz'), as bytes."""
+    writer, suffix, _ = EXPORTS[fmt]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"data{suffix}"
         writer(traj, path)
@@ -245,13 +254,13 @@ def download_buttons(traj: Trajectory) -> None:
     c1, c2 = st.columns(2)
     c1.download_button(
         "Download extended XYZ (eV, Å)",
-        data=lambda: _written_bytes(data_lib.write_extxyz, traj, ".extxyz"),
+        data=lambda: export_bytes(traj, "extxyz"),
         file_name=f"{stem}.extxyz", mime="text/plain", key=state.DOWNLOAD_EXTXYZ, on_click="ignore",
         
     )
     c2.download_button(
         "Download sGDML .npz (kcal/mol, Å)",
-        data=lambda: _written_bytes(data_lib.write_sgdml_npz, traj, ".npz"),
+        data=lambda: export_bytes(traj, "npz"),
         file_name=f"{stem}.npz", mime="application/octet-stream", key=state.DOWNLOAD_NPZ, on_click="ignore",
          disabled=not traj.has_labels,
         help=None if traj.has_labels else "sGDML datasets need energies and forces.",

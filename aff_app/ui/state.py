@@ -65,6 +65,8 @@ FRAME = "data_frame"
 SHOW_FORCES = "data_show_forces"
 ARROW_LENGTH = "data_arrow_length"
 SHOW_LABELS = "data_show_labels"
+ENERGY_CHART = "data_energy_chart"
+FORCE_CHART = "data_force_chart"
 #: Downloads.
 DOWNLOAD_EXTXYZ = "data_download_extxyz"
 DOWNLOAD_NPZ = "data_download_npz"
