@@ -20,7 +20,9 @@ def load_into_session(loader, where, *, announce: bool = True) -> None:
     try:
         traj = loader()
     except Exception as exc:  # one place per action turns any failure into a message
-        where.error(f"Loading failed: {dw.error_message(exc)}\n\nThe previously loaded data set is still loaded.")
+        kept = state.get_trajectory()
+        tail = f"\n\nThe previously loaded data set ({kept.name or kept.formula}) is still loaded." if kept else ""
+        where.error(f"Loading failed: {dw.error_message(exc)}{tail}")
         return
     state.set_trajectory(traj)
     if announce:

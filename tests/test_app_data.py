@@ -230,3 +230,16 @@ def test_downloads_round_trip_through_the_loader(fmt):
     np.testing.assert_allclose(back.F, traj.F, rtol=1e-12, atol=1e-12)
     labels = [el.proto.label for el in at.get("download_button")]
     assert any("extended XYZ" in x for x in labels) and any("sGDML" in x for x in labels)
+
+
+def test_without_bundled_samples_the_page_still_offers_upload_and_simulation(monkeypatch, tmp_path):
+    from aff_app.ui import data_widgets
+
+    monkeypatch.setattr(data_widgets, "SAMPLE_DIR", tmp_path)  # an empty folder
+    at = _app()
+    assert any("no bundled sample 'benzene'" in e.value for e in at.error)
+    assert not any("still loaded" in e.value for e in at.error)
+    assert any("Nothing loaded yet" in i.value for i in at.info)
+    assert state.TRAJECTORY not in at.session_state
+    assert at.file_uploader(key=state.UPLOAD_FILE) is not None
+    assert at.button(key=state.SIM_RUN) is not None
