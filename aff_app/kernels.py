@@ -290,21 +290,42 @@ def force_covariance_sets(
     return [out.reshape(ma * a.size * 3, mb * b.size * 3) for out, (a, b) in zip(outs, pairs)]
 
 
-def force_covariance_diag(R, gamma: float, *, atoms=None, perms=None) -> np.ndarray:
-    """Prior force covariance of each frame with itself, shape (M, l, 3, l, 3)."""
+def force_covariance_self(R, gamma: float, sets, *, perms=None) -> list[np.ndarray]:
+    """Prior force covariance of each frame with itself, per atom set.
+
+    Only the M diagonal frame pairs (m, m) are computed, vectorised over
+    frames (the predictive variance needs these, not the M×M blocks).
+
+    Returns
+    -------
+    list of ndarray, shapes (M, l, 3, l, 3), in the order of ``sets``.
+    """
     G = _coerce(R)
     n = G.n_atoms
-    atoms = np.arange(n) if atoms is None else np.asarray(atoms, dtype=np.int64)
     plist = _perm_list(perms, n)
-    out = np.zeros((G.n_frames, atoms.size, 3, atoms.size, 3))
-    for m in range(G.n_frames):
-        Gm = G.take(slice(m, m + 1))
-        acc = np.zeros((1, atoms.size, 3, 1, atoms.size, 3))
-        for p in plist:
-            pinv = np.argsort(p)
-            acc += _force_block(Gm, Gm.permuted(p), atoms, pinv[atoms], gamma)
-        out[m] = acc[0, :, :, 0] / len(plist)
-    return out
+    sets = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sets]
+    outs = [np.zeros((G.n_frames, s.size, 3, s.size, 3)) for s in sets]
+    for p in plist:
+        pinv = np.argsort(p)
+        Gq = G.permuted(p)
+        u = G.D - Gq.D
+        _, c1, c2 = _coefficients(np.sqrt(np.einsum("mp,mp->m", u, u)), gamma)
+        for out, a in zip(outs, sets):
+            b = pinv[a]
+            # (J_aᵀu)_i = Σ_k Dq[i,k] V[i,k] − β[i];  (J_bᵀu)_j = βq[j] − Σ_k D[j,k] Vq[j,k]
+            wa = np.einsum("mik,mikc->mic", Gq.Dmat[:, a] - G.Dmat[:, a], G.V[:, a])
+            wb = np.einsum("mjk,mjkc->mjc", Gq.Dmat[:, b] - G.Dmat[:, b], Gq.V[:, b])
+            out -= c2[:, None, None, None, None] * np.einsum("mic,mjd->micjd", wa, wb)
+            Va = G.V[:, a][:, :, b]
+            Vb = Gq.V[:, a][:, :, b]
+            out -= c1[:, None, None, None, None] * np.einsum("mijc,mijd->micjd", Va, Vb)
+            common, ia, ib = np.intersect1d(a, b, return_indices=True)
+            for t, x, y in zip(common, ia, ib):
+                out[:, x, :, y, :] += c1[:, None, None] * np.einsum("mkc,mkd->mcd", G.V[:, t], Gq.V[:, t])
+    if len(plist) > 1:
+        for out in outs:
+            out /= len(plist)
+    return outs
 
 
 def energy_covariance(Ra, Rb, gamma: float, *, perms=None) -> np.ndarray:

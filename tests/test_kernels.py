@@ -11,7 +11,7 @@ from aff_app.kernels import (
     energy_covariance,
     energy_force_covariance,
     force_covariance,
-    force_covariance_diag,
+    force_covariance_self,
     matern52,
 )
 
@@ -120,9 +120,10 @@ def test_diag_matches_full_diagonal_blocks():
     R = _frames(3, 4, seed=6)
     perms = np.array([[0, 1, 2, 3], [1, 0, 2, 3]])
     full = force_covariance(R, R, GAMMA, perms=perms).reshape(3, 4, 3, 3, 4, 3)
-    diag = force_covariance_diag(R, GAMMA, perms=perms)
+    diag, sub = force_covariance_self(R, GAMMA, [np.arange(4), np.array([0, 1])], perms=perms)
     for m in range(3):
         np.testing.assert_allclose(diag[m], full[m, :, :, m], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(sub[m], full[m, :2, :, m, :2], rtol=1e-12, atol=1e-14)
 
 
 def test_kernel_is_invariant_and_forces_equivariant_under_rigid_motion():

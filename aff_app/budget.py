@@ -1,0 +1,109 @@
+"""Memory and time estimates for a fit, checked before any kernel is built.
+
+Sizes follow method.md: PE set i has a 3·M·l_i square kernel; AFF factors
+each one (Σ (3 M l_i)³/3 flops), GDML/sGDML one of side 3·M·N ((3MN)³/3).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+#: Fraction of physical memory a fit may use by default.
+DEFAULT_MEMORY_FRACTION = 0.6
+#: Dense Cholesky rate assumed for time estimates (flop/s); measured on a
+#: 2-core machine, see benchmarks/bench_forces.py.
+ASSUMED_FLOPS = 3.0e10
+
+
+class ComputeBudgetError(MemoryError):
+    """A fit that would exceed the memory budget (message carries the numbers)."""
+
+
+def physical_memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 * 2**30
+
+
+def default_budget_bytes() -> int:
+    """``AFF_MEMORY_BUDGET_GB`` if set, else a safe share of this machine's RAM."""
+    env = os.environ.get("AFF_MEMORY_BUDGET_GB")
+    if env:
+        return int(float(env) * 2**30)
+    return int(DEFAULT_MEMORY_FRACTION * physical_memory_bytes())
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """What one fit needs.
+
+    Attributes
+    ----------
+    n_train : int
+        M, training configurations.
+    set_sizes : tuple of int
+        l_i of each set (one set of N atoms for GDML/sGDML).
+    n_perms : int
+        S, permutations averaged in the kernel (build cost scales with S).
+    matrix_sides : tuple of int
+        3·M·l_i, side of each kernel matrix.
+    peak_bytes : int
+        Kernel matrices held at once (all sets, float64) plus the factor of the largest.
+    cholesky_flops : float
+        Σ (3 M l_i)³ / 3.
+    seconds : float
+        Rough wall time of one fit at ``ASSUMED_FLOPS``.
+    """
+
+    n_train: int
+    set_sizes: tuple[int, ...]
+    n_perms: int
+    matrix_sides: tuple[int, ...]
+    peak_bytes: int
+    cholesky_flops: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "n_train": self.n_train,
+            "set_sizes": list(self.set_sizes),
+            "n_perms": self.n_perms,
+            "matrix_sides": list(self.matrix_sides),
+            "peak_GB": self.peak_bytes / 2**30,
+            "cholesky_GFLOP": self.cholesky_flops / 1e9,
+            "seconds_estimate": self.seconds,
+        }
+
+
+def estimate_cost(n_train: int, set_sizes, *, n_perms: int = 1) -> CostEstimate:
+    """Estimate memory and time of a fit of M = ``n_train`` frames."""
+    sides = tuple(3 * int(n_train) * int(l) for l in set_sizes)
+    mats = sum(8 * n * n for n in sides)
+    peak = mats + 8 * max(sides) ** 2
+    flops = sum(n**3 / 3.0 for n in sides)
+    build = sum(8 * n * n for n in sides) * n_perms / 2e9  # memory-bound assembly, ~2 GB/s
+    return CostEstimate(
+        n_train=int(n_train),
+        set_sizes=tuple(int(l) for l in set_sizes),
+        n_perms=int(n_perms),
+        matrix_sides=sides,
+        peak_bytes=int(peak),
+        cholesky_flops=flops,
+        seconds=flops / ASSUMED_FLOPS + build,
+    )
+
+
+def check_budget(estimate: CostEstimate, budget_bytes: int | None = None, *, what: str = "fit") -> None:
+    """Raise :class:`ComputeBudgetError` when the estimate exceeds the budget."""
+    budget = default_budget_bytes() if budget_bytes is None else int(budget_bytes)
+    if estimate.peak_bytes > budget:
+        largest = max(estimate.matrix_sides)
+        raise ComputeBudgetError(
+            f"this {what} needs about {estimate.peak_bytes / 2**30:.1f} GB "
+            f"(M = {estimate.n_train} frames, set sizes {list(estimate.set_sizes)}, largest kernel "
+            f"{largest}×{largest}) but the memory budget is {budget / 2**30:.1f} GB: use fewer training "
+            "frames, use AFF (smaller per-set kernels) instead of GDML/sGDML, or raise the budget "
+            "(AFF_MEMORY_BUDGET_GB)."
+        )

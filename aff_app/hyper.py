@@ -1,0 +1,216 @@
+"""Hyperparameter search for the per-set force GPs (shared γ and λ).
+
+method.md "AFF force model": with F_i ~ N(0, σ_i² (R_i + λI)) the profile
+log-likelihood, σ_i² maximised out, is
+
+    ℓ(γ, λ) = Σ_i −½ [ log|R_i + λI| + n_i log σ̂_i² ],  σ̂_i² = F_iᵀ (R_i + λI)⁻¹ F_i / n_i
+
+(constants dropped), n_i = 3 M l_i. For a fixed γ one eigendecomposition
+R_i = Q Λ Qᵀ makes every λ cost O(n_i): log|R_i + λI| = Σ log(Λ + λ) and
+F_iᵀ(R_i + λI)⁻¹F_i = Σ (QᵀF_i)² / (Λ + λ). The alternative criterion is
+leave-one-frame-out cross-validation, exact for a GP: the residual of frame f
+is B_f⁻¹ (K⁻¹ y)_f with B_f the f-th 3l×3l diagonal block of K⁻¹, both read
+off the same eigendecomposition.
+
+γ is searched on a log grid around the median descriptor distance, then
+refined by golden-section search in log γ; λ on a log grid over many decades
+(the labels are nearly noise-free: method.md warns the nugget matters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: λ grid in units of the kernel scale 5/(3γ²) (the force variance at ρ = 0).
+LAMBDA_GRID_REL = np.logspace(-13, -1, 49)
+
+
+@dataclass
+class SearchResult:
+    """Outcome of a hyperparameter search.
+
+    Attributes
+    ----------
+    gamma, lam : float
+        Selected range (1/Å, descriptor units) and nugget (same units as R_i).
+    criterion : str
+        'likelihood' (profile log-likelihood, larger is better) or 'cv'
+        (leave-one-frame-out mean squared force error, smaller is better).
+    score : float
+        The criterion at (gamma, lam).
+    converged : bool
+        False when the optimum sits on the edge of the searched γ or λ range.
+    history : list of (gamma, lam, score)
+        Every γ evaluated, with its best λ.
+    n_frames : int
+        Frames the search used.
+    """
+
+    gamma: float
+    lam: float
+    criterion: str
+    score: float
+    converged: bool
+    history: list = field(default_factory=list)
+    n_frames: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "gamma": self.gamma,
+            "lam": self.lam,
+            "criterion": self.criterion,
+            "score": self.score,
+            "converged": self.converged,
+            "n_frames": self.n_frames,
+            "history": [list(map(float, h)) for h in self.history],
+        }
+
+
+def _spectrum(K, y):
+    lam, Q = np.linalg.eigh(K)
+    return np.maximum(lam, 0.0), Q, Q.T @ y
+
+
+def _spectra(Ks, ys):
+    """Eigendecompose every set's kernel: sets in parallel, one BLAS thread each.
+
+    The search matrices are small (side ≤ a few thousand); OpenBLAS threads on
+    them were 4× slower than one thread on the 2-core reference machine, so we
+    parallelise across PE sets instead.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from .kernels import n_threads
+
+    if len(Ks) == 1:
+        return [_spectrum(Ks[0], ys[0])]
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=n_threads()) as pool:
+        return list(pool.map(_spectrum, Ks, ys))
+
+
+def profile_loglik(spectra, lams: np.ndarray) -> np.ndarray:
+    """ℓ(λ) for each λ in ``lams`` (shape (L,)), from per-set eigen-decompositions."""
+    total = np.zeros(lams.size)
+    for ev, _, qy in spectra:
+        d = ev[None, :] + lams[:, None]  # (L, n)
+        n = ev.size
+        quad = np.sum(qy[None, :] ** 2 / d, axis=1)
+        total += -0.5 * (np.sum(np.log(d), axis=1) + n * np.log(quad / n))
+    return total
+
+
+def loo_cv_error(spectra, lams: np.ndarray, block: list[int]) -> np.ndarray:
+    """Leave-one-frame-out mean squared force-component error for each λ.
+
+    ``block[i]`` is 3·l_i, the size of one frame's block in set i.
+    """
+    sse = np.zeros(lams.size)
+    count = 0
+    for (ev, Q, qy), b in zip(spectra, block):
+        n = ev.size
+        Qb = Q.reshape(n // b, b, n)  # rows grouped by frame
+        for k, lam in enumerate(lams):
+            w = 1.0 / (ev + lam)
+            alpha = Q @ (w * qy)  # K⁻¹ y
+            Binv = np.einsum("fan,n,fbn->fab", Qb, w, Qb)  # diagonal blocks of K⁻¹
+            r = np.linalg.solve(Binv, alpha.reshape(-1, b, 1))[..., 0]
+            sse[k] += np.sum(r * r)
+        count += n
+    return sse / count
+
+
+def search(
+    build,
+    ys,
+    *,
+    rho_scale: float,
+    criterion: str = "likelihood",
+    gamma: float | None = None,
+    block=None,
+    n_grid: int = 7,
+    n_refine: int = 8,
+    progress=None,
+    n_frames: int = 0,
+) -> SearchResult:
+    """Maximise the profile likelihood (or minimise LOO-CV error) over γ and λ.
+
+    Parameters
+    ----------
+    build : callable γ -> list of ndarray
+        Kernel matrices R_i of the search frames for range γ.
+    ys : list of ndarray
+        Stacked forces F_i of each set (same order).
+    rho_scale : float
+        Typical descriptor distance between search frames (median), 1/Å.
+    gamma : float, optional
+        Fix γ and search λ only.
+    """
+    if criterion not in ("likelihood", "cv"):
+        raise ValueError(f"criterion must be 'likelihood' or 'cv', got {criterion!r}")
+    cache: dict[float, tuple[float, float]] = {}
+    calls = [0]
+    total_calls = 1 if gamma is not None else n_grid + n_refine
+
+    def evaluate(log_g: float) -> float:
+        g = float(np.exp(log_g))
+        if g in cache:
+            return cache[g][0]
+        spectra = _spectra(build(g), ys)
+        lams = LAMBDA_GRID_REL * 5.0 / (3.0 * g * g)
+        if criterion == "likelihood":
+            vals = profile_loglik(spectra, lams)
+            vals = np.where(np.isfinite(vals), vals, -np.inf)
+            k = int(np.argmax(vals))
+            score = float(vals[k])
+        else:
+            vals = loo_cv_error(spectra, lams, block)
+            vals = np.where(np.isfinite(vals), vals, np.inf)
+            k = int(np.argmin(vals))
+            score = -float(vals[k])
+        cache[g] = (score, float(lams[k]), k)
+        calls[0] += 1
+        if progress is not None:
+            progress(min(1.0, calls[0] / total_calls), f"γ = {g:.3g}: best λ = {lams[k]:.2e}")
+        return score
+
+    if gamma is not None:
+        evaluate(np.log(gamma))
+        best_g = float(gamma)
+        lo_edge = hi_edge = False
+    else:
+        grid = np.log(rho_scale) + np.linspace(np.log(0.1), np.log(30.0), n_grid)
+        scores = [evaluate(x) for x in grid]
+        k = int(np.argmax(scores))
+        lo_edge, hi_edge = k == 0, k == n_grid - 1
+        a = grid[max(k - 1, 0)]
+        b = grid[min(k + 1, n_grid - 1)]
+        # golden-section refinement in log γ
+        phi = (np.sqrt(5.0) - 1.0) / 2.0
+        c, d = b - phi * (b - a), a + phi * (b - a)
+        fc, fd = evaluate(c), evaluate(d)
+        for _ in range(max(0, n_refine - 2)):
+            if fc > fd:
+                b, d, fd = d, c, fc
+                c = b - phi * (b - a)
+                fc = evaluate(c)
+            else:
+                a, c, fc = c, d, fd
+                d = a + phi * (b - a)
+                fd = evaluate(d)
+        best_g = max(cache, key=lambda g: cache[g][0])
+    score, lam, k = cache[best_g]
+    lam_edge = k in (0, LAMBDA_GRID_REL.size - 1)
+    history = sorted((g, v[1], v[0] if criterion == "likelihood" else -v[0]) for g, v in cache.items())
+    return SearchResult(
+        gamma=float(best_g),
+        lam=lam,
+        criterion=criterion,
+        score=score if criterion == "likelihood" else -score,
+        converged=not (lo_edge or hi_edge or lam_edge),
+        history=history,
+        n_frames=n_frames,
+    )

@@ -1,0 +1,490 @@
+"""Force GPs: AFF (one GP per PE set) and GDML/sGDML (one set of all atoms).
+
+method.md "AFF force model": PE set i with l_i atoms stacks the forces of its
+atoms over the M training frames, F_i (3·M·l_i values, ordered frame, atom,
+component) and
+
+    F_i ~ N(0, σ_i² (R_i + λ I)),   σ̂_i² = F_iᵀ (R_i + λI)⁻¹ F_i / (3 M l_i)
+    mean at x*:  F̂_i(x*) = R_{*,i}ᵀ (R_i + λI)⁻¹ F_i
+    covariance:  σ̂_i² ( R_i(x*, x*) − R_{*,i}ᵀ (R_i + λI)⁻¹ R_{*,i} )
+
+γ and λ are shared by the sets. GDML = one set holding all atoms with the plain
+kernel; sGDML = the same with the PS kernel over the detected permutation group
+(method.md "Modes that fall out of the same code"). AFF uses the PS kernel over
+the group too (that is what makes predictions equivariant under swapping atoms
+of one PE set); with a trivial group it is the plain kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import scipy.linalg
+
+from .. import __version__
+from ..budget import check_budget, estimate_cost
+from ..hyper import SearchResult, search
+from ..kernels import Geometry, force_covariance_sets, force_covariance_self
+
+MODES = ("aff", "gdml", "sgdml")
+#: Largest relative jitter tried when a Cholesky factorisation fails.
+MAX_JITTER_STEPS = 4
+#: Largest kernel side eigendecomposed during the hyperparameter search.
+MAX_SEARCH_SIDE = 2400
+
+Progress = Callable[[float, str], None]
+
+
+class ModelError(ValueError):
+    """Invalid model input or model file (the message says what and where)."""
+
+
+class FactorizationError(np.linalg.LinAlgError):
+    """Cholesky failed even after raising the jitter (message gives set, size and λ)."""
+
+
+def _noop(fraction: float, message: str) -> None:
+    return None
+
+
+@dataclass
+class ForcePrediction:
+    """Predicted forces with their uncertainty, in kcal/mol/Å.
+
+    Attributes
+    ----------
+    mean : ndarray, shape (B, N, 3)
+        Posterior mean force.
+    std : ndarray, shape (B, N, 3)
+        Posterior standard deviation of the *latent* (noise-free) force.
+    noise_var : ndarray, shape (N,)
+        σ̂_i² λ of each atom's set: the variance a new noisy observation adds.
+    cov : ndarray, shape (B, N, 3, 3) or None
+        Posterior 3×3 covariance of each atom's latent force.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    noise_var: np.ndarray
+    cov: np.ndarray | None = None
+
+    def std_observation(self) -> np.ndarray:
+        """Standard deviation of a new noisy observation, shape (B, N, 3)."""
+        return np.sqrt(self.std**2 + self.noise_var[None, :, None])
+
+    def interval(self, level: float = 0.95, *, kind: str = "latent") -> tuple[np.ndarray, np.ndarray]:
+        """Central interval at ``level`` (e.g. 0.95 → mean ± 1.96 sd).
+
+        kind : 'latent' (the force itself) or 'observation' (a new noisy label).
+        """
+        from scipy.stats import norm
+
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must lie in (0, 1), got {level}")
+        if kind not in ("latent", "observation"):
+            raise ValueError(f"kind must be 'latent' or 'observation', got {kind!r}")
+        sd = self.std if kind == "latent" else self.std_observation()
+        h = norm.ppf(0.5 + level / 2.0) * sd
+        return self.mean - h, self.mean + h
+
+
+@dataclass
+class ForceModel:
+    """A fitted force GP (AFF, GDML or sGDML).
+
+    Attributes
+    ----------
+    mode : {'aff', 'gdml', 'sgdml'}
+    z : (N,) atomic numbers
+    R_train : (M, N, 3) training positions, Å
+    F_train : (M, N, 3) training forces, kcal/mol/Å
+    train_idx : (M,) frame indices in the source trajectory
+    pe_sets : list of int arrays (each set's atoms)
+    perms : (S, N) permutations averaged in the kernel (identity only = plain)
+    gamma : float, range in descriptor units (1/Å)
+    lam : float, nugget
+    sigma2 : (n_sets,) per-set variance σ̂_i², (kcal/mol)²
+    alpha : list of (3 M l_i,) arrays, (R_i + λI)⁻¹ F_i
+    jitter : list of float, extra diagonal added when a factorisation needed it
+    info : dict, provenance (data fingerprint, source, label set, version,
+        search result, timings)
+    """
+
+    mode: str
+    z: np.ndarray
+    R_train: np.ndarray
+    F_train: np.ndarray
+    train_idx: np.ndarray
+    pe_sets: list
+    perms: np.ndarray
+    gamma: float
+    lam: float
+    sigma2: np.ndarray
+    alpha: list
+    jitter: list
+    info: dict = field(default_factory=dict)
+    _chol: list | None = field(default=None, repr=False)
+    _geom: Geometry | None = field(default=None, repr=False)
+
+    # -- sizes -------------------------------------------------------------------
+    @property
+    def n_train(self) -> int:
+        return int(self.R_train.shape[0])
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.z.size)
+
+    @property
+    def atom_to_set(self) -> np.ndarray:
+        out = np.empty(self.n_atoms, dtype=np.int64)
+        for k, s in enumerate(self.pe_sets):
+            out[s] = k
+        return out
+
+    def _geometry(self) -> Geometry:
+        if self._geom is None:
+            self._geom = Geometry.from_positions(self.R_train)
+        return self._geom
+
+    def _factors(self) -> list:
+        """Cholesky factors of R_i + (λ + jitter_i) I (recomputed after load)."""
+        if self._chol is None:
+            Ks = force_covariance_sets(self._geometry(), self._geometry(), self.gamma, self.pe_sets, perms=self.perms)
+            chol = []
+            for k, K in enumerate(Ks):
+                K[np.diag_indices_from(K)] += self.lam + self.jitter[k]
+                chol.append(scipy.linalg.cholesky(K, lower=True, overwrite_a=True, check_finite=False))
+            self._chol = chol
+        return self._chol
+
+    # -- prediction ---------------------------------------------------------------
+    def predict(self, R, *, return_std: bool = True, batch_size: int = 64, progress: Progress | None = None) -> ForcePrediction:
+        """Predict forces at new configurations.
+
+        Parameters
+        ----------
+        R : ndarray, shape (B, N, 3) or (N, 3), Å
+        return_std : bool
+            Compute the posterior standard deviations (needs the Cholesky factors).
+
+        Returns
+        -------
+        ForcePrediction
+        """
+        R = np.asarray(R, dtype=np.float64)
+        if R.ndim == 2:
+            R = R[None]
+        if R.ndim != 3 or R.shape[1:] != (self.n_atoms, 3):
+            raise ModelError(f"positions must have shape (B, {self.n_atoms}, 3) for this model, got {R.shape}")
+        if not np.all(np.isfinite(R)):
+            raise ModelError("positions contain NaN or infinite values")
+        progress = progress or _noop
+        B, N = R.shape[0], self.n_atoms
+        mean = np.zeros((B, N, 3))
+        std = np.zeros((B, N, 3))
+        cov = np.zeros((B, N, 3, 3)) if return_std else None
+        chol = self._factors() if return_std else None
+        Gt = self._geometry()
+        for start in range(0, B, batch_size):
+            sl = slice(start, min(start + batch_size, B))
+            Gb = Geometry.from_positions(R[sl])
+            b = sl.stop - sl.start
+            Kstars = force_covariance_sets(Gb, Gt, self.gamma, self.pe_sets, perms=self.perms)
+            priors = force_covariance_self(Gb, self.gamma, self.pe_sets, perms=self.perms) if return_std else None
+            for k, (s, Ks) in enumerate(zip(self.pe_sets, Kstars)):
+                l = s.size
+                mean[sl, s, :] = (Ks @ self.alpha[k]).reshape(b, l, 3)
+                if return_std:
+                    v = scipy.linalg.solve_triangular(chol[k], Ks.T, lower=True, check_finite=False)
+                    v = v.reshape(-1, b, l, 3)
+                    # per-atom 3×3 posterior covariance: prior − vᵀv (method.md), times σ̂_i²
+                    P = priors[k]  # (b, l, 3, l, 3)
+                    idx = np.arange(l)
+                    prior_blocks = P[:, idx, :, idx, :].transpose(1, 0, 2, 3)  # (b, l, 3, 3)
+                    post = prior_blocks - np.einsum("nfic,nfid->ficd", v, v)
+                    post *= self.sigma2[k]
+                    cov[sl, s] = post
+                    std[sl, s] = np.sqrt(np.maximum(np.einsum("ficc->fic", post), 0.0))
+            progress(sl.stop / B, f"predicted {sl.stop}/{B} frames")
+        noise = np.array([self.sigma2[k] * (self.lam + self.jitter[k]) for k in self.atom_to_set])
+        return ForcePrediction(mean=mean, std=std, noise_var=noise, cov=cov)
+
+    def predict_forces(self, R) -> np.ndarray:
+        """Posterior mean forces only, shape (B, N, 3), kcal/mol/Å."""
+        return self.predict(R, return_std=False).mean
+
+    # -- persistence -------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the model to ``.npz`` (plain arrays only, no pickle)."""
+        sizes = np.array([s.size for s in self.pe_sets], dtype=np.int64)
+        np.savez_compressed(
+            path,
+            format=np.array("aff_app.ForceModel/1"),
+            version=np.array(__version__),
+            mode=np.array(self.mode),
+            z=self.z,
+            R_train=self.R_train,
+            F_train=self.F_train,
+            train_idx=self.train_idx,
+            set_atoms=np.concatenate(self.pe_sets).astype(np.int64),
+            set_sizes=sizes,
+            perms=self.perms,
+            gamma=np.array(self.gamma),
+            lam=np.array(self.lam),
+            sigma2=self.sigma2,
+            alpha=np.concatenate(self.alpha),
+            jitter=np.array(self.jitter, dtype=np.float64),
+            info=np.array(json.dumps(self.info, default=_json_default)),
+        )
+
+    @classmethod
+    def load(cls, path) -> "ForceModel":
+        """Read and validate a model written by :meth:`save`."""
+        try:
+            with np.load(path, allow_pickle=False) as d:
+                data = {k: d[k] for k in d.files}
+        except (ValueError, OSError, EOFError) as exc:
+            # numpy tries pickle on anything that is not a zip: refused, never executed
+            raise ModelError(
+                f"cannot read {path} as a model: it is not an .npz archive of plain arrays "
+                f"(pickled/object data is refused) [{type(exc).__name__}]"
+            ) from exc
+        return cls.from_arrays(data, where=str(path))
+
+    @classmethod
+    def from_arrays(cls, d: dict, *, where: str = "model") -> "ForceModel":
+        need = ["format", "mode", "z", "R_train", "F_train", "train_idx", "set_atoms", "set_sizes", "perms",
+                "gamma", "lam", "sigma2", "alpha", "jitter", "info"]
+        missing = [k for k in need if k not in d]
+        if missing:
+            raise ModelError(f"{where}: missing keys {missing}; is this an aff_app force model?")
+        if str(d["format"]) != "aff_app.ForceModel/1":
+            raise ModelError(f"{where}: unknown model format {str(d['format'])!r}")
+        z = np.asarray(d["z"], dtype=np.int64)
+        n = z.size
+        R, F = np.asarray(d["R_train"], float), np.asarray(d["F_train"], float)
+        m = R.shape[0] if R.ndim == 3 else -1
+        if R.shape != (m, n, 3) or F.shape != R.shape:
+            raise ModelError(f"{where}: R_train {R.shape} / F_train {F.shape} do not match {n} atoms")
+        sizes = np.asarray(d["set_sizes"], dtype=np.int64)
+        atoms = np.asarray(d["set_atoms"], dtype=np.int64)
+        if sizes.sum() != n or np.sort(atoms).tolist() != list(range(n)):
+            raise ModelError(f"{where}: PE sets do not partition the {n} atoms")
+        sets = np.split(atoms, np.cumsum(sizes)[:-1])
+        alpha_all = np.asarray(d["alpha"], float)
+        if alpha_all.size != 3 * m * n:
+            raise ModelError(f"{where}: alpha has {alpha_all.size} values, expected 3·M·N = {3 * m * n}")
+        alpha = np.split(alpha_all, np.cumsum(3 * m * sizes)[:-1])
+        perms = np.asarray(d["perms"], dtype=np.int64)
+        if perms.ndim != 2 or perms.shape[1] != n or any(sorted(p) != list(range(n)) for p in perms.tolist()):
+            raise ModelError(f"{where}: perms must be permutations of {n} atoms, got shape {perms.shape}")
+        mode = str(d["mode"])
+        if mode not in MODES:
+            raise ModelError(f"{where}: unknown mode {mode!r}")
+        sigma2 = np.asarray(d["sigma2"], float)
+        jitter = np.asarray(d["jitter"], float)
+        if sigma2.shape != (len(sets),) or jitter.shape != (len(sets),):
+            raise ModelError(f"{where}: sigma2/jitter must have one value per set ({len(sets)})")
+        gamma, lam = float(d["gamma"]), float(d["lam"])
+        if not (gamma > 0 and lam >= 0 and np.all(sigma2 > 0) and np.all(np.isfinite(alpha_all))):
+            raise ModelError(f"{where}: invalid hyperparameters (γ={gamma}, λ={lam}, σ²={sigma2})")
+        try:
+            info = json.loads(str(d["info"]))
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{where}: provenance is not valid JSON: {exc}") from exc
+        return cls(mode=mode, z=z, R_train=R, F_train=F, train_idx=np.asarray(d["train_idx"], np.int64),
+                   pe_sets=sets, perms=perms, gamma=gamma, lam=lam, sigma2=sigma2, alpha=alpha,
+                   jitter=list(jitter), info=info)
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def _cholesky_with_jitter(K: np.ndarray, lam: float, set_index: int, set_atoms) -> tuple[np.ndarray, float]:
+    """Factor K + λI, escalating a jitter a bounded number of times (ill-conditioned kernels)."""
+    base = float(np.mean(np.diag(K)))
+    diag = np.diag_indices_from(K)
+    jitter = 0.0
+    for step in range(MAX_JITTER_STEPS + 1):
+        A = K.copy() if step < MAX_JITTER_STEPS else K
+        A[diag] += lam + jitter
+        try:
+            return scipy.linalg.cholesky(A, lower=True, overwrite_a=True, check_finite=False), jitter
+        except np.linalg.LinAlgError:
+            jitter = base * 10.0 ** (-10 + 2 * step)
+    raise FactorizationError(
+        f"Cholesky of PE set {set_index} (atoms {list(map(int, set_atoms))}, size {K.shape[0]}) failed with "
+        f"λ = {lam:.3g} even after adding jitter up to {jitter:.3g}: raise λ, or drop duplicate frames."
+    )
+
+
+def select_training_frames(n_frames: int, n_train: int, *, seed: int = 0, exclude=None) -> np.ndarray:
+    """``n_train`` distinct frame indices drawn at random (sorted), avoiding ``exclude``."""
+    pool = np.setdiff1d(np.arange(n_frames), np.asarray([] if exclude is None else exclude, dtype=np.int64))
+    if n_train < 1 or n_train > pool.size:
+        raise ModelError(f"cannot draw {n_train} training frames from {pool.size} available frames")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(pool, size=n_train, replace=False))
+
+
+def fit_force_model(
+    R,
+    F,
+    z,
+    *,
+    mode: str = "aff",
+    pe_sets=None,
+    perms=None,
+    gamma: float | None = None,
+    lam: float | None = None,
+    criterion: str = "likelihood",
+    search_frames: int = 150,
+    train_idx=None,
+    budget_bytes: int | None = None,
+    progress: Progress | None = None,
+    info: dict | None = None,
+    seed: int = 0,
+) -> ForceModel:
+    """Fit a force GP on training frames.
+
+    Parameters
+    ----------
+    R : (M, N, 3) Å; F : (M, N, 3) kcal/mol/Å; z : (N,)
+    mode : 'aff' (one GP per PE set), 'gdml' (all atoms, plain kernel) or
+        'sgdml' (all atoms, PS kernel).
+    pe_sets : list of int arrays
+        The PE sets (AFF); ignored by gdml/sgdml (one set of all atoms).
+    perms : (S, N) int array
+        Permutation group for the PS kernel (aff, sgdml); ignored by gdml.
+    gamma, lam : float, optional
+        Fix the hyperparameters (both given: no search). Otherwise γ and λ are
+        chosen by ``criterion`` ('likelihood' or 'cv') on ``search_frames``
+        frames drawn from the training set (the search factors dense
+        eigendecompositions, so it runs on a subset).
+    budget_bytes : int, optional
+        Memory budget; the fit is refused before any kernel is built when its
+        estimate exceeds it.
+    progress : callable(fraction, message), optional
+
+    Returns
+    -------
+    ForceModel
+    """
+    t0 = time.perf_counter()
+    progress = progress or _noop
+    if mode not in MODES:
+        raise ModelError(f"mode must be one of {MODES}, got {mode!r}")
+    R = np.asarray(R, dtype=np.float64)
+    F = np.asarray(F, dtype=np.float64)
+    z = np.asarray(z, dtype=np.int64)
+    n = z.size
+    if R.ndim != 3 or R.shape[1:] != (n, 3) or F.shape != R.shape:
+        raise ModelError(f"R {R.shape} and F {F.shape} must both have shape (M, {n}, 3)")
+    if not (np.all(np.isfinite(R)) and np.all(np.isfinite(F))):
+        raise ModelError("training positions or forces contain NaN or infinite values")
+    m = R.shape[0]
+    if m < 2:
+        raise ModelError(f"need at least 2 training frames, got {m}")
+    identity = np.arange(n)[None]
+    if mode == "aff":
+        sets = [np.arange(n)[i : i + 1] for i in range(n)] if pe_sets is None else [np.sort(np.asarray(s, np.int64)) for s in pe_sets]
+        allatoms = np.sort(np.concatenate(sets)) if sets else np.array([])
+        if allatoms.tolist() != list(range(n)):
+            raise ModelError(f"PE sets must partition the {n} atoms exactly once each")
+        kperms = identity if perms is None else np.asarray(perms, np.int64)
+    else:
+        sets = [np.arange(n)]
+        kperms = identity if (mode == "gdml" or perms is None) else np.asarray(perms, np.int64)
+    for p in kperms:
+        if sorted(p.tolist()) != list(range(n)) or np.any(z[p] != z):
+            raise ModelError("every permutation must map atoms onto atoms of the same element")
+    for s in sets:
+        for p in kperms:
+            if not np.array_equal(np.sort(p[s]), s):
+                raise ModelError(f"permutation {p.tolist()} does not map PE set {s.tolist()} onto itself")
+    sets.sort(key=lambda s: int(s[0]))
+
+    est = estimate_cost(m, [s.size for s in sets], n_perms=len(kperms))
+    check_budget(est, budget_bytes, what=f"{mode.upper()} fit")
+
+    G = Geometry.from_positions(R)
+    ys_full = [F[:, s, :].reshape(-1) for s in sets]
+    search_result: SearchResult | None = None
+    t_search = 0.0
+    if gamma is None or lam is None:
+        ts = time.perf_counter()
+        # the search eigendecomposes each kernel (≈ 10 n³ flops): keep sides ≤ MAX_SEARCH_SIDE
+        lmax = max(s.size for s in sets)
+        ms = max(2, min(m, int(search_frames), MAX_SEARCH_SIDE // (3 * lmax)))
+        sub = np.sort(np.random.default_rng(seed).choice(m, size=ms, replace=False)) if ms < m else np.arange(m)
+        Gs = G.take(sub)
+        ys = [F[sub][:, s, :].reshape(-1) for s in sets]
+        d = Gs.D
+        rho = np.sqrt(np.maximum(np.sum(d**2, 1)[:, None] + np.sum(d**2, 1)[None] - 2 * d @ d.T, 0))
+        rho_scale = float(np.median(rho[np.triu_indices(ms, 1)])) if ms > 1 else 1.0
+        search_result = search(
+            lambda g: force_covariance_sets(Gs, Gs, g, sets, perms=kperms),
+            ys,
+            rho_scale=rho_scale,
+            criterion=criterion,
+            gamma=gamma,
+            block=[3 * s.size for s in sets],
+            progress=lambda f, msg: progress(0.7 * f, "hyperparameter search: " + msg),
+            n_frames=ms,
+        )
+        gamma = search_result.gamma if gamma is None else gamma
+        if lam is None:
+            lam = search_result.lam
+        t_search = time.perf_counter() - ts
+    if not (gamma > 0 and lam >= 0):
+        raise ModelError(f"γ must be > 0 and λ >= 0, got γ = {gamma}, λ = {lam}")
+
+    progress(0.72, f"building {len(sets)} kernel matrices (largest {max(est.matrix_sides)}²)")
+    tb = time.perf_counter()
+    Ks = force_covariance_sets(G, G, gamma, sets, perms=kperms)
+    t_build = time.perf_counter() - tb
+    chol, alpha, sigma2, jitter = [], [], [], []
+    tc = time.perf_counter()
+    for k, (s, K, y) in enumerate(zip(sets, Ks, ys_full)):
+        progress(0.75 + 0.25 * k / len(sets), f"factorising PE set {k + 1}/{len(sets)} ({K.shape[0]}²)")
+        L, jit = _cholesky_with_jitter(K, lam, k, s)
+        Ks[k] = None  # free the kernel as soon as it is factored
+        a = scipy.linalg.cho_solve((L, True), y, check_finite=False)
+        chol.append(L)
+        alpha.append(a)
+        sigma2.append(float(y @ a) / y.size)  # σ̂_i² = F_iᵀ(R_i+λI)⁻¹F_i / (3 M l_i)
+        jitter.append(jit)
+    t_chol = time.perf_counter() - tc
+    progress(1.0, "done")
+    meta = dict(info or {})
+    meta.update(
+        {
+            "version": __version__,
+            "mode": mode,
+            "n_train": m,
+            "hyper": search_result.to_dict() if search_result else {"fixed": True},
+            "criterion": criterion if search_result else "fixed",
+            "timings": {"search_s": t_search, "build_s": t_build, "cholesky_s": t_chol,
+                        "total_s": time.perf_counter() - t0},
+            "cholesky_flops": est.cholesky_flops,
+        }
+    )
+    model = ForceModel(
+        mode=mode, z=z, R_train=R, F_train=F,
+        train_idx=np.arange(m) if train_idx is None else np.asarray(train_idx, np.int64),
+        pe_sets=sets, perms=kperms, gamma=float(gamma), lam=float(lam), sigma2=np.array(sigma2),
+        alpha=alpha, jitter=jitter, info=meta, _chol=chol, _geom=G,
+    )
+    return model

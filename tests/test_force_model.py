@@ -1,0 +1,176 @@
+"""The force GP as physics: GDML equivalence, rotation equivariance, PE-set
+permutation equivariance, calibrated intervals on draws from a known GP,
+hyperparameter recovery, persistence, budgets and numerical failure paths."""
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+from scipy.stats import binom
+
+from aff_app.budget import ComputeBudgetError
+from aff_app.kernels import force_covariance_sets
+from aff_app.models import FactorizationError, ForceModel, ModelError, fit_force_model
+from aff_app.symmetry import find_permutations, pe_sets_from_permutations
+
+
+@pytest.fixture(scope="module")
+def benzene(shared_data):
+    d = np.load(shared_data / "benzene.npz")
+    R, F, z = d["R"][::50], d["F"][::50], d["z"]  # 100 frames spread over the trajectory
+    perms = find_permutations(d["R"], z, n_samples=200, seed=0)
+    return R, F, z, perms
+
+
+def test_aff_with_one_set_of_all_atoms_equals_gdml(benzene):
+    R, F, z, _ = benzene
+    n = z.size
+    gdml = fit_force_model(R[:20], F[:20], z, mode="gdml", gamma=0.5, lam=1e-6)
+    aff1 = fit_force_model(R[:20], F[:20], z, mode="aff", pe_sets=[np.arange(n)], gamma=0.5, lam=1e-6)
+    a, b = gdml.predict(R[50:55]), aff1.predict(R[50:55])
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(a.std, b.std, rtol=1e-8, atol=1e-10)
+
+
+def test_predicted_forces_rotate_with_the_molecule(benzene):
+    R, F, z, perms = benzene
+    sets = pe_sets_from_permutations(perms)
+    model = fit_force_model(R[:30], F[:30], z, pe_sets=sets, perms=perms, gamma=0.5, lam=1e-6)
+    Q = Rotation.from_euler("zyx", [0.4, 1.3, -0.7]).as_matrix()
+    x = R[60:63]
+    p = model.predict(x)
+    pr = model.predict(x @ Q.T + np.array([3.0, -1.0, 2.0]))
+    np.testing.assert_allclose(pr.mean, p.mean @ Q.T, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(np.linalg.norm(pr.std, axis=-1) ** 2 * 0 + np.einsum("bncc->bn", pr.cov),
+                               np.einsum("bncc->bn", p.cov), rtol=1e-8)
+
+
+def test_swapping_atoms_of_one_pe_set_swaps_their_predictions(benzene):
+    R, F, z, perms = benzene
+    sets = pe_sets_from_permutations(perms)
+    model = fit_force_model(R[:30], F[:30], z, pe_sets=sets, perms=perms, gamma=0.5, lam=1e-6)
+    x = R[70]
+    p = perms[3]  # a non-trivial symmetry of benzene: atoms i -> p[i]
+    assert not np.array_equal(p, np.arange(z.size))
+    a = model.predict(x[None]).mean[0]
+    b = model.predict(x[p][None]).mean[0]
+    np.testing.assert_allclose(b, a[p], rtol=1e-8, atol=1e-8)
+
+
+def test_fit_learns_real_forces(benzene):
+    R, F, z, perms = benzene
+    sets = pe_sets_from_permutations(perms)
+    model = fit_force_model(R[:60], F[:60], z, pe_sets=sets, perms=perms)
+    pred = model.predict(R[60:])
+    mae = np.mean(np.abs(pred.mean - F[60:]))
+    # benzene forces have a mean |component| of ~ 6 kcal/mol/Å; 60 frames learn most of it
+    assert mae < 0.25 * np.mean(np.abs(F[60:])), mae
+    assert model.info["hyper"]["criterion"] == "likelihood"
+
+
+def _gp_draws(gamma, lam, n_frames, n_draws, seed=0):
+    """Forces drawn from the AFF prior (plain kernel, two singleton sets of a 3-atom toy)."""
+    rng = np.random.default_rng(seed)
+    base = np.array([[0.0, 0.0, 0.0], [1.1, 0.0, 0.0], [-0.3, 1.0, 0.0]])
+    R = base + rng.normal(scale=0.12, size=(n_frames, 3, 3))
+    sets = [np.array([0]), np.array([1]), np.array([2])]
+    Ks = force_covariance_sets(R, R, gamma, sets)
+    F = np.zeros((n_draws, n_frames, 3, 3))
+    for k, (s, K) in enumerate(zip(sets, Ks)):
+        L = np.linalg.cholesky(K + lam * np.eye(K.shape[0]))
+        F[:, :, s[0], :] = (L @ rng.normal(size=(K.shape[0], n_draws))).T.reshape(n_draws, n_frames, 3)
+    return R, F, np.array([8, 1, 1])
+
+
+def test_latent_intervals_cover_95_percent_of_gp_draws():
+    gamma, lam = 0.4, 1e-3
+    R, F, z = _gp_draws(gamma, lam, n_frames=140, n_draws=8)
+    inside = total = 0
+    for d in range(F.shape[0]):
+        model = fit_force_model(R[:100], F[d, :100], z, gamma=gamma, lam=lam)
+        pred = model.predict(R[100:])
+        lo, hi = pred.interval(0.95, kind="observation")
+        inside += int(np.sum((F[d, 100:] >= lo) & (F[d, 100:] <= hi)))
+        total += F[d, 100:].size
+    # binomial 99.9% band around 0.95 for `total` independent components, widened 2x for correlation
+    lo_c, hi_c = binom.ppf([0.0005, 0.9995], total, 0.95) / total
+    slack = 2 * (0.95 - lo_c)
+    assert 0.95 - slack <= inside / total <= min(1.0, 0.95 + slack), inside / total
+
+
+def test_likelihood_search_recovers_the_true_range():
+    gamma = 0.4
+    R, F, z = _gp_draws(gamma, 1e-4, n_frames=120, n_draws=1, seed=3)
+    model = fit_force_model(R, F[0], z, search_frames=120)
+    assert gamma / 2 < model.gamma < gamma * 2, model.gamma
+    cv = fit_force_model(R, F[0], z, search_frames=120, criterion="cv")
+    assert gamma / 3 < cv.gamma < gamma * 3, cv.gamma
+    assert cv.info["hyper"]["criterion"] == "cv"
+
+
+def test_interval_levels_and_kinds(benzene):
+    R, F, z, _ = benzene
+    model = fit_force_model(R[:10], F[:10], z, gamma=0.5, lam=1e-4)
+    p = model.predict(R[20:22])
+    lo90, hi90 = p.interval(0.90)
+    lo99, hi99 = p.interval(0.99)
+    assert np.all(hi99 - lo99 > hi90 - lo90)
+    lo_o, hi_o = p.interval(0.95, kind="observation")
+    lo_l, hi_l = p.interval(0.95)
+    assert np.all(hi_o - lo_o >= hi_l - lo_l)
+    with pytest.raises(ValueError, match="level"):
+        p.interval(1.5)
+
+
+def test_save_load_round_trip(tmp_path, benzene):
+    R, F, z, perms = benzene
+    sets = pe_sets_from_permutations(perms)
+    model = fit_force_model(R[:20], F[:20], z, pe_sets=sets, perms=perms, gamma=0.5, lam=1e-6,
+                            info={"data_fingerprint": "abc"}, train_idx=np.arange(20) * 50)
+    model.save(tmp_path / "m.npz")
+    back = ForceModel.load(tmp_path / "m.npz")
+    a, b = model.predict(R[40:43]), back.predict(R[40:43])
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-12)
+    np.testing.assert_allclose(a.std, b.std, rtol=1e-9)
+    assert back.info["data_fingerprint"] == "abc"
+    assert back.train_idx.tolist() == (np.arange(20) * 50).tolist()
+    assert [s.tolist() for s in back.pe_sets] == [s.tolist() for s in model.pe_sets]
+
+
+def test_load_rejects_bad_files(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ModelError, match="not an .npz archive"):
+        ForceModel.load(tmp_path / "junk.npz")
+    np.savez(tmp_path / "other.npz", a=np.arange(3))
+    with pytest.raises(ModelError, match="missing keys"):
+        ForceModel.load(tmp_path / "other.npz")
+    np.savez(tmp_path / "pickled.npz", format=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ModelError, match="pickled"):
+        ForceModel.load(tmp_path / "pickled.npz")
+
+
+def test_budget_refuses_before_building(benzene):
+    R, F, z, _ = benzene
+    with pytest.raises(ComputeBudgetError, match=r"GB .*budget is"):
+        fit_force_model(R, F, z, mode="gdml", gamma=0.5, lam=1e-6, budget_bytes=10 * 2**20)
+
+
+def test_duplicate_frames_get_bounded_jitter(benzene):
+    R, F, z, _ = benzene
+    Rd, Fd = np.concatenate([R[:5], R[:5]]), np.concatenate([F[:5], F[:5]])
+    model = fit_force_model(Rd, Fd, z, gamma=0.5, lam=0.0)
+    assert max(model.jitter) > 0  # exact duplicates make K singular at λ = 0
+    assert np.all(np.isfinite(model.predict(R[10:11]).mean))
+
+
+def test_bad_inputs_raise_model_errors(benzene):
+    R, F, z, _ = benzene
+    with pytest.raises(ModelError, match="mode"):
+        fit_force_model(R[:5], F[:5], z, mode="nn")
+    with pytest.raises(ModelError, match="partition"):
+        fit_force_model(R[:5], F[:5], z, pe_sets=[np.arange(3)], gamma=1, lam=1e-6)
+    bad = F[:5].copy(); bad[0, 0, 0] = np.nan
+    with pytest.raises(ModelError, match="NaN"):
+        fit_force_model(R[:5], bad, z, gamma=1, lam=1e-6)
+    model = fit_force_model(R[:5], F[:5], z, gamma=1, lam=1e-6)
+    with pytest.raises(ModelError, match="shape"):
+        model.predict(R[:2, :5])
