@@ -106,3 +106,49 @@ def require_trajectory() -> Trajectory:
         st.page_link(DATA_PAGE, label="Go to the Data page", icon="🗂️")
         st.stop()
     return traj
+
+
+# == Symmetry and Covariance pages (pages/symmetry.py, pages/covariance.py) ==================
+# -- the active symmetry, shared with every page that needs PE sets or the PS kernel ---------
+#: The active ``aff_app.symmetry.SymmetryInfo`` (detected, method 'data'/'graph', or the
+#: user's override, method 'user') of the trajectory whose fingerprint is ``SYMMETRY_FOR``.
+#: Read it with ``aff_app.ui.symmetry_widgets.get_symmetry(traj)`` (None when it belongs to
+#: another data set) or ``ensure_symmetry(traj)`` (detects with method 'data' when missing).
+SYMMETRY = "symmetry"
+#: ``Trajectory.fingerprint`` the active symmetry belongs to.
+SYMMETRY_FOR = "symmetry_for"
+#: ``(fingerprint, method, n_samples, seed)`` of the detection the active symmetry came from.
+SYMMETRY_SOURCE = "symmetry_source"
+#: Message of the last rejected override (shown with st.error; the active sets stay).
+SYMMETRY_ERROR = "symmetry_error"
+#: Message of the last accepted override (shown with st.success).
+SYMMETRY_NOTICE = "symmetry_notice"
+#: Persistent copies of the Symmetry page's settings (widget state is dropped while another
+#: page is shown; these restore it).
+SYM_SETTINGS = "sym_settings"
+# -- Symmetry page widgets ---------------------------------------------------------------------
+SYM_METHOD = "sym_method"
+SYM_N_SAMPLES = "sym_n_samples"
+SYM_SEED = "sym_seed"
+SYM_SHOW_LABELS = "sym_show_labels"
+SYM_OVERRIDE_TEXT = "sym_override_text"
+SYM_APPLY = "sym_apply"
+SYM_RESET = "sym_reset"
+SYM_MERGE_SETS = "sym_merge_sets"
+SYM_MERGE = "sym_merge"
+SYM_SPLIT_SET = "sym_split_set"
+SYM_SPLIT = "sym_split"
+SYM_COST_M = "sym_cost_m"
+# -- Covariance page (Fig. 1) ---------------------------------------------------------------------
+#: Persistent copies of the Covariance page's settings, with the fingerprint they belong to.
+COV_SETTINGS = "cov_settings"
+COV_FRAMES = "cov_frames"
+COV_GAMMA = "cov_gamma"
+COV_PS = "cov_ps"
+COV_CORRELATION = "cov_correlation"
+COV_SET = "cov_set"
+COV_SET_FRAMES = "cov_set_frames"
+COV_FULL_CHART = "cov_full_chart"
+COV_SET_CHART = "cov_set_chart"
+COV_EMPIRICAL_CHART = "cov_empirical_chart"
+# == end of Symmetry and Covariance keys =====================================================
