@@ -1,0 +1,105 @@
+"""An ASE calculator backed by a trained force model (and optionally an energy model).
+
+ASE works in eV and Å; the models work in kcal/mol and Å (``aff_app.units``).
+The calculator converts at this edge and nowhere else::
+
+    from aff_app.calculator import AFFCalculator
+    from aff_app.models import ForceModel
+
+    atoms.calc = AFFCalculator(ForceModel.load("uracil_aff.npz"))
+    atoms.get_forces()                                  # eV/Å, posterior mean
+    atoms.calc.get_property("forces_std", atoms)        # eV/Å, latent posterior sd
+
+Results: ``forces`` (N, 3) eV/Å; ``forces_std`` (N, 3) eV/Å; with an energy
+model also ``energy`` (eV) and, when the energy model reports one,
+``energy_std`` (eV). The models know isolated molecules only: periodic
+``Atoms`` are refused, and so are atoms other than the model's, in its order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from . import units
+from .training import AtomsMismatchError, check_atoms_match
+
+__all__ = ["AFFCalculator", "AtomsMismatchError", "PeriodicSystemError"]
+
+#: kcal/mol/Å → eV/Å and kcal/mol → eV.
+_FORCE_TO_ASE = units.force_factor(units.ENERGY_UNIT, units.LENGTH_UNIT, "eV", "Å")
+_ENERGY_TO_ASE = units.energy_factor(units.ENERGY_UNIT, "eV")
+
+
+class PeriodicSystemError(ValueError):
+    """Periodic ``Atoms`` given to a model of an isolated molecule."""
+
+
+class AFFCalculator(Calculator):
+    """ASE calculator predicting forces (and energies) with aff_app models.
+
+    Parameters
+    ----------
+    force_model : aff_app.models.force.ForceModel
+        Any object with ``z`` (N,) and ``predict(R) -> ForcePrediction`` whose
+        ``mean``/``std`` are (B, N, 3) arrays in kcal/mol/Å.
+    energy_model : object, optional
+        Any object with ``predict(R, forces=F)`` returning an object with
+        ``mean`` (B,) in kcal/mol (and optionally ``std``); ``R`` (B, N, 3) Å,
+        ``F`` the force model's predicted mean (B, N, 3) kcal/mol/Å, as
+        method.md "Energy prediction" conditions on F̂(x*).
+    **kwargs
+        Passed to :class:`ase.calculators.calculator.Calculator`.
+
+    Attributes
+    ----------
+    implemented_properties : list of str
+        ``['forces', 'forces_std']`` plus ``'energy'`` (and ``'energy_std'``)
+        with an energy model.
+    """
+
+    implemented_properties = ["forces", "forces_std"]
+
+    def __init__(self, force_model: Any, energy_model: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not hasattr(force_model, "predict") or not hasattr(force_model, "z"):
+            raise TypeError(f"force_model must have z and predict(R); got {type(force_model).__name__}")
+        if energy_model is not None and not hasattr(energy_model, "predict"):
+            raise TypeError(f"energy_model must have predict(R, forces=...); got {type(energy_model).__name__}")
+        self.force_model = force_model
+        self.energy_model = energy_model
+        # per instance: which properties exist depends on the models given
+        self.implemented_properties = list(AFFCalculator.implemented_properties)
+        if energy_model is not None:
+            self.implemented_properties += ["energy", "energy_std"]
+
+    def check_atoms(self, atoms) -> None:
+        """Raise unless ``atoms`` is the model's molecule (same elements, same order) and not periodic."""
+        check_atoms_match(self.force_model.z, atoms.get_atomic_numbers(), what="the Atoms object")
+        if np.any(atoms.pbc):
+            raise PeriodicSystemError(
+                f"the model describes an isolated molecule but the Atoms object is periodic (pbc={atoms.pbc.tolist()}): "
+                "set atoms.pbc = False"
+            )
+
+    def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        self.check_atoms(self.atoms)
+        R = self.atoms.get_positions()[None]  # (1, N, 3); ASE lengths are Å, as the models'
+        pred = self.force_model.predict(R)
+        self.results = {
+            "forces": np.asarray(pred.mean[0]) * _FORCE_TO_ASE,
+            "forces_std": np.asarray(pred.std[0]) * _FORCE_TO_ASE,
+        }
+        if self.energy_model is not None:
+            epred = self.energy_model.predict(R, forces=pred.mean)
+            self.results["energy"] = float(np.reshape(epred.mean, -1)[0]) * _ENERGY_TO_ASE
+            std = getattr(epred, "std", None)
+            if std is not None:
+                self.results["energy_std"] = float(np.reshape(std, -1)[0]) * _ENERGY_TO_ASE
+
+    def get_forces_std(self, atoms=None) -> np.ndarray:
+        """Posterior standard deviation of the forces, (N, 3) eV/Å."""
+        return self.get_property("forces_std", atoms)
