@@ -28,7 +28,7 @@ import numpy as np
 __all__ = ["Command", "register", "commands", "build_parser", "main", "add_data_arguments", "load_from_args", "CLIError"]
 
 #: Modules imported before the parser is built; each registers its commands.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["aff_app.commands_model"]
 
 #: Exceptions that are the user's to fix: message, exit code 2, no traceback.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError, PermissionError)
