@@ -152,22 +152,49 @@ def _jtu(G_self: Geometry, G_other: Geometry, atoms: np.ndarray, self_is_a: bool
     return (beta[:, None] - X).transpose(1, 0, 2, 3)
 
 
-def _force_block(Ga: Geometry, Gb: Geometry, atoms_a, atoms_b, gamma: float, coef=None, out=None) -> np.ndarray:
+class _Side:
+    """Terms of one side of a block (frames × atoms) reused across row chunks.
+
+    VT : (l, M·3, N) compact Jacobian rows of the atoms, laid out for GEMMs
+    beta : (M, l, 3) Σ_k D[i,k] V[i,k]
+    DT : (l', N, M) inverse distances of the *other* side's atoms, for the
+         GEMM that forms Σ_k D_this[i,k] V_other[i,k]
+    """
+
+    __slots__ = ("VT", "beta", "DT", "m")
+
+    def __init__(self, G: Geometry, atoms: np.ndarray, other_atoms: np.ndarray):
+        V = G.V[:, atoms]  # (M, l, N, 3)
+        self.m = G.n_frames
+        self.VT = np.ascontiguousarray(V.transpose(1, 0, 3, 2)).reshape(atoms.size, -1, G.n_atoms)
+        self.beta = np.einsum("mik,mikc->mic", G.Dmat[:, atoms], V)
+        self.DT = np.ascontiguousarray(G.Dmat[:, other_atoms].transpose(1, 2, 0))
+
+
+def _force_block(Ga: Geometry, Gb: Geometry, atoms_a, atoms_b, gamma: float, coef=None, out=None,
+                 side_a: _Side | None = None, side_b: _Side | None = None) -> np.ndarray:
     """Plain-kernel force covariance, shape (Ma, la, 3, Mb, lb, 3).
 
     ``coef`` = (k, c1, c2) for these frame pairs when already computed (they
     depend on the frames only, not on the atoms: shared by all PE sets).
     ``out``: an array of that shape to ADD the block into (saves a pass).
+    ``side_a``/``side_b``: precomputed :class:`_Side` terms.
     """
     _, c1, c2 = _coefficients(_rho(Ga.D, Gb.D), gamma) if coef is None else coef
     ma, mb, la, lb = Ga.n_frames, Gb.n_frames, atoms_a.size, atoms_b.size
     if out is None:
         out = np.zeros((ma, la, 3, mb, lb, 3))
-    wa = _jtu(Ga, Gb, atoms_a, True)  # (Ma, Mb, la, 3)
-    wb = _jtu(Gb, Ga, atoms_b, False)  # (Ma, Mb, lb, 3)
+    sa = _Side(Ga, atoms_a, atoms_b) if side_a is None else side_a
+    sb = _Side(Gb, atoms_b, atoms_a) if side_b is None else side_b
+    # (J_aᵀu)_i = Σ_k D_b[i,k] V_a[i,k] − β_a[i]          -> (Ma, la, 3, Mb)
+    wa = np.matmul(sa.VT, sb.DT).reshape(la, ma, 3, mb).transpose(1, 0, 2, 3)
+    wa = wa - sa.beta[:, :, :, None]
+    # (J_bᵀu)_j = β_b[j] − Σ_k D_a[j,k] V_b[j,k]          -> (Ma, Mb, lb, 3)
+    xb = np.matmul(sb.VT, sa.DT).reshape(lb, mb, 3, ma).transpose(3, 1, 0, 2)
+    wb = sb.beta[None] - xb
     # −c2 (J_aᵀu)_i (J_bᵀu)_jᵀ, written straight into the (a, i, c, b, j, d) layout
-    wa_c2 = (wa * (-c2)[:, :, None, None]).transpose(0, 2, 3, 1)[:, :, :, :, None, None]
-    out += wa_c2 * wb[:, None, None]
+    wa *= (-c2)[:, None, None, :]
+    out += wa[:, :, :, :, None, None] * wb[:, None, None]
     # c1 · (J_aᵀ J_b)_{ij}: −V_a[i,j] V_b[i,j]ᵀ for i ≠ j (V[i, i] = 0, so skip lone atoms)
     if not (la == 1 and lb == 1 and atoms_a[0] == atoms_b[0]):
         Va = Ga.V[:, atoms_a][:, :, atoms_b]  # (Ma, la, lb, 3)
@@ -175,11 +202,10 @@ def _force_block(Ga: Geometry, Gb: Geometry, atoms_a, atoms_b, gamma: float, coe
         out -= np.einsum("ab,aijc,bijd->aicbjd", c1, Va, Vb, optimize=True)
     # i = j: c1 Σ_k V_a[i,k] V_b[i,k]ᵀ (one GEMM over k per atom)
     common, ia, ib = np.intersect1d(atoms_a, atoms_b, return_indices=True)
-    for t, x, y in zip(common, ia, ib):
-        A = Ga.V[:, t].transpose(0, 2, 1).reshape(-1, Ga.n_atoms)  # (Ma*3, N)
-        B = Gb.V[:, t].transpose(0, 2, 1).reshape(-1, Gb.n_atoms)  # (Mb*3, N)
-        S = (A @ B.T).reshape(ma, 3, mb, 3)
-        S *= c1[:, None, :, None]
+    c1_4 = c1[:, None, :, None]
+    for x, y in zip(ia, ib):
+        S = (sa.VT[x] @ sb.VT[y].T).reshape(ma, 3, mb, 3)
+        S *= c1_4
         out[:, x, :, :, y, :] += S
     return out
 
@@ -276,12 +302,15 @@ def force_covariance_sets(
     threads = n_threads() if threads is None else threads
     chunks = _row_chunks(ma, row_bytes, chunk_bytes, threads)
 
+    # column-side terms are computed once, not once per row chunk
+    sides_b = [[_Side(Gq, c, a) for (a, _), c in zip(pairs, cols)] for Gq, cols in copies]
+
     def work(sl: slice) -> None:
         Gs = Ga.take(sl)
-        for Gq, cols in copies:
+        for (Gq, cols), sides in zip(copies, sides_b):
             coef = _coefficients(_rho(Gs.D, Gq.D), gamma)
-            for out, (a, _), c in zip(outs, pairs, cols):
-                _force_block(Gs, Gq, a, c, gamma, coef, out=out[sl])
+            for out, (a, _), c, sb in zip(outs, pairs, cols, sides):
+                _force_block(Gs, Gq, a, c, gamma, coef, out=out[sl], side_a=_Side(Gs, a, c), side_b=sb)
         if len(copies) > 1:
             for out in outs:
                 out[sl] /= len(copies)
