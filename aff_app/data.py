@@ -389,11 +389,14 @@ def _load_npz(src, *, frames, label_set, energy_key, forces_key, energy_unit, le
             val = _npz_str(npz, key, src.name) if key in npz.files else None
             if val:
                 settings[key] = val
-        if "settings_json" in npz.files:  # written by write_sgdml_npz
+        # 'settings_json' is written by write_sgdml_npz, 'settings' by aff_app.simulate.write_sample
+        for skey in ("settings_json", "settings"):
+            if skey not in npz.files:
+                continue
             try:
-                extra = json.loads(_npz_str(npz, "settings_json", src.name) or "{}")
+                extra = json.loads(_npz_str(npz, skey, src.name) or "{}")
             except json.JSONDecodeError as exc:
-                raise DataError(f"key 'settings_json' of {src.name!r} is not valid JSON: {exc}") from None
+                raise DataError(f"key {skey!r} of {src.name!r} is not valid JSON: {exc}") from None
             if isinstance(extra, dict):
                 settings = {**extra, **settings}
         name = _npz_str(npz, "name", src.name) if "name" in npz.files else None
