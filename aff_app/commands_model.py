@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,16 @@ def _element(z: int) -> str:
 
 
 def _pe_set_records(sets, z) -> list[dict]:
-    return [
-        {"atoms": [int(i) for i in s], "element": _element(z[int(s[0])]), "size": int(len(s))}
-        for s in sets
-    ]
+    """One record per set; ``element`` is the symbol, or the formula of a set of all atoms (GDML/sGDML)."""
+    from .training import formula_of
+
+    z = np.asarray(z)
+    out = []
+    for s in sets:
+        zs = z[np.asarray(s, dtype=np.int64)]
+        element = _element(zs[0]) if np.all(zs == zs[0]) else formula_of(zs)
+        out.append({"atoms": [int(i) for i in s], "element": element, "size": int(len(s))})
+    return out
 
 
 def _describe_sets(records: list[dict]) -> str:
@@ -163,10 +170,12 @@ def _run_train(args) -> dict:
     traj = load_from_args(args)
     budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30)
     progress = _progress_printer(args)
-    symmetry = None
+    symmetry, t_sym = None, None
     if args.model != "gdml" and (args.pe_sets or args.symmetry_method != "data"):
+        t0 = time.perf_counter()
         symmetry = resolve_symmetry(traj, method=args.symmetry_method, n_samples=args.symmetry_frames,
                                     seed=args.seed, pe_sets=args.pe_sets)
+        t_sym = time.perf_counter() - t0
     try:
         model = train_model(
             traj, model=args.model, n_train=args.n_train, seed=args.seed, gamma=args.gamma, lam=args.lam,
@@ -175,6 +184,9 @@ def _run_train(args) -> dict:
         )
     finally:
         _end_progress(args)
+    if t_sym is not None:  # the search ran here, before train_model
+        model.info["timings"]["symmetry_s"] = t_sym
+        model.info["timings"]["total_s"] += t_sym
     model.save(out)
     info = model.info
     hyper = info.get("hyper", {})

@@ -195,3 +195,11 @@ def test_predict_writes_extxyz_and_csv(trained, uracil_path, tmp_path, capsys):
 
     code, out, _ = _main(capsys, "predict", trained, uracil_path, "--out", tmp_path / "p.json", "--json")
     assert code == 2 and ".extxyz, .xyz or .csv" in out["error"]
+
+
+def test_gdml_reports_one_set_of_all_atoms(tmp_path, shared_data, capsys):
+    code, out, _ = _main(capsys, "train", shared_data / "benzene.npz", "--frames", ":200", "--model", "gdml",
+                         "--n-train", "5", "--gamma", "2.5", "--lam", "1e-8", "--out", tmp_path / "g.npz", "--json")
+    assert code == 0 and out["model"] == "gdml" and out["n_perms"] == 1
+    assert out["pe_sets"] == [{"atoms": list(range(12)), "element": "C6H6", "size": 12}]
+    assert out["timings"]["symmetry_s"] == 0  # GDML needs no permutation search
