@@ -25,6 +25,8 @@ import numpy as np
 
 #: λ grid in units of the kernel scale 5/(3γ²) (the force variance at ρ = 0).
 LAMBDA_GRID_REL = np.logspace(-13, -1, 49)
+#: Grid points added beyond either end of the γ grid when the optimum sits there.
+MAX_GRID_EXTENSIONS = 4
 
 
 @dataclass
@@ -132,7 +134,7 @@ def search(
     gamma: float | None = None,
     block=None,
     n_grid: int = 7,
-    n_refine: int = 8,
+    n_refine: int = 6,
     progress=None,
     n_frames: int = 0,
 ) -> SearchResult:
@@ -153,7 +155,7 @@ def search(
         raise ValueError(f"criterion must be 'likelihood' or 'cv', got {criterion!r}")
     cache: dict[float, tuple[float, float]] = {}
     calls = [0]
-    total_calls = 1 if gamma is not None else n_grid + n_refine
+    total_calls = 1 if gamma is not None else n_grid + n_refine + 2
 
     def evaluate(log_g: float) -> float:
         g = float(np.exp(log_g))
@@ -182,8 +184,22 @@ def search(
         best_g = float(gamma)
         lo_edge = hi_edge = False
     else:
-        grid = np.log(rho_scale) + np.linspace(np.log(0.1), np.log(30.0), n_grid)
+        grid = list(np.log(rho_scale) + np.linspace(np.log(0.1), np.log(30.0), n_grid))
+        step = grid[1] - grid[0]
         scores = [evaluate(x) for x in grid]
+        # an optimum on the edge of the grid: walk outwards (bounded) until it is inside
+        for _ in range(MAX_GRID_EXTENSIONS):
+            k = int(np.argmax(scores))
+            if k == len(grid) - 1:
+                grid.append(grid[-1] + step)
+                scores.append(evaluate(grid[-1]))
+            elif k == 0:
+                grid.insert(0, grid[0] - step)
+                scores.insert(0, evaluate(grid[0]))
+            else:
+                break
+        n_grid = len(grid)
+        grid = np.array(grid)
         k = int(np.argmax(scores))
         lo_edge, hi_edge = k == 0, k == n_grid - 1
         a = grid[max(k - 1, 0)]

@@ -330,6 +330,26 @@ def _cholesky_with_jitter(K: np.ndarray, lam: float, set_index: int, set_atoms) 
     )
 
 
+#: Below this kernel side, sets are factored in parallel with one BLAS thread each
+#: (OpenBLAS threading on small matrices is slower than one thread on 2 cores).
+SMALL_SIDE = 2500
+
+
+def _map_sets(fn, items, largest_side: int) -> list:
+    """Apply ``fn`` to every set: in parallel with 1 BLAS thread each when the kernels are small."""
+    items = list(items)
+    if largest_side >= SMALL_SIDE or len(items) == 1:
+        return [fn(i) for i in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from ..kernels import n_threads
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=n_threads()) as pool:
+        return list(pool.map(fn, items))
+
+
 def select_training_frames(n_frames: int, n_train: int, *, seed: int = 0, exclude=None) -> np.ndarray:
     """``n_train`` distinct frame indices drawn at random (sorted), avoiding ``exclude``."""
     pool = np.setdiff1d(np.arange(n_frames), np.asarray([] if exclude is None else exclude, dtype=np.int64))
@@ -350,7 +370,7 @@ def fit_force_model(
     gamma: float | None = None,
     lam: float | None = None,
     criterion: str = "likelihood",
-    search_frames: int = 150,
+    search_frames: int = 100,
     train_idx=None,
     budget_bytes: int | None = None,
     progress: Progress | None = None,
@@ -455,17 +475,24 @@ def fit_force_model(
     tb = time.perf_counter()
     Ks = force_covariance_sets(G, G, gamma, sets, perms=kperms)
     t_build = time.perf_counter() - tb
-    chol, alpha, sigma2, jitter = [], [], [], []
     tc = time.perf_counter()
-    for k, (s, K, y) in enumerate(zip(sets, Ks, ys_full)):
-        progress(0.75 + 0.25 * k / len(sets), f"factorising PE set {k + 1}/{len(sets)} ({K.shape[0]}²)")
-        L, jit = _cholesky_with_jitter(K, lam, k, s)
+    done = [0]
+
+    def factor(k: int):
+        L, jit = _cholesky_with_jitter(Ks[k], lam, k, sets[k])
         Ks[k] = None  # free the kernel as soon as it is factored
+        y = ys_full[k]
         a = scipy.linalg.cho_solve((L, True), y, check_finite=False)
-        chol.append(L)
-        alpha.append(a)
-        sigma2.append(float(y @ a) / y.size)  # σ̂_i² = F_iᵀ(R_i+λI)⁻¹F_i / (3 M l_i)
-        jitter.append(jit)
+        done[0] += 1
+        progress(0.75 + 0.25 * done[0] / len(sets), f"factorised PE set {done[0]}/{len(sets)}")
+        # σ̂_i² = F_iᵀ(R_i+λI)⁻¹F_i / (3 M l_i)   (method.md)
+        return L, a, float(y @ a) / y.size, jit
+
+    results = _map_sets(factor, range(len(sets)), max(est.matrix_sides))
+    chol = [r[0] for r in results]
+    alpha = [r[1] for r in results]
+    sigma2 = [r[2] for r in results]
+    jitter = [r[3] for r in results]
     t_chol = time.perf_counter() - tc
     progress(1.0, "done")
     meta = dict(info or {})
