@@ -14,6 +14,8 @@ st.set_page_config(page_title="aff_app · atomized force fields", page_icon="⚛
 
 PAGES = [
     st.Page("pages/data.py", title="Data", icon="🗂️", default=True),
+    st.Page("pages/symmetry.py", title="Symmetry", icon="🔀"),
+    st.Page("pages/covariance.py", title="Covariance", icon="🟥"),
 ]
 
 st.navigation(PAGES).run()
