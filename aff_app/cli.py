@@ -31,7 +31,11 @@ __all__ = ["Command", "register", "commands", "build_parser", "main", "add_data_
 COMMAND_MODULES: list[str] = ["aff_app.commands_model"]
 
 #: Exceptions that are the user's to fix: message, exit code 2, no traceback.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError, PermissionError)
+# MemoryError covers budget.ComputeBudgetError (a refusal with numbers, not a crash);
+# LinAlgError covers a Cholesky that failed even after jitter escalation.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, RuntimeError, FileNotFoundError, PermissionError, MemoryError, np.linalg.LinAlgError,
+)
 
 EXIT_ERROR = 2
 
