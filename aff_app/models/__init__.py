@@ -9,6 +9,14 @@ from .force import (
     fit_force_model,
     select_training_frames,
 )
+from .energy import (
+    EnergyModel,
+    EnergyPrediction,
+    IntegratedEnergyModel,
+    fit_energy_model,
+    fit_integrated_energy,
+    load_energy_model,
+)
 
 __all__ = [
     "MODES",
@@ -18,4 +26,10 @@ __all__ = [
     "ModelError",
     "fit_force_model",
     "select_training_frames",
+    "EnergyModel",
+    "EnergyPrediction",
+    "IntegratedEnergyModel",
+    "fit_energy_model",
+    "fit_integrated_energy",
+    "load_energy_model",
 ]
