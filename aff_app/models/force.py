@@ -157,8 +157,13 @@ class ForceModel:
             Ks = force_covariance_sets(self._geometry(), self._geometry(), self.gamma, self.pe_sets, perms=self.perms)
             chol = []
             for k, K in enumerate(Ks):
-                K[np.diag_indices_from(K)] += self.lam + self.jitter[k]
-                chol.append(scipy.linalg.cholesky(K, lower=True, overwrite_a=True, check_finite=False))
+                L = _cholesky_inplace(K, self.lam + self.jitter[k])
+                if L is None:
+                    raise FactorizationError(
+                        f"re-factorising PE set {k} (size {K.shape[0]}) failed with λ = {self.lam:.3g} + "
+                        f"jitter {self.jitter[k]:.3g}: the model file does not match its training data"
+                    )
+                chol.append(L)
             self._chol = chol
         return self._chol
 
@@ -312,18 +317,40 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+def _cholesky_inplace(K: np.ndarray, shift: float) -> np.ndarray | None:
+    """Factor K + shift·I in place, no copy; returns L (lower, as an F-ordered view) or None.
+
+    K is symmetric and C-ordered, so K.T is the same matrix in Fortran order:
+    LAPACK's dpotrf overwrites its lower triangle (= K's upper triangle in
+    memory) and leaves the other triangle untouched. On failure the matrix is
+    restored from that intact triangle, so a retry needs no second n×n copy
+    (for benzene at M = 1600 one copy is 6.6 GB).
+    """
+    from scipy.linalg.lapack import dpotrf
+
+    d0 = K.diagonal().copy()
+    A = K.T  # Fortran view of the same memory
+    A[np.diag_indices_from(A)] += shift
+    c, info = dpotrf(A, lower=1, clean=0, overwrite_a=1)
+    if info == 0:
+        if not np.shares_memory(c, K):  # dpotrf copied (should not happen for F-ordered input)
+            return np.asarray(c)
+        return A
+    iu = np.triu_indices_from(K, 1)
+    K[iu] = K.T[iu]  # restore K's upper triangle from its untouched lower triangle
+    K[np.diag_indices_from(K)] = d0
+    return None
+
+
 def _cholesky_with_jitter(K: np.ndarray, lam: float, set_index: int, set_atoms) -> tuple[np.ndarray, float]:
-    """Factor K + λI, escalating a jitter a bounded number of times (ill-conditioned kernels)."""
+    """Factor K + λI in place, escalating a jitter a bounded number of times (ill-conditioned kernels)."""
     base = float(np.mean(np.diag(K)))
-    diag = np.diag_indices_from(K)
     jitter = 0.0
     for step in range(MAX_JITTER_STEPS + 1):
-        A = K.copy() if step < MAX_JITTER_STEPS else K
-        A[diag] += lam + jitter
-        try:
-            return scipy.linalg.cholesky(A, lower=True, overwrite_a=True, check_finite=False), jitter
-        except np.linalg.LinAlgError:
-            jitter = base * 10.0 ** (-10 + 2 * step)
+        L = _cholesky_inplace(K, lam + jitter)
+        if L is not None:
+            return L, jitter
+        jitter = base * 10.0 ** (-10 + 2 * step)
     raise FactorizationError(
         f"Cholesky of PE set {set_index} (atoms {list(map(int, set_atoms))}, size {K.shape[0]}) failed with "
         f"λ = {lam:.3g} even after adding jitter up to {jitter:.3g}: raise λ, or drop duplicate frames."
