@@ -1,0 +1,284 @@
+"""AFF against the reference sGDML implementation (the `sgdml` package), same splits, same run.
+
+For each molecule of ../shared/data/md17 and each training size M it trains
+AFF (aff_app, hyperparameters by profile likelihood) and runs `sgdml all`
+(its own permutation search, σ grid and validation: the package used as it
+comes) on the SAME training frames, validates sgdml on the same 200 validation
+frames, and tests both on the same held-out frames. It prints one table:
+
+    train time AFF, train time sgdml, their ratio, force MAE of both,
+    AFF's Cholesky flop count per fit and the GFLOP/s it reached, against the
+    dense-Cholesky rate of this machine measured in the same run.
+
+Then the two targets of issue 3 that need a run of their own:
+  * accuracy at equal training time: AFF given the wall time of `sgdml all`
+    at M = 400 (so it can afford more frames), against sgdml at M = 400;
+  * uracil M = 1000: one fixed-hyperparameter AFF fit as a whole process
+    (`python -m aff_app train ... --gamma --lam`), against the time of the
+    dense Cholesky factorisations it needs, measured in this process.
+
+sgdml is skipped at a size only where it cannot finish on this machine; the
+reason is printed (its memory grows with (3MN)² and it holds several copies).
+
+Usage (needs requirements-peer.txt installed; takes long — run on a quiet machine):
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_forces.py \
+        --molecules uracil benzene aspirin --sizes 200 400 800 1000 --out artifacts/bench_forces.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aff_app.budget import estimate_cost  # noqa: E402
+from aff_app.models import fit_force_model  # noqa: E402
+from aff_app.symmetry import detect_symmetry  # noqa: E402
+
+MD17 = ROOT.parent / "shared" / "data" / "md17"
+MEMORY_GB = 24.0
+SGDML_COPIES = 4  # kernel copies sgdml holds at peak (analytic solve + LU fallback), see docs/peer_sgdml.md
+
+
+def machine_cholesky_rate(n: int = 4000, repeats: int = 3) -> float:
+    """Dense Cholesky rate of this machine, flop/s (best of ``repeats``)."""
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(n, n))
+    A = A @ A.T + n * np.eye(n)
+    best = np.inf
+    for _ in range(repeats):
+        B = A.copy()
+        t = time.perf_counter()
+        scipy.linalg.cholesky(B, lower=True, overwrite_a=True, check_finite=False)
+        best = min(best, time.perf_counter() - t)
+    return n**3 / 3.0 / best
+
+
+def split(n_frames: int, n_test: int, n_valid: int, seed: int = 0):
+    perm = np.random.default_rng(seed).permutation(n_frames)
+    return np.sort(perm[:n_test]), np.sort(perm[n_test : n_test + n_valid]), perm[n_test + n_valid :]
+
+
+def write_sgdml_dataset(path: Path, name: str, R, z, E, F) -> None:
+    from sgdml.utils import io as sio
+
+    d = {
+        "type": "d", "name": name, "theory": "rMD17 PBE/def2-SVP", "R": R, "z": z,
+        "E": E.reshape(-1, 1), "F": F, "r_unit": "Ang", "e_unit": "kcal/mol",
+    }
+    d["md5"] = sio.dataset_md5(d)
+    np.savez_compressed(path, **d)
+
+
+def run_sgdml(workdir: Path, train_path: Path, valid_path: Path, m: int, n_valid: int, timeout: float):
+    """`sgdml all` on exactly these training frames; returns (wall seconds, model path) or (None, reason)."""
+    model = workdir / f"sgdml_{m}.npz"
+    cmd = [sys.executable, "-m", "sgdml.cli", "all", str(train_path), str(m), str(n_valid),
+           "-v", str(valid_path), "--cpu", "-o", "-p", "2", "--model_file", str(model)]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return None, f"did not finish within {timeout:.0f} s"
+    wall = time.perf_counter() - t
+    if proc.returncode != 0 or not model.exists():
+        tail = (proc.stdout + proc.stderr).replace("\r", "\n").strip().splitlines()[-3:]
+        return None, f"failed (exit {proc.returncode}): {' | '.join(tail)}"
+    return wall, model
+
+
+def sgdml_predict_forces(model_path: Path, R: np.ndarray) -> np.ndarray:
+    from sgdml.predict import GDMLPredict
+
+    with np.load(model_path, allow_pickle=True) as f:  # the peer's own model file (its format needs it)
+        model = dict(f)
+    gdml = GDMLPredict(model, max_processes=2)
+    F = np.zeros_like(R)
+    for s in range(0, R.shape[0], 200):
+        _, f = gdml.predict(R[s : s + 200].reshape(min(200, R.shape[0] - s), -1))
+        F[s : s + 200] = f.reshape(-1, R.shape[1], 3)
+    return F
+
+
+def fit_aff(R, F, z, sym, gamma=None, lam=None):
+    t = time.perf_counter()
+    model = fit_force_model(R, F, z, mode="aff", pe_sets=sym.pe_sets, perms=sym.perms, gamma=gamma, lam=lam)
+    return model, time.perf_counter() - t
+
+
+def evaluate(model, R, F):
+    pred = model.predict(R)
+    lo, hi = pred.interval(0.95)
+    return float(np.mean(np.abs(pred.mean - F))), float(np.mean((F >= lo) & (F <= hi)))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--molecules", nargs="+", default=["uracil", "benzene", "aspirin"])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[200, 400, 800, 1000])
+    ap.add_argument("--n-test", type=int, default=2000)
+    ap.add_argument("--n-valid", type=int, default=200)
+    ap.add_argument("--sgdml-timeout", type=float, default=1800.0)
+    ap.add_argument("--no-sgdml", action="store_true", help="AFF only (no peer)")
+    ap.add_argument("--equal-time-sizes", nargs="+", type=int, default=[600, 800, 1000, 1200, 1600, 2000, 2400])
+    ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench_forces.json")
+    args = ap.parse_args(argv)
+
+    rate = machine_cholesky_rate()
+    print(f"machine dense Cholesky rate (n=4000, best of 3): {rate / 1e9:.1f} GFLOP/s", flush=True)
+    rows, extra = [], {}
+    work = Path(tempfile.mkdtemp(prefix="bench_forces_"))
+    for mol in args.molecules:
+        d = np.load(MD17 / f"{mol}.npz")
+        R, z, E, F = d["R"], d["z"], d["E"], d["F"]
+        test, valid, pool = split(R.shape[0], args.n_test, args.n_valid)
+        t = time.perf_counter()
+        sym = detect_symmetry(R, z, n_samples=200, seed=0)
+        t_sym = time.perf_counter() - t
+        valid_path = work / f"{mol}_valid.npz"
+        if not args.no_sgdml:
+            write_sgdml_dataset(valid_path, f"{mol}_valid", R[valid], z, E[valid], F[valid])
+        sgdml_time = {}
+        sgdml_mae = {}
+        for m in args.sizes:
+            tr = np.sort(pool[:m])
+            model, t_aff = fit_aff(R[tr], F[tr], z, sym)
+            t_aff += t_sym
+            mae_aff, pci_aff = evaluate(model, R[test], F[test])
+            est = estimate_cost(m, [s.size for s in sym.pe_sets], n_perms=len(sym.perms))
+            chol_s = model.info["timings"]["cholesky_s"]
+            row = {
+                "molecule": mol, "M": m, "aff_train_s": t_aff, "aff_mae": mae_aff, "aff_pci": pci_aff,
+                "aff_gamma": model.gamma, "aff_lam": model.lam, "aff_timings": model.info["timings"],
+                "cholesky_gflop": est.cholesky_flops / 1e9, "cholesky_gflops_rate": est.cholesky_flops / chol_s / 1e9,
+            }
+            n = z.size
+            need_gb = SGDML_COPIES * 8 * (3 * m * n) ** 2 / 2**30
+            if args.no_sgdml:
+                row["sgdml_note"] = "not run (--no-sgdml)"
+            elif need_gb > 0.85 * MEMORY_GB:
+                row["sgdml_note"] = (f"skipped: its {3 * m * n}² kernel needs ~{need_gb:.0f} GB at peak "
+                                     f"({SGDML_COPIES} copies) on a {MEMORY_GB:.0f} GB machine")
+            else:
+                train_path = work / f"{mol}_train_{m}.npz"
+                write_sgdml_dataset(train_path, f"{mol}_train_{m}", R[tr], z, E[tr], F[tr])
+                wall, res = run_sgdml(work, train_path, valid_path, m, args.n_valid, args.sgdml_timeout)
+                if wall is None:
+                    row["sgdml_note"] = res
+                else:
+                    Fp = sgdml_predict_forces(res, R[test])
+                    row.update(sgdml_train_s=wall, sgdml_mae=float(np.mean(np.abs(Fp - F[test]))))
+                    sgdml_time[m], sgdml_mae[m] = wall, row["sgdml_mae"]
+            rows.append(row)
+            print_row(row, rate)
+        # accuracy at equal training time: AFF with sgdml's M = 400 wall time
+        if 400 in sgdml_time:
+            budget = sgdml_time[400]
+            best = None
+            for m in args.equal_time_sizes:
+                if m > pool.size:
+                    break
+                tr = np.sort(pool[:m])
+                model, t_aff = fit_aff(R[tr], F[tr], z, sym)
+                t_aff += t_sym
+                if t_aff > budget:
+                    break
+                best = {"M": m, "aff_train_s": t_aff, "aff_mae": evaluate(model, R[test], F[test])[0]}
+            extra.setdefault("equal_time", {})[mol] = {
+                "sgdml_M": 400, "sgdml_train_s": budget, "sgdml_mae": sgdml_mae[400], "aff": best}
+            if best:
+                print(f"  equal time ({budget:.0f} s): AFF M={best['M']} MAE {best['aff_mae']:.3f} "
+                      f"vs sgdml M=400 MAE {sgdml_mae[400]:.3f}", flush=True)
+        # whole-process fixed-hyperparameter fit vs its dense Cholesky factorisations
+        if mol == "uracil" and 1000 <= pool.size:
+            g = next(r for r in rows if r["molecule"] == mol)
+            extra["uracil_fixed_fit"] = fixed_fit_vs_cholesky(mol, z, sym, g["aff_gamma"], g["aff_lam"], work)
+    print_table(rows, rate)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine_cholesky_gflops": rate / 1e9, "rows": rows, **extra}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def fixed_fit_vs_cholesky(mol, z, sym, gamma, lam, work: Path, m: int = 1000) -> dict:
+    model_path = work / "fixed.npz"
+    cmd = [sys.executable, "-m", "aff_app", "train", str(MD17 / f"{mol}.npz"), "--model", "aff", "--n-train",
+           str(m), "--seed", "0", "--gamma", repr(gamma), "--lam", repr(lam), "--out", str(model_path), "--json"]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip()[-300:]}
+    # the dense Cholesky factorisations this fit needs: one per PE set, side 3·M·l_i,
+    # timed both ways (sets one after another with threaded BLAS; sets in parallel with
+    # one BLAS thread each) and the faster taken as the reference
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(1)
+    mats = []
+    for s in sym.pe_sets:
+        n = 3 * m * s.size
+        A = rng.normal(size=(n, 64))
+        mats.append(A @ A.T + n * np.eye(n))
+
+    def factor(A):
+        scipy.linalg.cholesky(A.copy(), lower=True, overwrite_a=True, check_finite=False)
+
+    t = time.perf_counter()
+    for A in mats:
+        factor(A)
+    chol_seq = time.perf_counter() - t
+    t = time.perf_counter()
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        list(pool.map(factor, mats))
+    chol_par = time.perf_counter() - t
+    chol = min(chol_seq, chol_par)
+    out = {"M": m, "process_wall_s": wall, "dense_cholesky_s": chol, "ratio": wall / chol}
+    print(f"  uracil M={m}, fixed γ/λ: whole process {wall:.2f} s, its dense Cholesky factorisations "
+          f"{chol:.2f} s, ratio {wall / chol:.2f}", flush=True)
+    return out
+
+
+def fmt(x, spec):
+    return "—" if x is None else format(x, spec)
+
+
+def print_row(r, rate):
+    ratio = r["sgdml_train_s"] / r["aff_train_s"] if "sgdml_train_s" in r else None
+    print(f"{r['molecule']:<9} M={r['M']:<5} AFF {r['aff_train_s']:7.1f} s MAE {r['aff_mae']:.3f} PCI {r['aff_pci']:.3f} | "
+          f"sgdml {fmt(r.get('sgdml_train_s'), '7.1f')} s MAE {fmt(r.get('sgdml_mae'), '.3f')} | ratio {fmt(ratio, '.1f')} "
+          f"| chol {r['cholesky_gflop']:.1f} GFLOP at {r['cholesky_gflops_rate']:.1f} GFLOP/s "
+          f"({100 * r['cholesky_gflops_rate'] * 1e9 / rate:.0f}% of machine) {r.get('sgdml_note', '')}", flush=True)
+
+
+def print_table(rows, rate):
+    print()
+    print("| molecule | M | AFF train s | sgdml train s | sgdml/AFF | AFF force MAE | sgdml force MAE | AFF PCI(95%) "
+          "| AFF Cholesky GFLOP | GFLOP/s (% of machine) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = r["sgdml_train_s"] / r["aff_train_s"] if "sgdml_train_s" in r else None
+        sg = fmt(r.get("sgdml_train_s"), ".1f") if "sgdml_train_s" in r else r.get("sgdml_note", "—")
+        print(f"| {r['molecule']} | {r['M']} | {r['aff_train_s']:.1f} | {sg} | {fmt(ratio, '.1f')} | "
+              f"{r['aff_mae']:.3f} | {fmt(r.get('sgdml_mae'), '.3f')} | {100 * r['aff_pci']:.1f}% | "
+              f"{r['cholesky_gflop']:.1f} | {r['cholesky_gflops_rate']:.1f} ({100 * r['cholesky_gflops_rate'] * 1e9 / rate:.0f}%) |")
+    print(f"\nunits: seconds, kcal/mol/Å; machine dense Cholesky rate {rate / 1e9:.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
