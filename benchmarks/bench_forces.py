@@ -45,11 +45,12 @@ sys.path.insert(0, str(ROOT))
 
 from aff_app.budget import estimate_cost  # noqa: E402
 from aff_app.models import fit_force_model  # noqa: E402
+from aff_app.peer import check_sgdml_fits, run_sgdml, sgdml_predict, write_sgdml_dataset  # noqa: E402
 from aff_app.symmetry import detect_symmetry  # noqa: E402
 
 MD17 = ROOT.parent / "shared" / "data" / "md17"
-MEMORY_GB = 24.0
-SGDML_COPIES = 4  # kernel copies sgdml holds at peak (analytic solve + LU fallback), see docs/peer_sgdml.md
+THEORY = "rMD17 PBE/def2-SVP"
+MEMORY_GB = 24.0  # the machine this benchmark was written for; the peer may plan to use 85% of it
 
 
 def machine_cholesky_rate(n: int = 4000, repeats: int = 3) -> float:
@@ -69,48 +70,6 @@ def machine_cholesky_rate(n: int = 4000, repeats: int = 3) -> float:
 def split(n_frames: int, n_test: int, n_valid: int, seed: int = 0):
     perm = np.random.default_rng(seed).permutation(n_frames)
     return np.sort(perm[:n_test]), np.sort(perm[n_test : n_test + n_valid]), perm[n_test + n_valid :]
-
-
-def write_sgdml_dataset(path: Path, name: str, R, z, E, F) -> None:
-    from sgdml.utils import io as sio
-
-    d = {
-        "type": "d", "name": name, "theory": "rMD17 PBE/def2-SVP", "R": R, "z": z,
-        "E": E.reshape(-1, 1), "F": F, "r_unit": "Ang", "e_unit": "kcal/mol",
-    }
-    d["md5"] = sio.dataset_md5(d)
-    np.savez_compressed(path, **d)
-
-
-def run_sgdml(workdir: Path, train_path: Path, valid_path: Path, m: int, n_valid: int, timeout: float):
-    """`sgdml all` on exactly these training frames; returns (wall seconds, model path) or (None, reason)."""
-    model = workdir / f"sgdml_{m}.npz"
-    cmd = [sys.executable, "-m", "sgdml.cli", "all", str(train_path), str(m), str(n_valid),
-           "-v", str(valid_path), "--cpu", "-o", "-p", "2", "--model_file", str(model)]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    t = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return None, f"did not finish within {timeout:.0f} s"
-    wall = time.perf_counter() - t
-    if proc.returncode != 0 or not model.exists():
-        tail = (proc.stdout + proc.stderr).replace("\r", "\n").strip().splitlines()[-3:]
-        return None, f"failed (exit {proc.returncode}): {' | '.join(tail)}"
-    return wall, model
-
-
-def sgdml_predict_forces(model_path: Path, R: np.ndarray) -> np.ndarray:
-    from sgdml.predict import GDMLPredict
-
-    with np.load(model_path, allow_pickle=True) as f:  # the peer's own model file (its format needs it)
-        model = dict(f)
-    gdml = GDMLPredict(model, max_processes=2)
-    F = np.zeros_like(R)
-    for s in range(0, R.shape[0], 200):
-        _, f = gdml.predict(R[s : s + 200].reshape(min(200, R.shape[0] - s), -1))
-        F[s : s + 200] = f.reshape(-1, R.shape[1], 3)
-    return F
 
 
 def fit_aff(R, F, z, sym, gamma=None, lam=None):
@@ -150,7 +109,7 @@ def main(argv=None) -> int:
         t_sym = time.perf_counter() - t
         valid_path = work / f"{mol}_valid.npz"
         if not args.no_sgdml:
-            write_sgdml_dataset(valid_path, f"{mol}_valid", R[valid], z, E[valid], F[valid])
+            write_sgdml_dataset(valid_path, f"{mol}_valid", R[valid], z, E[valid], F[valid], theory=THEORY)
         sgdml_time = {}
         sgdml_mae = {}
         for m in args.sizes:
@@ -165,23 +124,21 @@ def main(argv=None) -> int:
                 "aff_gamma": model.gamma, "aff_lam": model.lam, "aff_timings": model.info["timings"],
                 "cholesky_gflop": est.cholesky_flops / 1e9, "cholesky_gflops_rate": est.cholesky_flops / chol_s / 1e9,
             }
-            n = z.size
-            need_gb = SGDML_COPIES * 8 * (3 * m * n) ** 2 / 2**30
+            fits, why = check_sgdml_fits(m, z.size, memory_bytes=int(0.85 * MEMORY_GB * 2**30))
             if args.no_sgdml:
                 row["sgdml_note"] = "not run (--no-sgdml)"
-            elif need_gb > 0.85 * MEMORY_GB:
-                row["sgdml_note"] = (f"skipped: its {3 * m * n}² kernel needs ~{need_gb:.0f} GB at peak "
-                                     f"({SGDML_COPIES} copies) on a {MEMORY_GB:.0f} GB machine")
+            elif not fits:
+                row["sgdml_note"] = why
             else:
                 train_path = work / f"{mol}_train_{m}.npz"
-                write_sgdml_dataset(train_path, f"{mol}_train_{m}", R[tr], z, E[tr], F[tr])
-                wall, res = run_sgdml(work, train_path, valid_path, m, args.n_valid, args.sgdml_timeout)
-                if wall is None:
-                    row["sgdml_note"] = res
+                write_sgdml_dataset(train_path, f"{mol}_train_{m}", R[tr], z, E[tr], F[tr], theory=THEORY)
+                run = run_sgdml(work, train_path, valid_path, m, args.n_valid, timeout_s=args.sgdml_timeout)
+                if not run.ok:
+                    row["sgdml_note"] = run.reason
                 else:
-                    Fp = sgdml_predict_forces(res, R[test])
-                    row.update(sgdml_train_s=wall, sgdml_mae=float(np.mean(np.abs(Fp - F[test]))))
-                    sgdml_time[m], sgdml_mae[m] = wall, row["sgdml_mae"]
+                    _, Fp = sgdml_predict(run.model_path, R[test])
+                    row.update(sgdml_train_s=run.wall_s, sgdml_mae=float(np.mean(np.abs(Fp - F[test]))))
+                    sgdml_time[m], sgdml_mae[m] = run.wall_s, row["sgdml_mae"]
             rows.append(row)
             print_row(row, rate)
         # accuracy at equal training time: AFF with sgdml's M = 400 wall time
