@@ -54,6 +54,14 @@ __all__ = [
     "PickledDataError",
     "FrameSelectionError",
     "LabelSetError",
+    "EmptyFileError",
+    "UploadTooLargeError",
+    "WrongFormatError",
+    "CorruptFileError",
+    "NonFiniteDataError",
+    "NONFINITE_POLICIES",
+    "describe_nonfinite",
+    "sniff_format",
     "parse_frames",
     "detect_format",
     "load_trajectory",
@@ -119,6 +127,30 @@ class FrameSelectionError(DataError):
 
 class LabelSetError(DataError):
     """A label set the file does not provide."""
+
+
+class EmptyFileError(DataError):
+    """A file or upload of zero bytes."""
+
+
+class UploadTooLargeError(DataError):
+    """An upload above :data:`MAX_UPLOAD_MB`."""
+
+
+class WrongFormatError(DataError):
+    """Content that does not match the format its extension (or ``fmt``) names."""
+
+
+class CorruptFileError(DataError):
+    """A file of the right kind that is truncated or damaged."""
+
+
+class NonFiniteDataError(DataError):
+    """NaN or infinite positions, energies or forces (the message names the first frame and atom)."""
+
+
+#: What :func:`load_trajectory` does with frames holding NaN/inf: refuse them or drop those frames.
+NONFINITE_POLICIES: tuple[str, ...] = ("error", "drop")
 
 
 # -- frame selection ---------------------------------------------------------------
@@ -240,35 +272,171 @@ def detect_format(filename: str | os.PathLike, fmt: str | None = None) -> str:
     return _EXTENSION_FORMAT[suffix]
 
 
+def _too_large(name: str, n_bytes: int) -> UploadTooLargeError:
+    return UploadTooLargeError(
+        f"upload {name!r} is {n_bytes / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB limit: "
+        "select fewer frames before exporting it, or load it from disk with the CLI"
+    )
+
+
 def _open_source(source: Any, filename: str | None, fmt: str | None) -> _Source:
     if isinstance(source, (bytes, bytearray, memoryview)):
         if not filename:
             raise DataError("raw bytes need a filename (its extension tells the format, e.g. 'aspirin.npz')")
         data = bytes(source)
-        size_mb = len(data) / 2**20
-        if size_mb > MAX_UPLOAD_MB:
-            raise DataError(f"upload {filename!r} is {size_mb:.0f} MB, above the {MAX_UPLOAD_MB} MB limit")
         name = Path(str(filename)).name
+        if len(data) > MAX_UPLOAD_MB * 2**20:
+            raise _too_large(name, len(data))
         return _Source(name=name, data=data, path=None, fmt=detect_format(name, fmt))
     if hasattr(source, "read") and not isinstance(source, (str, os.PathLike)):
-        # a file-like upload object (e.g. Streamlit's UploadedFile)
+        # a file-like upload object (e.g. Streamlit's UploadedFile): never read more than the limit
         name = filename or getattr(source, "name", None)
-        return _open_source(source.read(), name, fmt)
+        size = getattr(source, "size", None)
+        if isinstance(size, (int, np.integer)) and size > MAX_UPLOAD_MB * 2**20:
+            raise _too_large(Path(str(name or "upload")).name, int(size))
+        data = source.read(MAX_UPLOAD_MB * 2**20 + 1)
+        if len(data) > MAX_UPLOAD_MB * 2**20:
+            raise _too_large(Path(str(name or "upload")).name, len(data) + 1)
+        return _open_source(data, name, fmt)
     path = Path(source).expanduser()
     if not path.exists():
         raise DataFileNotFoundError(f"no such data file: {str(path)!r}")
     if path.is_dir():
         raise DataError(f"{str(path)!r} is a directory, not a data file")
     name = Path(filename).name if filename else path.name
-    return _Source(name=name, data=path.read_bytes(), path=path, fmt=detect_format(name, fmt))
+    f = detect_format(name, fmt)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    return _Source(name=name, data=data, path=path, fmt=f)
+
+
+# -- content sniffing ------------------------------------------------------------------
+#: What each format's bytes look like (see :func:`sniff_format`).
+_FORMAT_KIND = {"npz": "npz", "extxyz": "text", "xyz": "text", "traj": "traj", "db": "db"}
+_KIND_TEXT = {
+    "npz": "a zip archive (an .npz dataset)",
+    "npy": "a single NumPy .npy array",
+    "text": "text (extended XYZ?)",
+    "traj": "an ASE trajectory (.traj)",
+    "pickle_traj": "an old pickle-based ASE trajectory",
+    "db": "an SQLite database (ASE .db?)",
+    "gzip": "gzip-compressed data",
+    "binary": "binary data of no supported format",
+}
+_KIND_FORMAT = {"npz": "npz", "text": "extxyz", "traj": "traj", "db": "db"}
+
+
+def sniff_format(data: bytes) -> str:
+    """Guess what a file holds from its first bytes.
+
+    Returns
+    -------
+    str
+        ``'empty'``, ``'npz'`` (zip archive), ``'npy'``, ``'traj'`` (ASE ULM
+        trajectory), ``'pickle_traj'`` (ASE's old pickle trajectories),
+        ``'db'`` (SQLite), ``'gzip'``, ``'text'`` (UTF-8 text without NUL
+        bytes) or ``'binary'``.
+    """
+    head = bytes(data[:4096])
+    if not head:
+        return "empty"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "npz"
+    if head[:6] == b"\x93NUMPY":
+        return "npy"
+    if head[:8] == b"- of Ulm":
+        return "traj"
+    if head[:16] == b"PickleTrajectory":
+        return "pickle_traj"
+    if head[:16] == b"SQLite format 3\x00":
+        return "db"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if b"\x00" in head:
+        return "binary"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4 or len(data) <= len(head):  # not just a character cut at the 4 KiB edge
+            return "binary"
+    return "text"
+
+
+def _check_content(src: _Source) -> None:
+    """Refuse empty files and content that is not what the extension (or ``fmt``) says."""
+    kind = sniff_format(src.data)
+    if kind == "empty":
+        raise EmptyFileError(
+            f"{src.name!r} is empty (0 bytes): choose the file again, or check that it was saved completely"
+        )
+    expected = _FORMAT_KIND[src.fmt]
+    if kind == expected:
+        return
+    what = {"npz": "an .npz dataset", "text": "an extended XYZ text file", "traj": "an ASE trajectory (.traj)",
+            "db": "an ASE database (.db)"}[expected]
+    if kind == "npy" and expected == "npz":
+        raise WrongFormatError(
+            f"{src.name!r} is a single .npy array; a dataset must be an .npz archive with R, z, E, F"
+        )
+    if kind == "pickle_traj":
+        raise WrongFormatError(
+            f"{src.name!r} is an old pickle-based ASE trajectory; it is refused (unpickling can run arbitrary "
+            "code): convert it with a trusted ASE install (ase convert old.traj new.traj)"
+        )
+    if kind == "gzip":
+        raise WrongFormatError(f"{src.name!r} is gzip-compressed: decompress it first (gunzip) and load the result")
+    if kind in _KIND_FORMAT:
+        proper = _KIND_FORMAT[kind]
+        raise WrongFormatError(
+            f"{src.name!r} is not {what}: it holds {_KIND_TEXT[kind]}. Rename it to .{proper} "
+            f"or choose the format {proper!r} (CLI: --format {proper})"
+        )
+    raise WrongFormatError(
+        f"{src.name!r} is not {what}: it holds {_KIND_TEXT.get(kind, kind)}. Supported: .npz (sGDML/MD17), "
+        ".extxyz/.xyz (text), .traj and .db (ASE)"
+    )
 
 
 # -- npz ----------------------------------------------------------------------------
+#: Largest total uncompressed size of an .npz's arrays (guards against zip bombs).
+MAX_NPZ_UNCOMPRESSED_MB = 8 * 1024
+
+
+def _npz_damaged(name: str, exc: BaseException, what: str = "") -> CorruptFileError:
+    detail = str(exc) or type(exc).__name__
+    return CorruptFileError(
+        f"{name!r} is a damaged .npz archive{what} (truncated or corrupted: {detail}); "
+        "export or download the file again"
+    )
+
+
+def _check_npz_members(src: _Source) -> None:
+    """Refuse archives whose members would decompress to more than the limit, or do not open."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(src.data)) as zf:
+            infos = zf.infolist()
+    except zipfile.BadZipFile as exc:
+        raise _npz_damaged(src.name, exc) from None
+    except Exception as exc:  # noqa: BLE001 - zipfile raises many types on garbage
+        raise _npz_damaged(src.name, exc) from None
+    total = sum(max(0, int(i.file_size)) for i in infos)
+    if total > MAX_NPZ_UNCOMPRESSED_MB * 2**20:
+        raise DataError(
+            f"{src.name!r} would decompress to {total / 2**30:.1f} GB, above the "
+            f"{MAX_NPZ_UNCOMPRESSED_MB / 1024:.0f} GB limit; select fewer frames before saving it"
+        )
+
+
 def _open_npz(src: _Source):
     if src.data[:6] == b"\x93NUMPY":
-        raise DataError(f"{src.name!r} is a single .npy array; a dataset must be an .npz archive with R, z, E, F")
+        raise WrongFormatError(f"{src.name!r} is a single .npy array; a dataset must be an .npz archive with R, z, E, F")
     if src.data[:2] != b"PK":
-        raise DataError(f"{src.name!r} is not an .npz (zip) archive")
+        raise WrongFormatError(f"{src.name!r} is not an .npz (zip) archive")
+    _check_npz_members(src)
     try:
         return np.load(io.BytesIO(src.data), allow_pickle=False)
     except ValueError as exc:  # numpy refuses pickled content when allow_pickle=False
@@ -276,23 +444,41 @@ def _open_npz(src: _Source):
             raise PickledDataError(
                 f"{src.name!r} holds pickled Python objects; they are refused (unpickling can run arbitrary code)"
             ) from None
-        raise DataError(f"could not read {src.name!r} as an .npz archive: {exc}") from None
+        raise _npz_damaged(src.name, exc) from None
     except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError from a damaged archive
-        raise DataError(f"could not read {src.name!r} as an .npz archive: {exc}") from None
+        raise _npz_damaged(src.name, exc) from None
 
 
 def _npz_get(npz, key: str, name: str) -> np.ndarray:
     if key not in npz.files:
         raise MissingKeyError(f"file {name!r} has no key {key!r}; keys present: {', '.join(sorted(npz.files))}")
     try:
-        return npz[key]
+        arr = npz[key]
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise PickledDataError(
                 f"key {key!r} of {name!r} holds pickled Python objects; refused (unpickling can run arbitrary code). "
                 "Save strings and numbers as plain NumPy arrays instead."
             ) from None
-        raise DataError(f"could not read key {key!r} of {name!r}: {exc}") from None
+        raise _npz_damaged(name, exc, f" (key {key!r})") from None
+    except MemoryError:
+        raise CorruptFileError(
+            f"key {key!r} of {name!r} declares an array too large to hold in memory; the file is damaged"
+        ) from None
+    except Exception as exc:  # BadZipFile (CRC), zlib.error, EOFError, OSError from a damaged member
+        raise _npz_damaged(name, exc, f" (key {key!r})") from None
+    if not isinstance(arr, np.ndarray):  # pragma: no cover - np.load of a member is always an array
+        raise DataError(f"key {key!r} of {name!r} is not an array")
+    return arr
+
+
+def _npz_numeric(arr: np.ndarray, key: str, name: str, *, integer: bool = False) -> np.ndarray:
+    """``arr`` if it holds real numbers (integers for ``integer``), else a DataError naming the key and dtype."""
+    kinds = "iu" if integer else "fiu"
+    if arr.dtype.kind not in kinds and not (integer and arr.dtype.kind == "f"):
+        want = "integer atomic numbers" if integer else "real numbers"
+        raise DataError(f"key {key!r} of {name!r} must hold {want}, got dtype {arr.dtype} (shape {arr.shape})")
+    return arr
 
 
 def _npz_str(npz, key: str, name: str) -> str | None:
@@ -328,16 +514,23 @@ def _npz_available(npz, sets: dict[str, tuple[str, str]]) -> list[str]:
     return [s for s, (ek, fk) in sets.items() if ek in npz.files and fk in npz.files]
 
 
-def _load_npz(src, *, frames, label_set, energy_key, forces_key, energy_unit, length_unit) -> Trajectory:
+def _load_npz(src, *, frames, label_set, energy_key, forces_key, energy_unit, length_unit, nonfinite) -> Trajectory:
     npz = _open_npz(src)
     with npz:
         layout, rkey, zkey, sets = _npz_layout(npz, src.name)
-        z = _npz_get(npz, zkey, src.name)
-        R = _npz_get(npz, rkey, src.name)
+        z = _npz_numeric(_npz_get(npz, zkey, src.name), zkey, src.name, integer=True)
+        if z.ndim != 1 or z.size == 0:
+            raise DataError(f"{zkey!r} of {src.name!r} must have shape (N,) with N >= 1 atoms, got {z.shape}")
+        R = _npz_numeric(_npz_get(npz, rkey, src.name), rkey, src.name)
         if R.ndim == 2 and R.shape[1] == 3 * np.size(z):  # some files store R as (M, 3N)
             R = R.reshape(R.shape[0], -1, 3)
-        if R.ndim != 3:
-            raise DataError(f"{rkey!r} of {src.name!r} must have shape (M, N, 3), got {R.shape}")
+        if R.ndim != 3 or R.shape[1:] != (z.size, 3):
+            raise DataError(
+                f"{rkey!r} of {src.name!r} must have shape (M, N, 3) with N = {z.size} atoms (the length of "
+                f"{zkey!r}), got {R.shape}"
+            )
+        if R.shape[0] == 0:
+            raise DataError(f"{rkey!r} of {src.name!r} holds no frames (shape {R.shape})")
         sel = parse_frames(frames)
         idx = _select_indices(R.shape[0], sel, frames, src.name)
 
@@ -367,8 +560,8 @@ def _load_npz(src, *, frames, label_set, energy_key, forces_key, energy_unit, le
                     )
                 ek, fk = sets[label_name]
 
-        E = _npz_get(npz, ek, src.name) if ek else None
-        F = _npz_get(npz, fk, src.name) if fk else None
+        E = _npz_numeric(_npz_get(npz, ek, src.name), ek, src.name) if ek else None
+        F = _npz_numeric(_npz_get(npz, fk, src.name), fk, src.name) if fk else None
 
         # units: explicit argument > file's r_unit/e_unit > sGDML defaults (Å, kcal/mol)
         try:
@@ -383,7 +576,7 @@ def _load_npz(src, *, frames, label_set, energy_key, forces_key, energy_unit, le
         idx_key = "idx" if "idx" in npz.files else ("old_indices" if "old_indices" in npz.files else None)
         if idx_key is not None:
             file_idx = _npz_get(npz, idx_key, src.name)
-            if file_idx.shape[:1] == (R.shape[0],):
+            if file_idx.shape == (R.shape[0],) and file_idx.dtype.kind in "iu":
                 settings["idx"] = [int(i) for i in file_idx[idx]]
         for key in ("source", "theory"):
             val = _npz_str(npz, key, src.name) if key in npz.files else None
@@ -425,45 +618,182 @@ def _load_npz(src, *, frames, label_set, energy_key, forces_key, energy_unit, le
             source=src.name, content_hash=src.sha256, label_set=label_name,
             frames=_frames_text(frames), settings=settings,
         ),
+        nonfinite=nonfinite,
     )
 
 
-def _build(z, R, E, F, *, name: str, energy_unit: str, length_unit: str, provenance: Provenance) -> Trajectory:
+def _nonfinite_frames(R, E, F) -> np.ndarray:
+    """Frames (indices) with a NaN or infinite position, energy or force."""
+    bad = ~np.isfinite(R).all(axis=(1, 2))
+    if E is not None:
+        bad |= ~np.isfinite(E)
+    if F is not None:
+        bad |= ~np.isfinite(F).all(axis=(1, 2))
+    return np.flatnonzero(bad)
+
+
+def describe_nonfinite(z, R, E=None, F=None) -> str | None:
+    """Where the first NaN/inf sits, e.g. ``"forces F[4, 7] (atom 7, O) = [nan, 0.1, 2.0]"``; None if all finite.
+
+    Parameters
+    ----------
+    z : (N,) atomic numbers; R : (M, N, 3); E : (M,) or None; F : (M, N, 3) or None
+    """
+    from ase.data import chemical_symbols
+
+    bad = _nonfinite_frames(R, E, F)
+    if bad.size == 0:
+        return None
+    f = int(bad[0])
+    counts = []
+    for label, arr in (("positions", R), ("energies", E), ("forces", F)):
+        if arr is not None:
+            k = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            if k:
+                counts.append(f"{k} in {label}")
+    where = ""
+    for label, key, arr in (("positions", "R", R), ("forces", "F", F)):
+        if arr is not None and not np.isfinite(arr[f]).all():
+            a = int(np.flatnonzero(~np.isfinite(arr[f]).all(axis=1))[0])
+            zz = int(np.asarray(z)[a]) if a < np.size(z) else 0
+            sym = chemical_symbols[zz] if 0 < zz < len(chemical_symbols) else "?"
+            vals = ", ".join(f"{v:.6g}" for v in arr[f, a])
+            where = f"frame {f}, atom {a} ({sym}): {label} {key}[{f}, {a}] = [{vals}]"
+            break
+    if not where:
+        where = f"frame {f}: energy E[{f}] = {E[f]}"
+    return (f"non-finite values (NaN or ±inf): {', '.join(counts)}, in {bad.size} of {R.shape[0]} frames; "
+            f"first at {where}")
+
+
+def _drop_frames(traj: Trajectory, drop, reason: str) -> Trajectory:
+    """``traj`` without the frames ``drop``; provenance records them (and keeps ``idx`` aligned)."""
+    drop = np.asarray(sorted(set(int(i) for i in drop)), dtype=np.int64)
+    if drop.size == 0:
+        return traj
+    keep = np.setdiff1d(np.arange(traj.n_frames), drop)
+    settings = dict(traj.provenance.settings)
+    idx = settings.get("idx")
+    if idx is not None and len(idx) == traj.n_frames:
+        settings["idx"] = [idx[i] for i in keep]
+    dropped = dict(settings.get("dropped_frames") or {})
+    dropped[reason] = list(dropped.get(reason, [])) + drop.tolist()
+    settings["dropped_frames"] = dropped
+    sub = traj.subset(keep)
+    return dataclasses.replace(sub, provenance=dataclasses.replace(traj.provenance, settings=settings))
+
+
+def _build(z, R, E, F, *, name: str, energy_unit: str, length_unit: str, provenance: Provenance,
+           nonfinite: str = "error") -> Trajectory:
     """Convert arrays from file units to internal units and validate them."""
+    if nonfinite not in NONFINITE_POLICIES:
+        raise DataError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
     ef = units.energy_factor(energy_unit)
     lf = units.length_factor(length_unit)
     ff = units.force_factor(energy_unit, length_unit)
-    R = np.asarray(R, dtype=np.float64)
-    R = R * lf if lf != 1.0 else R
-    if E is not None:
-        E = np.asarray(E, dtype=np.float64)
-        E = E * ef if ef != 1.0 else E
-    if F is not None:
-        F = np.asarray(F, dtype=np.float64)
-        F = F * ff if ff != 1.0 else F
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values become inf: reported below
+        R = np.asarray(R, dtype=np.float64)
+        R = R * lf if lf != 1.0 else R
+        if E is not None:
+            E = np.asarray(E, dtype=np.float64)
+            E = E * ef if ef != 1.0 else E
+        if F is not None:
+            F = np.asarray(F, dtype=np.float64)
+            F = F * ff if ff != 1.0 else F
     prov = dataclasses.replace(provenance, energy_unit=energy_unit, length_unit=length_unit)
+    src = provenance.source or name
     try:
-        return Trajectory(z=np.asarray(z), R=R, E=E, F=F, name=name, provenance=prov)
+        traj = Trajectory(z=np.asarray(z), R=R, E=E, F=F, name=name, provenance=prov)
     except TrajectoryError as exc:
-        raise DataError(f"{provenance.source or name!r}: {exc}") from None
+        raise DataError(f"{src!r}: {exc}") from None
+    bad = _nonfinite_frames(traj.R, traj.E, traj.F)
+    if bad.size:
+        if nonfinite == "error" or bad.size == traj.n_frames:
+            within = "" if provenance.frames in (":", "") else f" (frames counted within the selection {provenance.frames!r})"
+            advice = (
+                "every frame is affected: fix the file" if bad.size == traj.n_frames else
+                f"fix the file, or drop the {bad.size} affected frame(s): nonfinite='drop' (CLI: --drop-nonfinite)"
+            )
+            raise NonFiniteDataError(
+                f"{src!r} has {describe_nonfinite(traj.z, traj.R, traj.E, traj.F)}{within}; {advice}"
+            )
+        traj = _drop_frames(traj, bad, "nonfinite")
+    return traj
 
 
 # -- ASE formats ---------------------------------------------------------------------
+_ASE_FORMAT_TEXT = {"extxyz": "extended XYZ", "xyz": "XYZ", "traj": "an ASE trajectory (.traj)",
+                    "db": "an ASE database (.db)"}
+
+
+def _ase_error(src: _Source, exc: BaseException) -> DataError:
+    """A user-facing message for an exception from ASE's readers."""
+    what = _ASE_FORMAT_TEXT.get(src.fmt, src.fmt)
+    if isinstance(exc, UnicodeDecodeError):
+        return WrongFormatError(
+            f"{src.name!r} is not a text file: byte {exc.start} is not UTF-8 text ({what} must be plain text)"
+        )
+    if isinstance(exc, MemoryError):
+        return CorruptFileError(
+            f"{src.name!r} declares arrays too large to hold in memory: the file is damaged, not {what}"
+        )
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    detail = detail if len(detail) <= 300 else detail[:297] + "..."
+    if src.fmt in ("traj", "db"):
+        return CorruptFileError(
+            f"{src.name!r} could not be read as {what}; it looks truncated or damaged ({detail}). "
+            "Export or download it again"
+        )
+    return CorruptFileError(
+        f"{src.name!r} could not be read as {what} ({detail}); the file may be truncated or not {what}"
+    )
+
+
+def _check_ase_db(path: str, src: _Source) -> None:
+    """An SQLite file that is no ASE database gets its own message (ASE would add tables to it)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise CorruptFileError(
+            f"{src.name!r} could not be read as an ASE database (.db): {exc}; the file looks truncated or damaged"
+        ) from None
+    if "systems" not in tables:
+        raise WrongFormatError(
+            f"{src.name!r} is an SQLite database but not an ASE database (it has no 'systems' table; "
+            f"tables: {', '.join(sorted(tables)) or '(none)'})"
+        )
+
+
 def _ase_read(src: _Source, index) -> list:
+    import warnings
+
     import ase.io
 
     def read(path: str):
+        if src.fmt == "db":
+            _check_ase_db(path, src)
         try:
-            images = ase.io.read(path, index=index, format=src.fmt)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ASE warns on odd extxyz keys; errors are what matter
+                images = ase.io.read(path, index=index, format=src.fmt)
         except (StopIteration, IndexError):
             raise FrameSelectionError(f"frame {index!r} is out of range for {src.name!r}") from None
         except Exception as exc:  # ASE's parsers raise many types for malformed files
-            raise DataError(f"ASE could not read {src.name!r} as {src.fmt}: {type(exc).__name__}: {exc}") from None
+            raise _ase_error(src, exc) from None
+        except MemoryError as exc:
+            raise _ase_error(src, exc) from None
         return [images] if not isinstance(images, list) else images
 
-    if src.path is not None:
+    if src.path is not None and src.fmt != "db":
         return read(str(src.path))
-    # uploads: ASE's readers want a real file for traj/db; keep the extension.
+    # uploads: ASE's readers want a real file for traj/db; keep the extension. A .db is always read
+    # from a copy: ASE's sqlite backend writes (creates tables) when it opens a file.
     with tempfile.TemporaryDirectory(prefix="aff_upload_") as tmp:
         path = Path(tmp) / ("upload" + (Path(src.name).suffix or "." + src.fmt))
         path.write_bytes(src.data)
@@ -491,6 +821,7 @@ def from_atoms_list(
     length_unit: str | None = None,
     name: str = "",
     provenance: Provenance | None = None,
+    nonfinite: str = "error",
 ) -> Trajectory:
     """Build a Trajectory from ASE ``Atoms`` (one molecule, same atoms in every frame).
 
@@ -510,6 +841,10 @@ def from_atoms_list(
         Trajectory name (default: ``info['name']`` of the first frame, else '').
     provenance : Provenance, optional
         Source information; its units and label set are filled in here.
+    nonfinite : {'error', 'drop'}
+        Frames with NaN/inf positions or labels: refuse (:class:`NonFiniteDataError`,
+        naming the first frame and atom) or drop them (recorded in
+        ``provenance.settings['dropped_frames']``).
 
     Returns
     -------
@@ -523,10 +858,23 @@ def from_atoms_list(
         raise FrameSelectionError(f"{src!r}: no frames")
     z = np.asarray(images[0].numbers)
     for i, at in enumerate(images):
-        if len(at) != len(z) or not np.array_equal(at.numbers, z):
+        if len(at) != len(z):
             raise DataError(
-                f"{src!r}: frame {i} has atoms {at.get_chemical_formula()} ({len(at)}), frame 0 has "
-                f"{images[0].get_chemical_formula()} ({len(z)}); a trajectory must be one molecule in a fixed atom order"
+                f"{src!r}: frame {i} has atoms {at.get_chemical_formula()} ({len(at)} atoms) but frame 0 has "
+                f"{images[0].get_chemical_formula()} ({len(z)} atoms); a trajectory must be one molecule in a fixed "
+                f"atom order: load only the first {i} frame(s) (frames ':{i}') or split the file"
+            )
+        if not np.array_equal(at.numbers, z):
+            a = int(np.flatnonzero(np.asarray(at.numbers) != z)[0])
+            from ase.data import chemical_symbols as _sym
+
+            same = sorted(at.numbers.tolist()) == sorted(z.tolist())
+            raise DataError(
+                f"{src!r}: frame {i} has its atoms in a different order from frame 0 (first difference: atom {a} "
+                f"is {_sym[int(at.numbers[a])]} in frame {i} but {_sym[int(z[a])]} in frame 0)"
+                + ("" if same else f"; its formula {at.get_chemical_formula()} also differs from "
+                   f"{images[0].get_chemical_formula()}")
+                + "; a trajectory needs one fixed atom order: reorder the atoms or split the file"
             )
     info0 = images[0].info
     try:
@@ -567,20 +915,31 @@ def from_atoms_list(
 
     energies = [energy_of(i, at, energy_key) for i, at in enumerate(images)]
     forces = [forces_of(i, at, forces_key) for i, at in enumerate(images)]
+    for i, e in enumerate(energies):
+        if e is not None and not _real_scalar(e):
+            raise DataError(f"{src!r}: the energy of frame {i} is not one number (got {e!r})")
+    for i, f in enumerate(forces):
+        if f is not None and (np.shape(f) != (len(z), 3) or np.asarray(f).dtype.kind not in "fiu"):
+            raise DataError(
+                f"{src!r}: the forces of frame {i} must be {len(z)}×3 numbers, got shape {np.shape(f)}"
+                f" (dtype {np.asarray(f).dtype})"
+            )
     E = _all_or_none(energies, "energy", src)
     F = _all_or_none(forces, "forces", src)
-    if F is not None and F.shape != (len(images), len(z), 3):
-        raise DataError(f"{src!r}: forces must be (N, 3) = ({len(z)}, 3) per frame, got {F.shape[1:]}")
     if energy_key is None and forces_key is None:
         label = CALCULATOR_LABELS if (E is not None or F is not None) else ""
     else:
         label = f"{energy_key or CALCULATOR_LABELS}/{forces_key or CALCULATOR_LABELS}"
-    R = np.stack([at.positions for at in images])
+    try:
+        R = np.stack([np.asarray(at.positions, dtype=np.float64) for at in images])
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{src!r}: positions are not N×3 numbers in every frame ({exc})") from None
     return _build(
         z, R, E, F,
         name=name or str(info0.get("name") or ""),
         energy_unit=eu, length_unit=lu,
         provenance=dataclasses.replace(prov, label_set=label),
+        nonfinite=nonfinite,
     )
 
 
@@ -597,7 +956,7 @@ def _all_or_none(values: list, what: str, src: str):
     return np.asarray(np.stack([np.asarray(v, dtype=np.float64) for v in values]))
 
 
-def _load_ase(src, *, frames, label_set, energy_key, forces_key, energy_unit, length_unit) -> Trajectory:
+def _load_ase(src, *, frames, label_set, energy_key, forces_key, energy_unit, length_unit, nonfinite) -> Trajectory:
     if label_set is not None and str(label_set).strip().lower() != CALCULATOR_LABELS:
         raise LabelSetError(
             f"unknown label set {label_set!r} for {src.name!r} ({src.fmt}); available: {CALCULATOR_LABELS!r}, "
@@ -618,6 +977,7 @@ def _load_ase(src, *, frames, label_set, energy_key, forces_key, energy_unit, le
         provenance=Provenance(
             source=src.name, content_hash=src.sha256, frames=_frames_text(frames), settings={"format": src.fmt}
         ),
+        nonfinite=nonfinite,
     )
     if not traj.name:
         traj = dataclasses.replace(traj, name=Path(src.name).stem)
@@ -636,6 +996,7 @@ def load_trajectory(
     forces_key: str | None = None,
     energy_unit: str | None = None,
     length_unit: str | None = None,
+    nonfinite: str = "error",
 ) -> Trajectory:
     """Load a trajectory from a file path or uploaded bytes, in internal units.
 
@@ -660,6 +1021,11 @@ def load_trajectory(
         Units of the file, overriding what it records (npz ``e_unit``/``r_unit``,
         extxyz ``energy_unit``/``length_unit``) and the defaults (npz: kcal/mol, Å;
         ASE formats: eV, Å). Forces are taken in ``energy_unit/length_unit``.
+    nonfinite : {'error', 'drop'}
+        Frames holding NaN/inf positions, energies or forces: refuse the file
+        (:class:`NonFiniteDataError`, naming the first frame and atom; the
+        default) or drop those frames (listed in
+        ``provenance.settings['dropped_frames']['nonfinite']``).
 
     Returns
     -------
@@ -671,17 +1037,33 @@ def load_trajectory(
     ------
     DataError
         (and its subclasses) for missing files or keys, unknown formats or label
-        sets, pickled content and empty frame selections; ``units.UnitError`` for
-        unknown units.
+        sets, pickled content and empty frame selections, empty files
+        (:class:`EmptyFileError`), uploads above :data:`MAX_UPLOAD_MB`
+        (:class:`UploadTooLargeError`), content that is not what the extension
+        says (:class:`WrongFormatError`), damaged files
+        (:class:`CorruptFileError`), NaN/inf values (:class:`NonFiniteDataError`);
+        ``units.UnitError`` for unknown units. No other exception escapes: an
+        unexpected failure of a parser is reported as a :class:`DataError`.
     """
+    if nonfinite not in NONFINITE_POLICIES:
+        raise DataError(f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {nonfinite!r}")
     src = _open_source(source, filename, fmt)
+    _check_content(src)
     kwargs = dict(
         frames=frames, label_set=label_set, energy_key=energy_key, forces_key=forces_key,
-        energy_unit=energy_unit, length_unit=length_unit,
+        energy_unit=energy_unit, length_unit=length_unit, nonfinite=nonfinite,
     )
-    if src.fmt == "npz":
-        return _load_npz(src, **kwargs)
-    return _load_ase(src, **kwargs)
+    try:
+        if src.fmt == "npz":
+            return _load_npz(src, **kwargs)
+        return _load_ase(src, **kwargs)
+    except (DataError, units.UnitError):
+        raise
+    except MemoryError:
+        raise CorruptFileError(f"{src.name!r} declares more data than fits in memory; the file is damaged") from None
+    except Exception as exc:  # noqa: BLE001 - last line of defence: a parser failed in a way not foreseen
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise DataError(f"could not read {src.name!r} as {src.fmt}: {detail[:300]}") from None
 
 
 def available_label_sets(source: str | os.PathLike | bytes, filename: str | None = None, *, fmt: str | None = None) -> list[str]:
