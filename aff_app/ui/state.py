@@ -152,3 +152,69 @@ COV_FULL_CHART = "cov_full_chart"
 COV_SET_CHART = "cov_set_chart"
 COV_EMPIRICAL_CHART = "cov_empirical_chart"
 # == end of Symmetry and Covariance keys =====================================================
+
+
+# == Train, Predictions and Compare pages (pages/train.py, pages/predictions.py, pages/compare.py) ==
+#: Page files, absolute (for ``st.page_link`` from any page).
+TRAIN_PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "train.py")
+PREDICTIONS_PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "predictions.py")
+COMPARE_PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "compare.py")
+# -- shared model state ----------------------------------------------------------------------------
+#: The session's ``aff_app.session_models.ModelRegistry`` (read with ``model_widgets.get_registry()``).
+MODELS = "models"
+#: ``{(model uid, data fingerprint, n_test, seed): aff_app.predictions.HeldOut}`` (read-only arrays).
+HELD_OUT = "held_out"
+#: ``(level, message)`` of the last train/upload/rename action, shown after the rerun it triggers.
+TRAIN_NOTICE = "train_notice"
+#: Persistent copies of the Train page's settings (widget state is dropped off-page).
+TRAIN_SETTINGS = "train_settings"
+# -- Train page widgets -------------------------------------------------------------------------------
+TRAIN_MODEL = "train_model"
+TRAIN_M = "train_m"
+TRAIN_SEED = "train_seed"
+TRAIN_N_TEST = "train_n_test"
+TRAIN_HYPER = "train_hyper"
+TRAIN_GAMMA = "train_gamma"
+TRAIN_LAM = "train_lam"
+TRAIN_NAME = "train_name"
+TRAIN_RUN = "train_run"
+TRAIN_UPLOAD = "train_upload"
+TRAIN_UPLOAD_ADD = "train_upload_add"
+TRAIN_MANAGE = "train_manage"
+TRAIN_RENAME_TEXT = "train_rename_text"
+TRAIN_RENAME = "train_rename"
+TRAIN_REMOVE = "train_remove"
+TRAIN_DOWNLOAD = "train_download"
+# -- Predictions page widgets ---------------------------------------------------------------------------
+PRED_MODEL = "pred_model"
+PRED_N_TEST = "pred_n_test"
+PRED_KIND = "pred_kind"
+PRED_ATOM = "pred_atom"
+PRED_COMPONENT = "pred_component"
+PRED_RESIDUAL = "pred_residual"
+PRED_FRAME = "pred_frame"
+PRED_COLOR_BY = "pred_color_by"
+PRED_ARROW_SCALE = "pred_arrow_scale"
+PRED_FORCE_BAND_CHART = "pred_force_band_chart"
+PRED_ENERGY_BAND_CHART = "pred_energy_band_chart"
+PRED_FORCE_PARITY_CHART = "pred_force_parity_chart"
+PRED_ENERGY_PARITY_CHART = "pred_energy_parity_chart"
+PRED_CALIBRATION_CHART = "pred_calibration_chart"
+PRED_DOWNLOAD_CSV = "pred_download_csv"
+PRED_DOWNLOAD_ENERGY_CSV = "pred_download_energy_csv"
+PRED_DOWNLOAD_EXTXYZ = "pred_download_extxyz"
+# -- Compare page -------------------------------------------------------------------------------------------
+#: ``{'fingerprint', 'params', 'rows'}`` of the last learning-curve run.
+CMP_RESULT = "cmp_result"
+CMP_MODELS = "cmp_models"
+CMP_SIZES = "cmp_sizes"
+CMP_N_TEST = "cmp_n_test"
+CMP_SEED = "cmp_seed"
+CMP_HYPER = "cmp_hyper"
+CMP_GAMMA = "cmp_gamma"
+CMP_LAM = "cmp_lam"
+CMP_ENERGY = "cmp_energy"
+CMP_RUN = "cmp_run"
+CMP_CURVE_CHART = "cmp_curve_chart"
+CMP_UNCERTAINTY_CHART = "cmp_uncertainty_chart"
+# == end of Train, Predictions and Compare keys ==================================================
