@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .validation import format_value
+
 __all__ = ["Command", "register", "commands", "build_parser", "main", "add_data_arguments", "load_from_args", "CLIError"]
 
 #: Modules imported before the parser is built; each registers its commands.
@@ -143,9 +145,27 @@ def _jsonable(obj: Any):
     return str(obj)
 
 
+def _finite_only(obj: Any):
+    """``obj`` with every NaN/inf float replaced by None (JSON has no NaN; a non-number must never look like one)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.ndarray):
+        return _finite_only(obj.tolist())
+    if isinstance(obj, dict):
+        return {str(k): _finite_only(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_finite_only(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _finite_only(obj.item())
+    return obj
+
+
 def _dump(obj: dict) -> str:
-    # one line; ensure_ascii keeps the line safe on any terminal encoding ("Å" -> \u00c5)
-    return json.dumps(obj, default=_jsonable, ensure_ascii=True)
+    # one line; ensure_ascii keeps the line safe on any terminal encoding ("Å" -> \u00c5);
+    # allow_nan=False: the sanitiser has turned NaN/inf into null, so the line is always valid JSON
+    return json.dumps(_finite_only(obj), default=_jsonable, ensure_ascii=True, allow_nan=False)
 
 
 def _render_default(result: dict, indent: str = "") -> str:
@@ -154,8 +174,8 @@ def _render_default(result: dict, indent: str = "") -> str:
         if isinstance(val, dict):
             lines.append(f"{indent}{key}:")
             lines.append(_render_default(val, indent + "  "))
-        elif isinstance(val, float):
-            lines.append(f"{indent}{key}: {val:.6g}")
+        elif isinstance(val, (float, np.floating)):
+            lines.append(f"{indent}{key}: {format_value(val, digits=6)}")
         else:
             lines.append(f"{indent}{key}: {val}")
     return "\n".join(line for line in lines if line)
@@ -210,13 +230,17 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, positional: bool = Tr
     parser.add_argument("--forces-key", default=None, help="arrays/npz key holding the forces")
     parser.add_argument("--energy-unit", default=None, help="energy unit of the file (eV, kcal/mol, Hartree, ...)")
     parser.add_argument("--length-unit", default=None, help="length unit of the file (Å/Ang, bohr)")
+    parser.add_argument("--drop-nonfinite", action="store_true",
+                        help="drop frames with NaN/inf positions or labels instead of refusing the file")
+    parser.add_argument("--drop-duplicates", action="store_true",
+                        help="drop frames that repeat an earlier geometry (they make the kernel singular)")
 
 
 def load_from_args(args: argparse.Namespace, path: str | None = None):
     """Load the trajectory named by :func:`add_data_arguments` options."""
     from .data import load_trajectory
 
-    return load_trajectory(
+    traj = load_trajectory(
         path if path is not None else args.data,
         fmt=args.fmt,
         frames=args.frames,
@@ -225,7 +249,13 @@ def load_from_args(args: argparse.Namespace, path: str | None = None):
         forces_key=args.forces_key,
         energy_unit=args.energy_unit,
         length_unit=args.length_unit,
+        nonfinite="drop" if getattr(args, "drop_nonfinite", False) else "error",
     )
+    if getattr(args, "drop_duplicates", False):
+        from .validation import drop_duplicate_frames
+
+        traj, _ = drop_duplicate_frames(traj)
+    return traj
 
 
 # -- commands ------------------------------------------------------------------------
@@ -237,17 +267,30 @@ def _render_info(r: dict) -> str:
         f"labels: {r['label_set'] or 'none (view-only)'}; frames {r['frames']!r}",
     ]
     if "energy_min" in r:
-        lines.append(f"energy range: {r['energy_min']:.4f} .. {r['energy_max']:.4f} {r['units']['energy']}")
+        lines.append(f"energy range: {format_value(r['energy_min'], '', 8)} .. "
+                     f"{format_value(r['energy_max'], r['units']['energy'], 8)}")
     if "max_abs_force" in r:
-        lines.append(f"largest |F|: {r['max_abs_force']:.4f} {r['units']['force']}")
+        lines.append(f"largest |F|: {format_value(r['max_abs_force'], r['units']['force'], 6)}")
     lines.append(f"sha256: {r['content_hash']}")
+    v = r.get("validation") or {}
+    for level in ("errors", "warnings", "notes"):
+        tag = {"errors": "cannot train", "warnings": "warning", "notes": "note"}[level]
+        lines.extend(f"{tag}: {m}" for m in v.get(level, []))
     return "\n".join(lines)
 
 
 def _run_info(args) -> dict:
+    from .validation import validate_trajectory
+
     traj = load_from_args(args)
     out = traj.summary()
     out["path"] = str(args.data)
+    report = validate_trajectory(traj)
+    out["validation"] = report.to_dict()
+    out["warnings"] = list(report.errors) + list(report.warnings)
+    dropped = traj.provenance.settings.get("dropped_frames")
+    if dropped:
+        out["dropped_frames"] = dropped
     return out
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import units
 from .cli import CLIError, add_data_arguments, load_from_args, register
+from .validation import format_value
 
 __all__: list[str] = []
 
@@ -191,6 +192,7 @@ def _run_train(args) -> dict:
     info = model.info
     hyper = info.get("hyper", {})
     timings = info.get("timings", {})
+    warnings = _search_warnings(hyper, model.gamma, model.lam)
     return {
         "path": str(out),
         "model": model.mode,
@@ -205,12 +207,35 @@ def _run_train(args) -> dict:
         "sigma2": model.sigma2.tolist(),
         "criterion": info.get("criterion"),
         "search_converged": hyper.get("converged"),
+        "converged": hyper.get("converged"),
+        "warnings": warnings,
         "n_perms": int(model.perms.shape[0]),
         "pe_sets": _pe_set_records(model.pe_sets, model.z),
         "training_time_s": timings.get("fit_s"),
         "timings": {k: timings.get(k) for k in ("symmetry_s", "search_s", "build_s", "cholesky_s", "fit_s", "total_s")},
         "data_fingerprint": info["data"]["fingerprint"],
     }
+
+
+def _search_warnings(hyper: dict, gamma: float, lam: float) -> list[str]:
+    """A human warning when the hyperparameter search stopped on the edge of its range."""
+    if hyper.get("converged") is not False:
+        return []
+    hist = [h for h in hyper.get("history") or [] if len(h) == 3]
+    where = []
+    if hist:
+        gs = [h[0] for h in hist]
+        if gamma <= min(gs) * (1 + 1e-12):
+            where.append(f"γ at the low end of the searched range ({min(gs):.4g}..{max(gs):.4g} 1/Å)")
+        elif gamma >= max(gs) * (1 - 1e-12):
+            where.append(f"γ at the high end of the searched range ({min(gs):.4g}..{max(gs):.4g} 1/Å)")
+    if not where:
+        where.append("λ at the edge of its grid" if hist else "the optimum on the edge of the searched range")
+    return [
+        f"the hyperparameter search did not converge ({'; '.join(where)}); the model was fitted with the last "
+        f"values γ = {gamma:.6g} 1/Å, λ = {lam:.3g}. Check its held-out error (evaluate), or fix them with "
+        "--gamma/--lam, or train on more frames"
+    ]
 
 
 def _render_train(r: dict) -> str:
@@ -224,6 +249,7 @@ def _render_train(r: dict) -> str:
         f"training time {r['training_time_s']:.2f} s (search {t['search_s']:.2f} s, build {t['build_s']:.2f} s, "
         f"Cholesky {t['cholesky_s']:.2f} s; symmetry {t['symmetry_s']:.2f} s)",
     ]
+    lines.extend(f"warning: {w}" for w in r.get("warnings") or [])
     return "\n".join(lines)
 
 
@@ -260,9 +286,11 @@ def _render_evaluate(r: dict) -> str:
     return "\n".join([
         f"{r['model'].upper()} model ({r['n_train']} training frames) on {r['n_test']} held-out frames of "
         f"{r['formula']} ({r['test_selection']})",
-        f"force MAE  {r['force_mae']:.4f} {u}",
-        f"force RMSE {r['force_rmse']:.4f} {u}   (reference force std {r['reference_force_std']:.3f} {u})",
-        f"PCI({100 * r['level']:g}%) {100 * r['pci']:.1f}%   LCI {r['lci']:.4f} {u}   ({r['interval']} interval)",
+        f"force MAE  {format_value(r['force_mae'], u, 5)}",
+        f"force RMSE {format_value(r['force_rmse'], u, 5)}   "
+        f"(reference force std {format_value(r['reference_force_std'], u, 4)})",
+        f"PCI({100 * r['level']:g}%) {format_value(100 * r['pci'], '%', 3)}   LCI {format_value(r['lci'], u, 5)}   "
+        f"({r['interval']} interval)",
     ])
 
 

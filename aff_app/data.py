@@ -274,7 +274,7 @@ def detect_format(filename: str | os.PathLike, fmt: str | None = None) -> str:
 
 def _too_large(name: str, n_bytes: int) -> UploadTooLargeError:
     return UploadTooLargeError(
-        f"upload {name!r} is {n_bytes / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB limit: "
+        f"upload {name!r} is {n_bytes / 2**20:.1f} MB, above the {MAX_UPLOAD_MB} MB limit: "
         "select fewer frames before exporting it, or load it from disk with the CLI"
     )
 
@@ -547,10 +547,13 @@ def _load_npz(src, *, frames, label_set, energy_key, forces_key, energy_unit, le
                     label_name = available[0]
                     ek, fk = sets[label_name]
                 else:
-                    for e_, f_ in sets.values():  # half a label set: name the missing key
-                        if (e_ in npz.files) != (f_ in npz.files):
-                            _npz_get(npz, f_ if e_ in npz.files else e_, src.name)
                     label_name, ek, fk = "", None, None  # no labels: view-only
+                    for e_, f_ in sets.values():  # half a label set: load it, view-only (the report says so)
+                        if (e_ in npz.files) != (f_ in npz.files):
+                            ek = e_ if e_ in npz.files else None
+                            fk = f_ if f_ in npz.files else None
+                            label_name = f"{ek or '-'}/{fk or '-'}"
+                            break
             else:
                 by_lower = {k.lower(): k for k in sets}
                 label_name = by_lower.get(str(label_set).strip().lower(), str(label_set))
@@ -979,9 +982,26 @@ def _load_ase(src, *, frames, label_set, energy_key, forces_key, energy_unit, le
         ),
         nonfinite=nonfinite,
     )
+    if src.fmt in ("extxyz", "xyz"):
+        _check_xyz_complete(src, traj.n_atoms)
     if not traj.name:
         traj = dataclasses.replace(traj, name=Path(src.name).stem)
     return traj
+
+
+def _check_xyz_complete(src: _Source, n_atoms: int) -> None:
+    """ASE silently skips an incomplete last frame: refuse a (fixed-size) XYZ file whose lines do not add up."""
+    lines = src.data.decode("utf-8", "replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    per_frame = n_atoms + 2
+    extra = len(lines) % per_frame
+    if extra:
+        raise CorruptFileError(
+            f"{src.name!r} looks truncated: {len(lines)} lines are {len(lines) // per_frame} complete frames of "
+            f"{n_atoms} atoms ({per_frame} lines each) plus {extra} line(s) of an incomplete last frame; "
+            f"export the file again (or delete the incomplete frame)"
+        )
 
 
 # -- public loaders -------------------------------------------------------------------

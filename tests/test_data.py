@@ -199,11 +199,16 @@ def test_unknown_unit_in_file_names_the_file(tmp_path, small):
         load_trajectory(path)
 
 
-def test_missing_force_key_message_lists_the_keys(tmp_path, small):
+def test_missing_force_key_loads_view_only(tmp_path, small):
+    # issue 6: half a label set loads for viewing (aff_app.validation's report says it cannot train)
     path = tmp_path / "x.npz"
     np.savez(path, z=small["z"], R=small["R"], E=small["E"])
+    t = load_trajectory(path)
+    assert t.F is None and not t.has_labels
+    np.testing.assert_array_equal(t.E, small["E"])
+    assert t.provenance.label_set == "E/-"
     with pytest.raises(MissingKeyError, match=r"file 'x.npz' has no key 'F'; keys present: E, R, z"):
-        load_trajectory(path)
+        load_trajectory(path, energy_key="E", forces_key="F")
 
 
 def test_npz_of_unknown_layout(tmp_path):
