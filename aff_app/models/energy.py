@@ -295,14 +295,9 @@ def _force_arrays(force_model: ForceModel) -> dict:
 
 
 def _read_npz(path) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as d:
-            return {k: d[k] for k in d.files}
-    except (ValueError, OSError, EOFError) as exc:
-        raise ModelError(
-            f"cannot read {path} as a model: it is not an .npz archive of plain arrays "
-            f"(pickled/object data is refused) [{type(exc).__name__}]"
-        ) from exc
+    from .force import read_model_npz
+
+    return read_model_npz(path)
 
 
 def _split_force(d: dict, where: str) -> ForceModel:

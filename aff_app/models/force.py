@@ -229,7 +229,7 @@ class ForceModel:
         sizes = np.array([s.size for s in self.pe_sets], dtype=np.int64)
         np.savez_compressed(
             path,
-            format=np.array("aff_app.ForceModel/1"),
+            format=np.array(FORCE_FORMAT),
             version=np.array(__version__),
             mode=np.array(self.mode),
             z=self.z,
@@ -250,26 +250,26 @@ class ForceModel:
     @classmethod
     def load(cls, path) -> "ForceModel":
         """Read and validate a model written by :meth:`save`."""
-        try:
-            with np.load(path, allow_pickle=False) as d:
-                data = {k: d[k] for k in d.files}
-        except (ValueError, OSError, EOFError) as exc:
-            # numpy tries pickle on anything that is not a zip: refused, never executed
-            raise ModelError(
-                f"cannot read {path} as a model: it is not an .npz archive of plain arrays "
-                f"(pickled/object data is refused) [{type(exc).__name__}]"
-            ) from exc
-        return cls.from_arrays(data, where=str(path))
+        return cls.from_arrays(read_model_npz(path), where=str(path))
 
     @classmethod
     def from_arrays(cls, d: dict, *, where: str = "model") -> "ForceModel":
+        """Validate the arrays of a saved model (any malformed content raises :class:`ModelError`)."""
+        try:
+            return cls._from_arrays(d, where)
+        except ModelError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
+            raise ModelError(f"{where}: malformed model data ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_arrays(cls, d: dict, where: str) -> "ForceModel":
         need = ["format", "mode", "z", "R_train", "F_train", "train_idx", "set_atoms", "set_sizes", "perms",
                 "gamma", "lam", "sigma2", "alpha", "jitter", "info"]
         missing = [k for k in need if k not in d]
         if missing:
             raise ModelError(f"{where}: missing keys {missing}; is this an aff_app force model?")
-        if str(d["format"]) != "aff_app.ForceModel/1":
-            raise ModelError(f"{where}: unknown model format {str(d['format'])!r}")
+        check_model_format(d, FORCE_FORMAT, where)
         z = np.asarray(d["z"], dtype=np.int64)
         n = z.size
         R, F = np.asarray(d["R_train"], float), np.asarray(d["F_train"], float)
@@ -305,6 +305,53 @@ class ForceModel:
         return cls(mode=mode, z=z, R_train=R, F_train=F, train_idx=np.asarray(d["train_idx"], np.int64),
                    pe_sets=sets, perms=perms, gamma=gamma, lam=lam, sigma2=sigma2, alpha=alpha,
                    jitter=list(jitter), info=info)
+
+
+#: Format string written into every force-model file.
+FORCE_FORMAT = "aff_app.ForceModel/1"
+
+
+def read_model_npz(path) -> dict:
+    """The arrays of a model file; never unpickles, and any damage raises :class:`ModelError`."""
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            return {k: d[k] for k in d.files}
+    except FileNotFoundError:
+        raise
+    except MemoryError:
+        raise ModelError(f"cannot read {path} as a model: it declares arrays too large for memory (damaged file)") from None
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib.error, EOFError, ValueError (pickle refused) ...
+        # numpy tries pickle on anything that is not a zip: refused, never executed
+        if isinstance(exc, ValueError) and "pickle" in str(exc).lower():
+            raise ModelError(
+                f"cannot read {path} as a model: it is not an .npz archive of plain arrays: it holds pickled "
+                "(object) data, which is refused (unpickling can run arbitrary code)"
+            ) from None
+        detail = str(exc)[:200] or type(exc).__name__
+        raise ModelError(
+            f"cannot read {path} as a model: it is not an .npz archive of plain arrays, or it is truncated or "
+            f"damaged [{type(exc).__name__}: {detail}]"
+        ) from None
+
+
+def check_model_format(d: dict, expected: str, where: str) -> None:
+    """Refuse a model file of another kind or of a newer format version, saying which."""
+    try:
+        found = str(np.asarray(d["format"]).reshape(-1)[0]) if np.size(d["format"]) == 1 else repr(d["format"])
+    except Exception:  # noqa: BLE001 - whatever the array holds, it is not our format
+        found = "?"
+    if found == expected:
+        return
+    kind, _, ver = expected.rpartition("/")
+    fkind, _, fver = found.rpartition("/")
+    if fkind == kind and fver.isdigit() and ver.isdigit() and int(fver) > int(ver):
+        written = d.get("version")
+        by = f" by aff_app {str(written)}" if written is not None else ""
+        raise ModelError(
+            f"{where}: this model was written{by} in format {found!r}, newer than the {expected!r} this aff_app "
+            f"{__version__} reads: upgrade aff_app to load it, or retrain the model with this version"
+        )
+    raise ModelError(f"{where}: expected model format {expected!r}, found {found!r}; is this an aff_app model file?")
 
 
 def _json_default(o):
