@@ -251,13 +251,14 @@ def _unit_explanations() -> list[tuple[float, int, str]]:
                 n_mis = int(ue != ufe) + int(url != ufl)
                 if n_mis == 0:
                     continue
-                parts = []
-                if ue != ufe or url != ufl:
-                    parts.append(f"energies in {ue}, forces in {ufe}/{ufl}")
-                if url != ufl:
-                    parts.append(f"positions in {url}")
-                out.append((rho, n_mis, ", ".join(parts)))
-    return out
+                if ue == ufe:  # lengths only: the energy unit cannot be told
+                    text = f"forces per {ufl} but positions in {url}"
+                elif url == ufl:
+                    text = f"energies in {ue}, forces in {ufe}/{ufl}"
+                else:
+                    text = f"energies in {ue}, forces in {ufe}/{ufl}, positions in {url}"
+                out.append((rho, n_mis, text))
+    return list({t[2]: t for t in out}.values())
 
 
 def _close_pairs(R: np.ndarray, max_pairs: int) -> tuple[np.ndarray, np.ndarray]:
