@@ -16,6 +16,9 @@ PAGES = [
     st.Page("pages/data.py", title="Data", icon="🗂️", default=True),
     st.Page("pages/symmetry.py", title="Symmetry", icon="🔀"),
     st.Page("pages/covariance.py", title="Covariance", icon="🟥"),
+    st.Page("pages/train.py", title="Train", icon="🏋️"),
+    st.Page("pages/predictions.py", title="Predictions", icon="🎯"),
+    st.Page("pages/compare.py", title="Compare", icon="📈"),
 ]
 
 st.navigation(PAGES).run()

@@ -1,0 +1,207 @@
+"""Streamlit helpers of the Train, Predictions and Compare pages: the session's models and their predictions.
+
+* :func:`get_registry` — the session's :class:`aff_app.session_models.ModelRegistry`.
+* :func:`require_models` — like ``state.require_trajectory``: the models that
+  fit the loaded molecule, or a pointer to the Train page and ``st.stop()``.
+* :func:`train_and_register` — train (force, energy), evaluate on the held-out
+  frames, add to the registry; the library's ``progress`` reaches ``st.progress``.
+* :func:`held_out` — the held-out predictions of a model, memoised in the
+  session by (model uid, data fingerprint, test frames, seed): computed once,
+  never mutated (the arrays are read-only).
+* :func:`fmt` — numbers for display; None/NaN/inf become "—".
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any, Callable
+
+import numpy as np
+import streamlit as st
+
+from aff_app import training
+from aff_app.budget import ComputeBudgetError
+from aff_app.metrics import MetricError
+from aff_app.models.energy import fit_energy_model, fit_integrated_energy
+from aff_app.models.force import FactorizationError, ModelError
+from aff_app.predictions import HeldOut, predict_held_out
+from aff_app.session_models import ModelRegistry, RegistryError, TrainedModel
+from aff_app.symmetry import SymmetryError, SymmetryInfo
+from aff_app.trajectory import Trajectory
+
+from . import state
+
+#: Failures of a training or evaluation request that the pages turn into ``st.error``.
+EXPECTED_ERRORS = (
+    ComputeBudgetError, FactorizationError, ModelError, training.TrainingError, SymmetryError, RegistryError,
+    MetricError, np.linalg.LinAlgError,
+)
+#: How many held-out prediction sets a session keeps.
+MAX_HELD_OUT = 8
+#: Placeholder for a value that is unknown or not a finite number.
+DASH = "—"
+
+Progress = Callable[[float, str], None]
+
+
+# -- display ------------------------------------------------------------------------------------------
+
+
+def is_number(x: Any) -> bool:
+    """True for a finite int/float (numpy included)."""
+    try:
+        return x is not None and not isinstance(x, bool) and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt(x: Any, spec: str = ".3g", *, unit: str = "", percent: bool = False) -> str:
+    """``x`` formatted with ``spec`` (and `` unit``), or "—" when it is None, NaN or infinite."""
+    if not is_number(x):
+        return DASH
+    v = float(x)
+    if percent:
+        s = f"{100 * v:.1f}%"
+    elif spec.endswith("d"):
+        s = format(int(round(v)), spec)
+    else:
+        s = format(v, spec)
+    return f"{s} {unit}".rstrip() if unit else s
+
+
+def error_text(exc: BaseException) -> str:
+    """The library's message (its exceptions carry numbers and advice), or the type for a foreign one."""
+    msg = str(exc).strip()
+    return msg if msg else type(exc).__name__
+
+
+# -- the registry ----------------------------------------------------------------------------------------
+
+
+def get_registry() -> ModelRegistry:
+    """The session's model registry (created empty on first use)."""
+    reg = st.session_state.get(state.MODELS)
+    if not isinstance(reg, ModelRegistry):
+        reg = ModelRegistry()
+        st.session_state[state.MODELS] = reg
+    return reg
+
+
+def compatible_models(traj: Trajectory) -> list[TrainedModel]:
+    """Models of the session whose atoms are those of ``traj``, in the same order (newest last)."""
+    z = np.asarray(traj.z)
+    return [e for e in get_registry() if e.force.z.shape == z.shape and np.array_equal(e.force.z, z)]
+
+
+def require_models(traj: Trajectory) -> list[TrainedModel]:
+    """Models that fit the loaded molecule, or say what to do and stop the page."""
+    models = compatible_models(traj)
+    if not models:
+        others = len(get_registry())
+        tail = (f" The session has {others} model(s), but of another molecule." if others else "")
+        st.info(f"No trained model for {traj.formula} yet — train one on the Train page "
+                f"(or upload a saved model there).{tail}")
+        st.page_link(state.TRAIN_PAGE, label="Go to the Train page", icon="🏋️")
+        st.stop()
+    return models
+
+
+def model_label(entry: TrainedModel) -> str:
+    """Selectbox text of a model: its name, type and size."""
+    return f"{entry.name}  ·  {entry.mode_label}, M = {entry.n_train}"
+
+
+# -- training --------------------------------------------------------------------------------------------
+
+
+def train_and_register(
+    traj: Trajectory,
+    *,
+    mode: str,
+    n_train: int,
+    seed: int,
+    n_test: int,
+    gamma: float | None,
+    lam: float | None,
+    criterion: str,
+    symmetry: SymmetryInfo | None,
+    name: str | None,
+    progress: Progress,
+) -> tuple[TrainedModel, list[str]]:
+    """Train a force model (and its energy model), evaluate it on the held-out frames, register it.
+
+    The registry changes only when everything succeeded; an exception leaves
+    the session's models as they were. Returns the new entry and warnings
+    (e.g. an energy fit that failed while the force model is fine).
+
+    Raises
+    ------
+    One of :data:`EXPECTED_ERRORS`.
+    """
+    warnings: list[str] = []
+    force = training.train_model(
+        traj, model=mode, n_train=int(n_train), seed=int(seed), n_test=int(n_test), gamma=gamma, lam=lam,
+        criterion=criterion, symmetry=None if mode == "gdml" else symmetry,
+        progress=lambda f, m: progress(0.75 * f, m),
+    )
+    energy = None
+    if traj.E is not None:
+        progress(0.76, "fitting the energy model")
+        idx = force.train_idx
+        try:
+            if mode == "aff":
+                energy = fit_energy_model(force, traj.R[idx], traj.E[idx], train_idx=idx, seed=int(seed))
+            else:
+                energy = fit_integrated_energy(force, traj.R[idx], traj.E[idx])
+        except (ModelError, FactorizationError, np.linalg.LinAlgError) as exc:
+            warnings.append(f"The energy model could not be fitted ({error_text(exc)}); forces only.")
+    else:
+        warnings.append("The data has no energies: no energy model was fitted.")
+    reg = get_registry()
+    entry = TrainedModel(name="(pending)", force=force, energy=energy, data_fingerprint=traj.fingerprint)
+    held = held_out(entry, traj, n_test=int(n_test), seed=int(seed),
+                    progress=lambda f, m: progress(0.8 + 0.2 * f, "held-out predictions: " + m))
+    # same uid: the held-out predictions just made are memoised under it
+    entry = reg.add(force, name=name, energy=energy, data_fingerprint=traj.fingerprint, uid=entry.uid,
+                    metrics=held.report(0.95, "latent"))
+    return entry, warnings
+
+
+# -- held-out predictions ------------------------------------------------------------------------------
+
+
+def held_out(entry: TrainedModel, traj: Trajectory, *, n_test: int | None, seed: int = 0,
+             progress: Progress | None = None) -> HeldOut:
+    """Held-out predictions of ``entry`` on ``traj``, computed once per (uid, data, n_test, seed)."""
+    memo = st.session_state.setdefault(state.HELD_OUT, {})
+    key = (entry.uid, traj.fingerprint, None if n_test is None else int(n_test), int(seed))
+    if key in memo:
+        return memo[key]
+    result = predict_held_out(entry.force, traj, energy_model=entry.energy, n_test=n_test, seed=int(seed),
+                              progress=progress)
+    memo[key] = result
+    while len(memo) > MAX_HELD_OUT:
+        memo.pop(next(iter(memo)))
+    return result
+
+
+def progress_adapter(bar) -> Progress:
+    """A ``progress(fraction, message)`` callback driving an ``st.progress`` element.
+
+    Thread-safe: the library may report from worker threads (the per-set
+    factorisations run in a thread pool), where Streamlit has no session
+    context. Those reports are kept and shown at the next report from the
+    script's own thread.
+    """
+    owner = threading.get_ident()
+    latest: list = [0.0, ""]
+
+    def update(fraction: float, message: str) -> None:
+        f = min(max(float(fraction), 0.0), 1.0)
+        latest[:] = [max(f, latest[0]), message]
+        if threading.get_ident() != owner:
+            return
+        bar.progress(latest[0], text=f"{latest[1]} ({latest[0]:.0%})")
+
+    return update

@@ -1,0 +1,339 @@
+"""The Train, Predictions and Compare pages through Streamlit's AppTest (no browser).
+
+The session is seeded with the bundled benzene sample and, where a page needs
+one, a small AFF model (M = 20, fixed γ and λ) so that every run takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from aff_app import training
+from aff_app.budget import ComputeBudgetError, estimate_cost
+from aff_app.covariance import format_flops
+from aff_app.models.energy import fit_energy_model
+from aff_app.models.force import FactorizationError
+from aff_app.session_models import ModelRegistry, model_bytes
+from aff_app.ui import state
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+TRAIN, PREDICTIONS, COMPARE = "pages/train.py", "pages/predictions.py", "pages/compare.py"
+GAMMA, LAM = 4.0, 1e-8
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    import streamlit as st
+
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()
+
+
+@lru_cache(maxsize=None)
+def _traj(name: str = "benzene"):
+    from aff_app.data import load_trajectory
+
+    return load_trajectory(REPO / "sample_data" / f"{name}.npz")
+
+
+@lru_cache(maxsize=None)
+def _fitted(name: str = "benzene"):
+    traj = _traj(name)
+    m = training.train_model(traj, model="aff", n_train=20, n_test=30, gamma=GAMMA, lam=LAM)
+    em = fit_energy_model(m, traj.R[m.train_idx], traj.E[m.train_idx], gamma=GAMMA, lam=LAM)
+    return m, em
+
+
+def _registry(with_model: bool = True) -> ModelRegistry:
+    reg = ModelRegistry()
+    if with_model:
+        m, em = _fitted()
+        reg.add(m, energy=em, name="small AFF", data_fingerprint=_traj().fingerprint)
+    return reg
+
+
+def _open(page: str, *, traj=True, registry: ModelRegistry | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    if traj:
+        at.session_state[state.TRAJECTORY] = _traj()
+    at.session_state[state.DEFAULT_SAMPLE_TRIED] = True
+    if registry is not None:
+        at.session_state[state.MODELS] = registry
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _specs(at) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def _metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _texts(at, kind: str) -> str:
+    return " ".join(str(e.value) for e in getattr(at, kind))
+
+
+def _links(at) -> list[str]:
+    return [el.proto.page for el in at.get("page_link")]
+
+
+# -- nothing loaded ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", [TRAIN, PREDICTIONS, COMPARE])
+def test_pages_without_data_point_to_the_data_page(page):
+    at = _open(page, traj=False)
+    assert "No trajectory loaded" in _texts(at, "info")
+    assert "data" in _links(at)
+    assert not at.get("plotly_chart")
+
+
+def test_predictions_without_a_model_point_to_the_train_page():
+    at = _open(PREDICTIONS, registry=_registry(with_model=False))
+    assert "No trained model for C6H6 yet" in _texts(at, "info")
+    assert "train" in _links(at)
+    # a model of another molecule does not count, and the page says so
+    reg = ModelRegistry()
+    m, _ = _fitted("uracil")
+    reg.add(m, name="uracil model")
+    at = _open(PREDICTIONS, registry=reg)
+    assert "of another molecule" in _texts(at, "info")
+
+
+# -- Train ---------------------------------------------------------------------------------------------------------------
+
+
+def test_train_page_shows_the_cost_before_training():
+    at = _open(TRAIN, registry=_registry(with_model=False))
+    m = _metrics(at)
+    est = estimate_cost(200, [6, 6], n_perms=12)  # benzene AFF at the default M = 200: two PE sets of 6 atoms
+    assert m["Cholesky work Σ(3Mlᵢ)³/3"] == format_flops(est.cholesky_flops) == "31.1 GFLOP"
+    assert m["Peak memory"] == f"{est.peak_bytes / 2**30:.2f} GB"
+    assert "Memory budget" in m and "Estimated fit time" in m
+    assert at.number_input(key=state.TRAIN_M).value == 200
+    assert "PE sets: 2" in _texts(at, "caption")
+    assert not at.button(key=state.TRAIN_RUN).disabled
+    # the estimate follows the settings: GDML factors one 3MN side
+    at.radio(key=state.TRAIN_MODEL).set_value("gdml").run()
+    est = estimate_cost(200, [12])
+    assert _metrics(at)["Cholesky work Σ(3Mlᵢ)³/3"] == format_flops(est.cholesky_flops)  # (3·200·12)³/3 = 124 GFLOP
+
+
+def test_train_button_trains_a_small_model_into_the_session():
+    reg = _registry()
+    at = _open(TRAIN, registry=reg)
+    at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()  # γ and λ are enabled only in this mode
+    at.number_input(key=state.TRAIN_M).set_value(20)
+    at.number_input(key=state.TRAIN_N_TEST).set_value(15)
+    at.number_input(key=state.TRAIN_GAMMA).set_value(GAMMA)
+    at.number_input(key=state.TRAIN_LAM).set_value(LAM)
+    at.run()
+    at.button(key=state.TRAIN_RUN).click().run()
+    assert not at.exception, at.exception
+    reg = at.session_state[state.MODELS]
+    assert reg.names() == ["small AFF", "AFF M=20 seed 0"]
+    new = reg.get("AFF M=20 seed 0")
+    assert new.force.gamma == GAMMA and new.force.lam == LAM and new.n_train == 20
+    assert new.energy is not None and len(new.test_idx) == 15
+    assert new.metrics["force_mae"] > 0 and 0 <= new.metrics["pci"] <= 1
+    assert "Trained **AFF M=20 seed 0**" in _texts(at, "success")
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["small AFF", "AFF M=20 seed 0"]
+    assert table["force MAE (kcal/mol/Å)"].iloc[1] == f"{new.metrics['force_mae']:.3g}"
+    # the held-out predictions are memoised for the Predictions page
+    assert any(k[0] == new.uid for k in at.session_state[state.HELD_OUT])
+
+
+def test_over_budget_gdml_is_refused_and_existing_models_stay(monkeypatch):
+    monkeypatch.setenv("AFF_MEMORY_BUDGET_GB", "0.001")
+    reg = _registry()
+    at = _open(TRAIN, registry=reg)
+    at.radio(key=state.TRAIN_MODEL).set_value("gdml").run()
+    assert not at.exception
+    errors = _texts(at, "error")
+    assert "Refused before training" in errors and "memory budget is 0.0 GB" in errors
+    assert at.button(key=state.TRAIN_RUN).disabled
+    assert at.session_state[state.MODELS].names() == ["small AFF"]
+    assert at.session_state[state.TRAJECTORY].fingerprint == _traj().fingerprint
+
+
+@pytest.mark.parametrize("exc", [
+    FactorizationError("Cholesky of PE set 0 (atoms [0, 1], size 360) failed with λ = 1e-12: raise λ"),
+    ComputeBudgetError("this AFF fit needs about 9.0 GB but the memory budget is 1.0 GB"),
+])
+def test_training_failure_is_shown_and_changes_nothing(monkeypatch, exc):
+    """A failure inside the fit becomes st.error with the library's message; models and data stay."""
+    reg = _registry()
+    at = _open(TRAIN, registry=reg)
+    at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()
+    at.number_input(key=state.TRAIN_M).set_value(20).run()
+
+    def failing_fit(*args, **kwargs):
+        kwargs["progress"](0.3, "building kernels")
+        raise exc
+
+    monkeypatch.setattr(training, "train_model", failing_fit)
+    at.button(key=state.TRAIN_RUN).click().run()
+    assert not at.exception, at.exception
+    errors = _texts(at, "error")
+    assert "Training failed" in errors and str(exc) in errors and "models and the data are unchanged" in errors
+    assert at.session_state[state.MODELS].names() == ["small AFF"]
+    assert at.session_state[state.TRAJECTORY].fingerprint == _traj().fingerprint
+
+
+def test_rename_remove_and_download():
+    reg = _registry()
+    at = _open(TRAIN, registry=reg)
+    assert at.selectbox(key=state.TRAIN_MANAGE).value == "small AFF"
+    at.text_input(key=state.TRAIN_RENAME_TEXT).set_value("benzene AFF").run()
+    at.button(key=state.TRAIN_RENAME).click().run()
+    assert at.session_state[state.MODELS].names() == ["benzene AFF"]
+    assert "Renamed" in _texts(at, "success")
+    dl = at.get("download_button")
+    assert any("benzene AFF (force and energy model, .npz)" in el.proto.label for el in dl)
+    at.button(key=state.TRAIN_REMOVE).click().run()
+    assert len(at.session_state[state.MODELS]) == 0
+    assert "None yet" in _texts(at, "caption")
+
+
+def test_upload_adds_a_saved_model_and_refuses_another_molecule():
+    reg = _registry()
+    data = model_bytes(reg.get("small AFF"))
+    at = _open(TRAIN, registry=ModelRegistry())
+    at.get("file_uploader")  # present
+    uploader = next(el for el in at.get("file_uploader"))
+    assert uploader is not None
+    at = _upload(at, "saved.npz", data)
+    names = at.session_state[state.MODELS].names()
+    assert names == ["saved (uploaded)"]
+    added = at.session_state[state.MODELS].get("saved (uploaded)")
+    assert added.energy is not None and added.source == "uploaded"
+    np.testing.assert_allclose(added.force.alpha[0], reg.get("small AFF").force.alpha[0])
+    # a uracil model (12 atoms too) on benzene data: a clear error, nothing added
+    ura = ModelRegistry()
+    ura.add(_fitted("uracil")[0], name="u")
+    at = _upload(at, "uracil.npz", model_bytes(ura.get("u")))
+    assert "Could not add uracil.npz" in _texts(at, "error") and "C4H4N2O2" in _texts(at, "error")
+    assert at.session_state[state.MODELS].names() == ["saved (uploaded)"]
+    at = _upload(at, "junk.npz", b"not a zip file")
+    assert "not an .npz archive" in _texts(at, "error")
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    """Set the uploader (AppTest has no typed accessor for it in every version) and press Add."""
+    try:
+        at.file_uploader(key=state.TRAIN_UPLOAD).set_value((name, data, "application/octet-stream")).run()
+    except (AttributeError, TypeError):  # pragma: no cover - older AppTest
+        pytest.skip("this Streamlit's AppTest cannot set a file_uploader")
+    at.button(key=state.TRAIN_UPLOAD_ADD).click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+# -- Predictions ------------------------------------------------------------------------------------------------------------
+
+
+def test_predictions_page_shows_bands_parity_calibration_metrics_and_view():
+    reg = _registry()
+    at = _open(PREDICTIONS, registry=reg)
+    entry = reg.get("small AFF")
+    m = _metrics(at)
+    assert m["Training frames M"] == "20"
+    assert float(m["Force MAE (kcal/mol/Å)"]) > 0 and float(m["Energy MAE (kcal/mol)"]) > 0
+    assert m["PCI(95%) latent"].endswith("%") and float(m["LCI(95%) (kcal/mol/Å)"]) > 0
+    assert m["Train time (s)"] != "—"
+    assert "30 frames: the 30 test frames drawn when it was trained" in _texts(at, "markdown")
+    specs = _specs(at)
+    assert len(specs) == 5  # force band, energy band, force parity, energy parity, calibration
+    force_band, energy_band, f_par, e_par, cal = specs
+    assert force_band["data"][0]["showlegend"] is False and force_band["data"][1]["fill"] == "tonexty"
+    assert force_band["data"][0]["x"] == sorted(entry.test_idx)
+    assert force_band["layout"]["yaxis"]["title"]["text"] == "F_x of C0 (kcal/mol/Å)"
+    assert energy_band["data"][1]["fill"] == "tonexty" and "(kcal/mol)" in energy_band["layout"]["yaxis"]["title"]["text"]
+    assert "MAE" in f_par["layout"]["title"]["text"] and "kcal/mol/Å" in f_par["layout"]["title"]["text"]
+    assert len(f_par["data"][0]["x"]) == 30 * 12 * 3
+    assert "kcal/mol" in e_par["layout"]["title"]["text"]
+    assert cal["data"][0]["x"] == [0, 1] and cal["data"][0]["y"] == [0, 1]
+    iframe = at.get("iframe")[0].proto.srcdoc
+    assert "reference force" in iframe and "predicted force" in iframe and "prediction error" in iframe
+    labels = [el.proto.label for el in at.get("download_button")]
+    assert any("Forces CSV" in lab for lab in labels) and any("Extended XYZ" in lab for lab in labels)
+    # the Compare table now has this model's metrics
+    assert reg.get("small AFF").metrics["force_mae"] == pytest.approx(float(m["Force MAE (kcal/mol/Å)"]), rel=5e-3)
+
+
+def test_predictions_toggles_kind_atom_and_residual():
+    at = _open(PREDICTIONS, registry=_registry())
+    lat_lci = float(_metrics(at)["LCI(95%) (kcal/mol/Å)"])
+    at.radio(key=state.PRED_KIND).set_value("observation").run()
+    assert not at.exception
+    m = _metrics(at)
+    assert "PCI(95%) observation" in m and float(m["LCI(95%) (kcal/mol/Å)"]) >= lat_lci
+    assert _specs(at)[0]["data"][1]["name"] == "95% interval (observation)"
+    at.selectbox(key=state.PRED_ATOM).set_value(7)
+    at.radio(key=state.PRED_COMPONENT).set_value("z")
+    at.toggle(key=state.PRED_RESIDUAL).set_value(True).run()
+    band = _specs(at)[0]
+    assert band["layout"]["yaxis"]["title"]["text"] == "F_z of H7: predicted − reference (kcal/mol/Å)"
+    at.radio(key=state.PRED_COLOR_BY).set_value("std").run()
+    assert "predicted uncertainty" in at.get("iframe")[0].proto.srcdoc
+
+
+def test_predictions_of_a_force_only_model_say_why_there_is_no_energy():
+    reg = ModelRegistry()
+    reg.add(_fitted()[0], name="forces only")
+    at = _open(PREDICTIONS, registry=reg)
+    assert _metrics(at)["Energy MAE (kcal/mol)"] == "—"
+    assert "this model has no energy model" in _texts(at, "info")
+    assert "energy MAE — " in _texts(at, "caption")
+    assert len(_specs(at)) == 3  # force band, force parity, calibration
+
+
+# -- Compare ---------------------------------------------------------------------------------------------------------------
+
+
+def test_compare_lists_models_and_computes_learning_curves_with_refusals(monkeypatch):
+    n = 12
+    aff50 = estimate_cost(50, [6, 6], n_perms=12).peak_bytes
+    gdml25, gdml50 = estimate_cost(25, [n]).peak_bytes, estimate_cost(50, [n]).peak_bytes
+    budget = (max(aff50, gdml25) + gdml50) / 2
+    assert max(aff50, gdml25) < budget < gdml50
+    monkeypatch.setenv("AFF_MEMORY_BUDGET_GB", repr(budget / 2**30))
+    at = _open(COMPARE, registry=_registry())
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["small AFF"] and list(table["model"]) == ["AFF"]
+    assert table["γ (1/Å)"].iloc[0] == "4" and table["λ"].iloc[0] == "1.00e-08"
+    at.multiselect(key=state.CMP_MODELS).set_value(["aff", "gdml"])
+    at.multiselect(key=state.CMP_SIZES).set_value([25, 50])
+    at.number_input(key=state.CMP_N_TEST).set_value(20)
+    at.radio(key=state.CMP_HYPER).set_value("fixed").run()
+    at.number_input(key=state.CMP_GAMMA).set_value(GAMMA)
+    at.number_input(key=state.CMP_LAM).set_value(LAM)
+    at.run()
+    assert "GDML M = 50" in _texts(at, "warning") and "over the memory budget" in _texts(at, "warning")
+    at.button(key=state.CMP_RUN).click().run()
+    assert not at.exception, at.exception
+    rows = at.session_state[state.CMP_RESULT]["rows"]
+    assert [(r["model"], r["M"], r["status"]) for r in rows] == [
+        ("AFF", 25, "ok"), ("AFF", 50, "ok"), ("GDML", 25, "ok"), ("GDML", 50, "over budget")]
+    curve, unc = _specs(at)
+    lay = curve["layout"]
+    assert lay["xaxis"]["type"] == "log" and lay["yaxis"]["type"] == "log"
+    assert lay["yaxis"]["title"]["text"] == "force MAE (kcal/mol/Å)"
+    assert {t["name"] for t in curve["data"]} == {"AFF", "GDML"}
+    assert all(50 not in t["x"] for t in curve["data"] if t["name"] == "GDML")
+    assert "L_norm" in unc["layout"]["yaxis"]["title"]["text"]
+    result = at.dataframe[1].value
+    assert list(result["status"]) == ["ok", "ok", "ok", "over budget"]
+    assert result["force MAE (kcal/mol/Å)"].iloc[3] == "—" and "refused" in result["note"].iloc[3]
