@@ -732,7 +732,7 @@ _ASE_FORMAT_TEXT = {"extxyz": "extended XYZ", "xyz": "XYZ", "traj": "an ASE traj
 def _ase_error(src: _Source, exc: BaseException) -> DataError:
     """A user-facing message for an exception from ASE's readers."""
     what = _ASE_FORMAT_TEXT.get(src.fmt, src.fmt)
-    if isinstance(exc, UnicodeDecodeError):
+    if isinstance(exc, UnicodeDecodeError) and src.fmt in ("extxyz", "xyz"):
         return WrongFormatError(
             f"{src.name!r} is not a text file: byte {exc.start} is not UTF-8 text ({what} must be plain text)"
         )
@@ -777,6 +777,11 @@ def _ase_read(src: _Source, index) -> list:
     import warnings
 
     import ase.io
+
+    if isinstance(index, slice) and ((index.step or 1) < 0 or (src.fmt == "db" and index.step not in (None, 1))):
+        # ASE's db reader fails on stepped slices and its extxyz reader returns nothing for negative steps
+        # (found by tests/test_fuzz.py): read every frame and slice here
+        return _ase_read(src, slice(None))[index]
 
     def read(path: str):
         if src.fmt == "db":
@@ -863,8 +868,8 @@ def from_atoms_list(
     for i, at in enumerate(images):
         if len(at) != len(z):
             raise DataError(
-                f"{src!r}: frame {i} has atoms {at.get_chemical_formula()} ({len(at)} atoms) but frame 0 has "
-                f"{images[0].get_chemical_formula()} ({len(z)} atoms); a trajectory must be one molecule in a fixed "
+                f"{src!r}: frame {i} has atoms {at.get_chemical_formula() or '(none)'} ({len(at)} atoms) but frame 0 "
+                f"has {images[0].get_chemical_formula() or '(none)'} ({len(z)} atoms); a trajectory must be one molecule in a fixed "
                 f"atom order: load only the first {i} frame(s) (frames ':{i}') or split the file"
             )
         if not np.array_equal(at.numbers, z):
@@ -968,6 +973,10 @@ def _load_ase(src, *, frames, label_set, energy_key, forces_key, energy_unit, le
     sel = parse_frames(frames)
     images = _ase_read(src, sel)
     if not images:
+        if isinstance(sel, slice) and sel == slice(None):
+            raise CorruptFileError(
+                f"{src.name!r} holds no complete frame that ASE can read as {_ASE_FORMAT_TEXT.get(src.fmt, src.fmt)}"
+            )
         raise FrameSelectionError(f"frame selection {str(frames)!r} selects no frames from {src.name!r}")
     if src.fmt == "xyz" and (energy_key or forces_key):
         raise DataError("plain XYZ files carry no labels; read them with format 'extxyz' to use info/arrays keys")

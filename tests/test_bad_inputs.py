@@ -428,3 +428,16 @@ def test_cli_bad_model_file_exit_2(model_file, tmp_path, shared_data, capsys):
     code = cli.main(["evaluate", str(path), str(shared_data / "uracil.npz"), "--n-test", "5", "--json"])
     out = _last_json(capsys.readouterr().out)
     assert code == 2 and out["error_type"] == "ModelError" and "truncated or damaged" in out["error"]
+
+
+@pytest.mark.parametrize("ext", ["npz", "extxyz", "traj", "db"])
+def test_frame_selection_matches_numpy_slicing_in_every_format(tmp_path, shared_data, ext):
+    """Found by tests/test_fuzz.py: ASE's db reader failed on stepped slices, extxyz on negative steps."""
+    t = load_trajectory(shared_data / "ethanol.npz", frames=":7")
+    path = data.write_trajectory(t, tmp_path / f"e.{ext}")
+    for sel in ["::2", "1::3", "-3:", "::-1", "5:1:-2", "-2", "2:100", "-100:2", "-1::-2"]:
+        want = np.atleast_1d(np.arange(7)[data.parse_frames(sel)])
+        got = load_trajectory(path, frames=sel)
+        np.testing.assert_allclose(got.R, t.R[want], atol=1e-12, err_msg=f"{ext} {sel}")
+    with pytest.raises(data.FrameSelectionError, match="selects no frames"):
+        load_trajectory(path, frames="100:")
