@@ -410,7 +410,7 @@ class EnergyModel:
             self._chol = scipy.linalg.cholesky(K, lower=True, overwrite_a=True, check_finite=False)
         return self._chol
 
-    def predict(self, R, *, forces=None, force_noise: str = "nugget", mean_variance: bool = True,
+    def predict(self, R, *, forces=None, force_noise: str = "auto", mean_variance: bool = True,
                 batch_size: int = 32, progress: Progress | None = None) -> EnergyPrediction:
         """Predict energies at new configurations.
 
@@ -420,7 +420,11 @@ class EnergyModel:
         forces : ndarray (B, N, 3) kcal/mol/Å, or ForcePrediction, optional
             Forces at R to condition on; default the force model's prediction
             at R. Pass reference forces to see what exact forces would give.
-        force_noise : {'nugget', 'posterior'}
+        force_noise : {'auto', 'nugget', 'posterior'}
+            'auto' (default): 'posterior' when the forces come from the force
+            model (``forces`` None or a ForcePrediction with ``cov``), else
+            'nugget'. On held-out uracil 'nugget' under-covered (95% intervals
+            held 67–83% of energies) and 'posterior' gave 86–94%.
             'nugget' (method.md): the forces enter with the nugget λ only, as
             if F̂ were the true forces. 'posterior': F̂ is treated as a noisy
             measurement of F whose error covariance is the force model's
@@ -443,8 +447,11 @@ class EnergyModel:
         -------
         EnergyPrediction
         """
+        if force_noise == "auto":
+            has_cov = forces is None or getattr(forces, "cov", None) is not None
+            force_noise = "posterior" if has_cov else "nugget"
         if force_noise not in ("nugget", "posterior"):
-            raise ModelError(f"force_noise must be 'nugget' or 'posterior', got {force_noise!r}")
+            raise ModelError(f"force_noise must be 'auto', 'nugget' or 'posterior', got {force_noise!r}")
         R = _positions(R, self.n_atoms)
         progress = progress or _noop
         F, Fcov = _conditioning_forces(self.force_model, R, forces, force_noise == "posterior")
