@@ -42,8 +42,8 @@ fp = traj.fingerprint
 registry = mw.get_registry()
 
 notice = st.session_state.pop(state.TRAIN_NOTICE, None)
-if notice:
-    getattr(st, notice[0])(notice[1])
+for level, text in ([notice] if isinstance(notice, tuple) else notice or []):
+    getattr(st, level)(text)
 
 if not traj.has_labels:
     st.warning(f"{traj.name or traj.formula} has no energies and forces (view-only): it cannot be used for training. "
@@ -113,14 +113,20 @@ with st.container(border=True):
     k[1].metric("Peak memory", f"{est.peak_bytes / 2**30:.2f} GB",
                 help="All kernel matrices (float64) plus work space; 1 GB = 2³⁰ bytes.")
     k[2].metric("Memory budget", f"{budget / 2**30:.1f} GB", help="AFF_MEMORY_BUDGET_GB, or 60% of this machine's RAM.")
-    k[3].metric("Estimated fit time", f"{est.seconds:.2g} s",
-                help="The final factorisation at an assumed 30 GFLOP/s; a hyperparameter search adds to it.")
+    k[3].metric("Factorisation time (est.)", f"{est.seconds:.2g} s",
+                help="Kernel assembly and Cholesky factorisation at an assumed 30 GFLOP/s, for fixed γ and λ.")
     if over_budget:
         st.error(f"Refused before training: {over_budget}")
     elif est.seconds > SLOW_SECONDS:
         st.warning(f"This fit may take several minutes (≈ {est.seconds:,.0f} s for the factorisation alone).")
     if not fixed:
-        st.caption("The hyperparameter search adds eigendecompositions of kernels over up to 100 frames.")
+        st.caption(
+            f"The hyperparameter search comes on top of this and usually takes far longer: it builds and "
+            f"eigendecomposes the kernels of up to 100 training frames for a grid of γ values"
+            + (f", averaging {len(symmetry.perms)} permutations in each" if symmetry is not None and mode != "gdml"
+               and len(symmetry.perms) > 1 else "")
+            + ". Set γ and λ by hand for a fit that takes about the estimate."
+        )
 
 # -- train ---------------------------------------------------------------------------------------------------
 c_name, c_btn = st.columns([3, 1], vertical_alignment="bottom")
@@ -145,10 +151,16 @@ if run:
         else:
             status.update(label=f"Trained {entry.name} in {mw.fmt(entry.train_time_s, '.3g')} s",
                           state="complete", expanded=False)
+            hyper_info = entry.force.info.get("hyper", {})
+            if hyper_info.get("converged") is False:
+                warnings.append(
+                    "The hyperparameter search ended on the edge of its grid (γ or λ at a limit): the model may "
+                    "improve with γ and λ set by hand, or with more frames in the search."
+                )
             m = entry.metrics or {}
             msg = (f"Trained **{entry.name}**: γ = {entry.gamma:.4g} 1/Å, λ = {entry.lam:.2e}; held-out force MAE "
                    f"{mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}, PCI(95%) {mw.fmt(m.get('pci'), percent=True)}.")
-            st.session_state[state.TRAIN_NOTICE] = ("success", msg + "".join("\n\n" + w for w in warnings))
+            st.session_state[state.TRAIN_NOTICE] = [("success", msg)] + [("warning", w) for w in warnings]
             st.session_state.pop(state.TRAIN_NAME, None)
             st.rerun()
 

@@ -120,7 +120,7 @@ def test_train_page_shows_the_cost_before_training():
     est = estimate_cost(200, [6, 6], n_perms=12)  # benzene AFF at the default M = 200: two PE sets of 6 atoms
     assert m["Cholesky work Σ(3Mlᵢ)³/3"] == format_flops(est.cholesky_flops) == "31.1 GFLOP"
     assert m["Peak memory"] == f"{est.peak_bytes / 2**30:.2f} GB"
-    assert "Memory budget" in m and "Estimated fit time" in m
+    assert "Memory budget" in m and "Factorisation time (est.)" in m
     assert at.number_input(key=state.TRAIN_M).value == 200
     assert "PE sets: 2" in _texts(at, "caption")
     assert not at.button(key=state.TRAIN_RUN).disabled

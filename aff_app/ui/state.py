@@ -164,7 +164,7 @@ COMPARE_PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "compare.py")
 MODELS = "models"
 #: ``{(model uid, data fingerprint, n_test, seed): aff_app.predictions.HeldOut}`` (read-only arrays).
 HELD_OUT = "held_out"
-#: ``(level, message)`` of the last train/upload/rename action, shown after the rerun it triggers.
+#: ``(level, message)`` or a list of them: the last train/upload/rename outcome, shown after the rerun it triggers.
 TRAIN_NOTICE = "train_notice"
 #: Persistent copies of the Train page's settings (widget state is dropped off-page).
 TRAIN_SETTINGS = "train_settings"
