@@ -30,7 +30,7 @@ from .validation import format_value
 __all__ = ["Command", "register", "commands", "build_parser", "main", "add_data_arguments", "load_from_args", "CLIError"]
 
 #: Modules imported before the parser is built; each registers its commands.
-COMMAND_MODULES: list[str] = ["aff_app.commands_model"]
+COMMAND_MODULES: list[str] = ["aff_app.commands_model", "aff_app.commands_reproduce"]
 
 #: Exceptions that are the user's to fix: message, exit code 2, no traceback.
 # MemoryError covers budget.ComputeBudgetError (a refusal with numbers, not a crash);
