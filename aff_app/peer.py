@@ -182,11 +182,17 @@ def sgdml_time_seconds(
     """
     m, n = int(n_train), int(n_atoms)
     side = 3 * m * n
-    trials = sigma_trials or (pilot.sigma_trials if pilot is not None and pilot.sigma_trials else DEFAULT_SIGMA_TRIALS)
+    if sigma_trials:
+        trials = int(sigma_trials)
+    elif pilot is not None and pilot.sigma_trials:
+        # a larger M may need more σ trials than the pilot stopped after
+        trials = max(int(pilot.sigma_trials), DEFAULT_SIGMA_TRIALS // 2)
+    else:
+        trials = DEFAULT_SIGMA_TRIALS
     chol = trials * side**3 / 3.0 / cholesky_rate
     if pilot is not None and pilot.ok and pilot.wall_s is not None:
         p_side = 3 * pilot.n_train * n
-        p_chol = (pilot.sigma_trials or trials) * p_side**3 / 3.0 / cholesky_rate
+        p_chol = (pilot.sigma_trials or trials) * p_side**3 / 3.0 / cholesky_rate  # what the pilot factored
         rest = max(pilot.wall_s - p_chol, 0.0) * (m / pilot.n_train) ** 2
         return float(chol + rest)
     return float(chol + trials * 8.0 * side * side * max(int(n_perms), 1) / 2e9 + 30.0)

@@ -335,7 +335,7 @@ def estimate_aff_seconds(m: int, set_sizes: Sequence[int], n_perms: int, n_eval:
 
 def choose_aff_m(molecule: str, set_sizes: Sequence[int], n_perms: int, n_eval: int, pool_size: int, *,
                  requested: int | None = None, time_limit_s: float = 3600.0,
-                 memory_bytes: int | None = None) -> tuple[int, str, dict]:
+                 memory_bytes: int | None = None, requested_by: str = "as requested") -> tuple[int, str, dict]:
     """AFF's table size: the requested or paper's M, else the largest that fits.
 
     Returns
@@ -350,7 +350,7 @@ def choose_aff_m(molecule: str, set_sizes: Sequence[int], n_perms: int, n_eval: 
         m = int(requested)
         if m > pool_size:
             raise ReproduceError(f"{molecule}: AFF at M = {m} needs more than the {pool_size} training frames available")
-        why = f"as requested (the paper's M = {paper})" if paper else "as requested"
+        why = f"{requested_by} (the paper's M = {paper})" if paper else requested_by
         return m, why, {}
     target = min(int(paper or 1000), pool_size)
     candidates = [target] + [c for c in range(target - 200, 99, -200)]
@@ -587,7 +587,8 @@ def run_reproduction(settings: ReproduceSettings | None = None, *, progress: Pro
         sizes = [int(v) for v in sym.set_sizes]
         aff_m, aff_why, aff_est = choose_aff_m(mol, sizes, sym.n_perms, split.eval.size, split.pool.size,
                                                requested=s.aff_m, time_limit_s=s.aff_time_limit_s,
-                                               memory_bytes=s.memory_bytes)
+                                               memory_bytes=s.memory_bytes,
+                                               requested_by="quick run" if s.quick else "as requested")
         curve = sorted({int(m) for m in s.curve_m if m < aff_m} | {aff_m})
         choice = {"m_aff": aff_m, "m_aff_reason": aff_why, "aff_estimates": aff_est, "aff_curve_m": curve,
                   "n_atoms": first.n_atoms, "n_perms": sym.n_perms, "pe_set_sizes": sizes,
@@ -710,7 +711,8 @@ def _run_peer(traj, split, s, mol, ls, work, peer_m, choice, peer_runs, skipped,
         run(m)
     if peer_m is None:
         if s.peer_m is not None:
-            peer_m, why = int(s.peer_m), f"as requested (the paper's M = {s.peer_target_m})"
+            peer_m = int(s.peer_m)
+            why = f"{'quick run' if s.quick else 'as requested'} (the paper's M = {s.peer_target_m})"
             from .peer import check_sgdml_fits
 
             ok, reason = check_sgdml_fits(peer_m, traj.n_atoms)
