@@ -59,6 +59,7 @@ __all__ = [
     "WrongFormatError",
     "CorruptFileError",
     "NonFiniteDataError",
+    "UnexpectedReadError",
     "NONFINITE_POLICIES",
     "describe_nonfinite",
     "sniff_format",
@@ -143,6 +144,10 @@ class WrongFormatError(DataError):
 
 class CorruptFileError(DataError):
     """A file of the right kind that is truncated or damaged."""
+
+
+class UnexpectedReadError(DataError):
+    """A parser failed in a way no check foresaw (the last line of defence; the fuzz tests expect none)."""
 
 
 class NonFiniteDataError(DataError):
@@ -762,7 +767,7 @@ def _check_ase_db(path: str, src: _Source) -> None:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         finally:
             con.close()
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError, ValueError) as exc:  # a damaged schema may not even decode
         raise CorruptFileError(
             f"{src.name!r} could not be read as an ASE database (.db): {exc}; the file looks truncated or damaged"
         ) from None
@@ -811,6 +816,22 @@ def _ase_read(src: _Source, index) -> list:
 def _calc_results(atoms) -> dict:
     calc = getattr(atoms, "calc", None)
     return dict(getattr(calc, "results", {}) or {}) if calc is not None else {}
+
+
+def _symbol(z) -> str:
+    """Element symbol of an atomic number, or ``'Z=200'`` when there is none."""
+    from ase.data import chemical_symbols
+
+    z = int(z)
+    return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
+
+
+def _formula(atoms) -> str:
+    """Chemical formula of ``atoms``, also for impossible atomic numbers (a damaged file)."""
+    try:
+        return atoms.get_chemical_formula() or "(no atoms)"
+    except (IndexError, KeyError, ValueError):
+        return " ".join(_symbol(z) for z in atoms.numbers[:20]) + (" ..." if len(atoms) > 20 else "")
 
 
 def _real_scalar(val) -> bool:
@@ -868,20 +889,17 @@ def from_atoms_list(
     for i, at in enumerate(images):
         if len(at) != len(z):
             raise DataError(
-                f"{src!r}: frame {i} has atoms {at.get_chemical_formula() or '(none)'} ({len(at)} atoms) but frame 0 "
-                f"has {images[0].get_chemical_formula() or '(none)'} ({len(z)} atoms); a trajectory must be one molecule in a fixed "
+                f"{src!r}: frame {i} has atoms {_formula(at)} ({len(at)} atoms) but frame 0 "
+                f"has {_formula(images[0])} ({len(z)} atoms); a trajectory must be one molecule in a fixed "
                 f"atom order: load only the first {i} frame(s) (frames ':{i}') or split the file"
             )
         if not np.array_equal(at.numbers, z):
             a = int(np.flatnonzero(np.asarray(at.numbers) != z)[0])
-            from ase.data import chemical_symbols as _sym
-
             same = sorted(at.numbers.tolist()) == sorted(z.tolist())
             raise DataError(
                 f"{src!r}: frame {i} has its atoms in a different order from frame 0 (first difference: atom {a} "
-                f"is {_sym[int(at.numbers[a])]} in frame {i} but {_sym[int(z[a])]} in frame 0)"
-                + ("" if same else f"; its formula {at.get_chemical_formula()} also differs from "
-                   f"{images[0].get_chemical_formula()}")
+                f"is {_symbol(at.numbers[a])} in frame {i} but {_symbol(z[a])} in frame 0)"
+                + ("" if same else f"; its formula {_formula(at)} also differs from {_formula(images[0])}")
                 + "; a trajectory needs one fixed atom order: reorder the atoms or split the file"
             )
     info0 = images[0].info
@@ -1092,7 +1110,7 @@ def load_trajectory(
         raise CorruptFileError(f"{src.name!r} declares more data than fits in memory; the file is damaged") from None
     except Exception as exc:  # noqa: BLE001 - last line of defence: a parser failed in a way not foreseen
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise DataError(f"could not read {src.name!r} as {src.fmt}: {detail[:300]}") from None
+        raise UnexpectedReadError(f"could not read {src.name!r} as {src.fmt}: {detail[:300]}") from None
 
 
 def available_label_sets(source: str | os.PathLike | bytes, filename: str | None = None, *, fmt: str | None = None) -> list[str]:

@@ -441,3 +441,17 @@ def test_frame_selection_matches_numpy_slicing_in_every_format(tmp_path, shared_
         np.testing.assert_allclose(got.R, t.R[want], atol=1e-12, err_msg=f"{ext} {sel}")
     with pytest.raises(data.FrameSelectionError, match="selects no frames"):
         load_trajectory(path, frames="100:")
+
+
+def test_fixed_hyperparameters_checked_before_the_search(shared_data, tmp_path, capsys):
+    """Found by tests/test_fuzz.py: --gamma 0 without --lam divided by zero inside the λ search."""
+    t = load_trajectory(shared_data / "uracil.npz", frames=":4")
+    for gamma, lam, pattern in [(0.0, None, "γ must be a finite number > 0"), (np.nan, None, "γ = nan"),
+                                (np.inf, 1e-6, "γ = inf"), (None, -1.0, "λ must be a finite number >= 0"),
+                                (0.5, np.nan, "λ = nan")]:
+        with pytest.raises(ModelError, match=pattern):
+            fit_force_model(t.R, t.F, t.z, mode="gdml", gamma=gamma, lam=lam)
+    code = cli.main(["train", str(shared_data / "uracil.npz"), "--frames", ":6", "--n-train", "2", "--gamma", "0",
+                     "--out", str(tmp_path / "m.npz"), "--json"])
+    out = _last_json(capsys.readouterr().out)
+    assert code == 2 and out["error_type"] == "ModelError" and "γ must be" in out["error"]

