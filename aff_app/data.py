@@ -279,7 +279,7 @@ def detect_format(filename: str | os.PathLike, fmt: str | None = None) -> str:
 
 def _too_large(name: str, n_bytes: int) -> UploadTooLargeError:
     return UploadTooLargeError(
-        f"upload {name!r} is {n_bytes / 2**20:.1f} MB, above the {MAX_UPLOAD_MB} MB limit: "
+        f"upload {name!r} is {n_bytes / 2**20:.1f} MB ({n_bytes} bytes), above the {MAX_UPLOAD_MB} MB limit: "
         "select fewer frames before exporting it, or load it from disk with the CLI"
     )
 
