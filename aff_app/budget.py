@@ -82,7 +82,8 @@ def estimate_cost(n_train: int, set_sizes, *, n_perms: int = 1) -> CostEstimate:
     """Estimate memory and time of a fit of M = ``n_train`` frames."""
     sides = tuple(3 * int(n_train) * int(l) for l in set_sizes)
     mats = sum(8 * n * n for n in sides)
-    peak = mats + 192 * 2**20  # factored in place; plus the kernel's chunk temporaries
+    # factored in place; plus the assembly's chunk temporaries (at most CHUNK_BYTES)
+    peak = mats + min(192 * 2**20, 4 * mats)
     flops = sum(n**3 / 3.0 for n in sides)
     build = sum(8 * n * n for n in sides) * n_perms / 2e9  # memory-bound assembly, ~2 GB/s
     return CostEstimate(

@@ -8,6 +8,7 @@ from scipy.spatial.transform import Rotation
 
 from aff_app.descriptors import descriptor_jacobian, inverse_distances, pair_indices
 from aff_app.kernels import (
+    force_covariance_sets,
     energy_covariance,
     energy_force_covariance,
     force_covariance,
@@ -151,3 +152,18 @@ def test_matern_value_at_zero_and_decay():
     assert matern52(0.0, 1.0) == pytest.approx(1.0)
     r = np.linspace(0, 5, 50)
     assert np.all(np.diff(matern52(r, 1.0)) < 0)
+
+
+def test_fused_assembly_equals_numpy_reference(monkeypatch):
+    import aff_app.kernels as kern
+
+    if kern._assemble is None:
+        pytest.fail("numba is a pinned requirement: the fused assembly must be available")
+    R = _frames(7, 6, seed=9)
+    perms = np.array([[0, 1, 2, 3, 4, 5], [1, 0, 2, 3, 5, 4]])
+    sets = [np.array([0, 1]), np.array([2]), np.array([3]), np.array([4, 5])]
+    fused = force_covariance_sets(R, R[:5], GAMMA, sets, perms=perms)
+    monkeypatch.setattr(kern, "_FORCE_NUMPY", True)
+    ref = force_covariance_sets(R, R[:5], GAMMA, sets, perms=perms)
+    for a, b in zip(fused, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
