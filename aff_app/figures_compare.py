@@ -85,7 +85,7 @@ def learning_curve_figure(rows: Sequence[dict], *, title: str | None = None, hei
             ), row=1, col=col)
             seen.add(model)
         fig.update_xaxes(type="log", title_text="training frames M", row=1, col=col)
-        fig.update_yaxes(type="log", title_text=ytitle, row=1, col=col)
+        fig.update_yaxes(type="log", title_text=ytitle, dtick="D2", row=1, col=col)  # 1, 2, 5 per decade
     fig.update_layout(
         title={"text": title or "Learning curves: held-out error and training time against M (log–log)",
                "x": 0.0, "xanchor": "left"},
@@ -122,7 +122,9 @@ def uncertainty_figure(rows: Sequence[dict], *, level: float = 0.95, title: str 
     fig.add_hline(y=0.0, line={"color": "#444444", "width": 1, "dash": "dot"}, secondary_y=True)
     fig.update_xaxes(title_text="training frames M", type="category", categoryorder="array", categoryarray=cats)
     fig.update_yaxes(title_text=f"L_norm = LCI({pct}) / force range (fraction)", secondary_y=False, rangemode="tozero")
-    fig.update_yaxes(title_text=f"Δp = {level:.2f} − PCI({pct}) (fraction)", secondary_y=True, zeroline=True)
+    # own ticks (not synced to the bars' grid), zero marked: Δp < 0 means the intervals cover more than nominal
+    fig.update_yaxes(title_text=f"Δp = {level:.2f} − PCI({pct}) (fraction)", secondary_y=True, tickmode="auto",
+                     showgrid=False, tickformat="+.3f", zeroline=True)
     fig.update_layout(
         title={"text": title or f"Uncertainty: interval length relative to the force range (bars) and coverage gap (lines)",
                "x": 0.0, "xanchor": "left"},

@@ -131,7 +131,7 @@ def band_figure(
         ytitle = f"{quantity}: predicted − reference ({unit})"
     else:
         mu, lo, hi, ref = mu - offset, lo - offset, hi - offset, ref - offset
-        ytitle = f"{quantity} ({unit})" if offset == 0 else f"{quantity} − {offset:,.2f} ({unit})"
+        ytitle = f"{quantity}{_shift(offset)} ({unit})"
     # plain lists: the figure's JSON stays readable (plotly would otherwise base64-encode numpy arrays)
     xi = x.astype(int).tolist()
     lo, hi, mu, ref = lo.tolist(), hi.tolist(), mu.tolist(), ref.tolist()
@@ -140,9 +140,10 @@ def band_figure(
                              name=f"{band_label} lower", showlegend=False, hoverinfo="skip"))
     fig.add_trace(go.Scatter(x=xi, y=hi, mode="lines", line={"width": 0, "color": BAND_COLOR},
                              fill="tonexty", fillcolor=BAND_COLOR, name=band_label, hoverinfo="skip"))
+    # markers, not lines: held-out frames are scattered over the trajectory, a line would invent values between them
     fig.add_trace(go.Scatter(
-        x=xi, y=mu, mode="lines+markers" if x.size <= 300 else "lines", name="predicted",
-        line={"color": PREDICTED_COLOR, "width": 1.3}, marker={"size": 4, "symbol": "x"},
+        x=xi, y=mu, mode="markers", name="predicted",
+        marker={"color": PREDICTED_COLOR, "size": 6, "symbol": "x-thin", "line": {"width": 1.5, "color": PREDICTED_COLOR}},
         hovertemplate="frame %{x}<br>predicted %{y:.4g} " + unit + "<extra></extra>",
     ))
     if residual:
@@ -151,12 +152,19 @@ def band_figure(
     else:
         fig.add_trace(go.Scatter(
             x=xi, y=ref, mode="markers", name="reference",
-            marker={"color": REFERENCE_COLOR, "size": 5, "symbol": "circle-open"},
+            marker={"color": REFERENCE_COLOR, "size": 7, "symbol": "circle-open"},
             hovertemplate="frame %{x}<br>reference %{y:.4g} " + unit + "<extra></extra>",
         ))
     _layout(fig, title=title, xtitle="held-out frame index", ytitle=ytitle, height=height)
     fig.update_yaxes(tickformat=",.4~g")
     return fig
+
+
+def _shift(offset: float) -> str:
+    """Axis-title suffix for values shown relative to ``offset`` ('' when 0)."""
+    if offset == 0:
+        return ""
+    return f" − {offset:,.2f}" if offset > 0 else f" + {-offset:,.2f}"
 
 
 def parity_figure(
@@ -209,10 +217,13 @@ def parity_figure(
     fig.add_trace(go.Scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", name="y = x (perfect)",
                              line={"color": REFERENCE_COLOR, "width": 1, "dash": "dash"}, hoverinfo="skip"))
     sub = f" (shown: {keep.size:,} of {n:,})" if keep.size < n else ""
-    title = f"Parity, {quantity}: MAE {mae:.3g} {unit}, RMSE {rmse:.3g} {unit}{sub}"
-    shift = "" if offset == 0 else f" − {offset:,.2f}"
+    title = f"Parity, {quantity}<br>MAE {mae:.3g} {unit}, RMSE {rmse:.3g} {unit}{sub}"
+    shift = _shift(offset)
     _layout(fig, title=title, xtitle=f"reference {quantity}{shift} ({unit})",
             ytitle=f"predicted {quantity}{shift} ({unit})", height=height)
+    # the points hug the diagonal: the top-left corner is free for the legend
+    fig.update_layout(margin={"t": 70}, legend={"orientation": "v", "x": 0.02, "xanchor": "left", "y": 0.98,
+                                                "yanchor": "top", "bgcolor": "rgba(255,255,255,0.7)"})
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
     return fig
 

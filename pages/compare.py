@@ -122,6 +122,10 @@ result = st.session_state.get(state.CMP_RESULT)
 if result and result["fingerprint"] != fp:
     st.info("The last learning curves belong to another data set: compute them again for this one.")
     result = None
+if not result:
+    st.caption("No learning curves yet: pick models and sizes, then press the button. Each point is a full fit; with "
+               "estimated hyperparameters each one runs its own search (minutes for M in the hundreds on a small "
+               "machine), with γ and λ fixed it costs about the factorisation estimate.")
 if result:
     rows = result["rows"]
     if result["params"] != params:

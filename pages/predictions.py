@@ -86,7 +86,7 @@ registry.set_metrics(entry.name, held.report(LEVEL, "latent"))  # the Compare ta
 
 # -- Table I -------------------------------------------------------------------------------------------------
 st.markdown(f"##### Held-out metrics (Table I) — {held.n_frames} frames: {frames_note}")
-k = st.columns(6)
+k = [c for row in (st.columns(3), st.columns(3)) for c in row]  # two rows: the labels carry units
 k[0].metric("Training frames M", f"{entry.n_train:,}")
 k[1].metric(f"Force MAE ({FORCE_UNIT})", mw.fmt(rep["force_mae"], ".3g"),
             help=f"RMSE {mw.fmt(rep['force_rmse'], '.3g', unit=FORCE_UNIT)}; over every force component")
@@ -124,6 +124,9 @@ fig = figp.band_figure(
     quantity=f"F_{comp} of {atom_labels[atom]}", unit=FORCE_UNIT, band_label=band_label, residual=residual,
 )
 st.plotly_chart(fig, width="stretch", key=state.PRED_FORCE_BAND_CHART)
+if not residual:
+    st.caption("Crosses: predictions; circles: reference. The band is often narrower than the markers: turn on "
+               "'Show errors' to see it.")
 
 # -- energy along the held-out frames (Fig. 4) -----------------------------------------------------------------------
 st.subheader("Energy along the held-out frames (Fig. 4)")
@@ -184,7 +187,7 @@ if color_by == "error":
     values = held.force_errors()[frame_pos]
 else:
     values = np.sqrt(np.sum(held.force_std(kind)[frame_pos] ** 2, axis=-1))
-c_view, c_tab = st.columns([2, 1])
+c_view, c_tab = st.columns([1.5, 1])
 with c_view:
     html = figp.force_comparison_html(
         traj.z, held.R[frame_pos], held.F_ref[frame_pos], held.F_mean[frame_pos], values,
@@ -196,11 +199,13 @@ with c_tab:
     err = held.force_errors()[frame_pos]
     sd = np.sqrt(np.sum(held.force_std(kind)[frame_pos] ** 2, axis=-1))
     st.dataframe(
-        [{"atom": atom_labels[i], f"|F| ref ({FORCE_UNIT})": f"{np.linalg.norm(held.F_ref[frame_pos, i]):.3g}",
-          f"|F̂ − F| ({FORCE_UNIT})": f"{err[i]:.3g}", f"sd ({FORCE_UNIT})": f"{sd[i]:.3g}"}
+        [{"atom": atom_labels[i], "|F| reference": f"{np.linalg.norm(held.F_ref[frame_pos, i]):.3g}",
+          "|F̂ − F|": f"{err[i]:.3g}", "sd": f"{sd[i]:.3g}"}
          for i in range(traj.n_atoms)],
-        hide_index=True, width="stretch", height=VIEW_HEIGHT,
+        hide_index=True, width="stretch", height=VIEW_HEIGHT - 40,
     )
+    st.caption(f"Per atom, in {FORCE_UNIT}: size of the reference force, of the prediction error, and the "
+               f"predicted sd √(σx²+σy²+σz²) ({kind}).")
 
 # -- downloads ---------------------------------------------------------------------------------------------------------
 st.markdown("##### Download the predictions")

@@ -42,7 +42,7 @@ def test_band_lower_first_then_upper_filled_to_it_sorted_by_frame():
     assert lower["showlegend"] is False
     np.testing.assert_allclose(pred["y"], mean[order])
     np.testing.assert_allclose(refer["y"], ref[order])
-    assert refer["name"] == "reference" and refer["mode"] == "markers"
+    assert refer["name"] == "reference" and refer["mode"] == "markers" and pred["mode"] == "markers"
     assert all(t["type"] == "scatter" for t in spec["data"])  # Scattergl draws no fills
     lay = spec["layout"]
     assert lay["xaxis"]["title"]["text"] == "held-out frame index"
@@ -64,6 +64,10 @@ def test_band_residual_centres_on_zero_and_offset_is_named():
                                   quantity="energy", unit="kcal/mol", offset=1000.0))
     np.testing.assert_allclose(spec["data"][3]["y"], ref[order])
     assert spec["layout"]["yaxis"]["title"]["text"] == "energy − 1,000.00 (kcal/mol)"
+    spec = _spec(figp.band_figure(frames, ref - 9955.5, mean - 9955.5, lo - 9955.5, hi - 9955.5, title="t",
+                                  quantity="energy", unit="kcal/mol", offset=-9955.5))
+    np.testing.assert_allclose(spec["data"][3]["y"], ref[order], atol=1e-9)
+    assert spec["layout"]["yaxis"]["title"]["text"] == "energy + 9,955.50 (kcal/mol)"  # never "− -9,955.50"
 
 
 def test_band_refuses_mismatched_or_nonfinite():
