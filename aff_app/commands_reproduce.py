@@ -42,8 +42,9 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
     from .reproduce import LABEL_SETS, MOLECULES
 
     p.add_argument("--quick", action="store_true",
-                   help="a short run (< 10 min on 2 cores): AFF at M = 100 and 50, GDML/sGDML at 50, the sgdml "
-                        "package at M = 50 on the md17 labels, 500 of the 2000 test frames")
+                   help="a short run (< 10 min on 2 cores): AFF at M = 100 and 50, our sGDML mode at 50 (GDML where "
+                        "the group is trivial), the sgdml package at M = 50 on the md17 labels, 500 of the 2000 "
+                        "test frames")
     p.add_argument("--out-dir", default="artifacts/reproduce", help="folder for results.json, table_I.md and "
                    "the figures (default artifacts/reproduce)")
     p.add_argument("--molecules", nargs="+", default=None, metavar="MOL",

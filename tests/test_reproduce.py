@@ -181,6 +181,7 @@ def test_settings_are_checked_and_quick_is_small():
         ReproduceSettings(eval_frames=5000)
     q = quick_settings()
     assert q.quick and q.aff_m == 100 and q.peer_m == 50 and q.peer_label_sets == ("md17",)
+    assert q.baseline_modes == ("sgdml",) and q.baseline_m == (50,) and q.curve_m == (50,)
     assert q.n_test == 2000 and q.eval_frames == 500 and q.label_sets == ("md17", "rmd17")
     assert set(q.molecules) == set(PAPER_TABLE_I)
 
@@ -198,7 +199,8 @@ def test_missing_peer_fails_before_any_fit(monkeypatch, shared_data):
 def test_cli_json_last_line(tmp_path, capsys, shared_data):
     out = tmp_path / "repro"
     code = cli.main(["reproduce", "--molecules", "uracil", "--labels", "md17", "--data-dir", str(shared_data),
-                     "--aff-m", "30", "--curve-m", "--baseline-modes", "--no-peer", "--eval-frames", "50",
+                     "--aff-m", "30", "--curve-m", "--baseline-modes", "sgdml", "--baseline-m", "20", "--no-peer",
+                     "--eval-frames", "50",
                      "--gamma", str(GAMMA), "--lam", str(LAM), "--out-dir", str(out), "--no-png", "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -207,6 +209,9 @@ def test_cli_json_last_line(tmp_path, capsys, shared_data):
     assert len(r["rows"]) == 1 and TABLE_COLUMNS <= set(r["rows"][0])
     assert r["choices"]["uracil"]["m_aff"] == 30 and r["choices"]["uracil"]["m_aff_reason"]
     assert r["settings"]["label_sets"] == ["md17"] and r["settings"]["peer"] is False
+    # uracil's group is trivial: the sGDML mode asked for is GDML, fitted once and shown as GDML
+    assert [(p["method"], p["M"]) for p in r["points"]] == [(METHOD_AFF, 30), (METHOD_GDML, 20)]
+    assert "shown as GDML" in r["skipped"][0]["reason"]
     for f in r["figures"].values():
         assert (out / f["html"].split("/")[-1]).is_file() and f["png"] is None
     assert captured.err == ""  # --json: no progress output
