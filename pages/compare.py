@@ -9,7 +9,10 @@ import streamlit as st
 
 from aff_app import figures_compare as figc
 from aff_app import learning
+from aff_app.cancel import Cancelled
 from aff_app.session_models import MODE_LABELS
+from aff_app.ui import data_widgets as dw
+from aff_app.ui import jobs
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
 from aff_app.ui import symmetry_widgets as sw
@@ -25,6 +28,7 @@ st.caption("The models trained in this session side by side, and learning curves
 traj = state.require_trajectory()
 fp = traj.fingerprint
 registry = mw.get_registry()
+jobs.report_interrupted("learning_curve")
 
 # -- the session's models ------------------------------------------------------------------------------------------
 st.subheader("Models in this session")
@@ -53,6 +57,11 @@ else:
 st.subheader("Learning curves (Fig. 3) and interval quality (Fig. 5)")
 if not traj.has_labels:
     st.warning("The loaded data has no energies and forces: learning curves need labelled data.")
+    st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
+    st.stop()
+report = dw.validation_report(traj)
+if not report.trainable:
+    st.error("Learning curves need trainable data: " + " ".join(f"✗ {e}." for e in report.errors))
     st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
     st.stop()
 
@@ -105,16 +114,26 @@ params = {"models": list(chosen), "sizes": sorted(int(s) for s in sizes), "n_tes
           "gamma": float(gamma) if fixed else None, "lam": float(lam) if fixed else None,
           "energy": bool(with_energy)}
 if run and ready:
+    job_label = f"{', '.join(MODE_LABELS[m] for m in chosen)}; M = {', '.join(map(str, params['sizes']))}"
+    token = jobs.begin("learning_curve", job_label)
+    jobs.cancel_button(state.CMP_CANCEL, "Cancel learning curves")
     bar = st.progress(0.0, text="starting")
     try:
         rows = learning.learning_curve(
             traj, chosen, sizes, n_test=n_test, seed=seed, symmetry=symmetry, gamma=params["gamma"],
-            lam=params["lam"], with_energy=bool(with_energy), progress=mw.progress_adapter(bar),
+            lam=params["lam"], with_energy=bool(with_energy), progress=mw.progress_adapter(bar, token),
         )
+        jobs.ensure_current(token, "storing the curves")
+    except Cancelled:
+        jobs.end(token)
+        bar.empty()
+        jobs.show_cancelled("learning_curve", job_label)
     except mw.EXPECTED_ERRORS as exc:
+        jobs.end(token)
         bar.empty()
         st.error(f"Learning curves failed: {mw.error_text(exc)}")
     else:
+        jobs.end(token)
         bar.empty()
         st.session_state[state.CMP_RESULT] = {"fingerprint": fp, "params": params, "rows": rows}
 

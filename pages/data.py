@@ -8,22 +8,42 @@ import streamlit as st
 
 from aff_app import data as data_lib
 from aff_app import simulate
+from aff_app.cancel import Cancelled
 from aff_app.ui import data_widgets as dw
-from aff_app.ui import state
+from aff_app.ui import jobs, state
 from aff_app.units import ENERGY_UNITS, LENGTH_UNITS
 
 AUTO = "auto"
 
 
-def load_into_session(loader, where, *, announce: bool = True) -> None:
-    """Run ``loader()``; on success make its trajectory the loaded one, else show why (old data stays)."""
+def _kept_tail() -> str:
+    kept = state.get_trajectory()
+    return f"\n\nThe previously loaded data set ({kept.name or kept.formula}) is still loaded." if kept else ""
+
+
+def load_into_session(loader, where, *, announce: bool = True, token=None) -> None:
+    """Run ``loader()``; on success make its trajectory the loaded one, else show why (old data stays).
+
+    ``token``: the job's cancel token (simulation): a cancelled or interrupted
+    job never replaces the loaded data.
+    """
     try:
         traj = loader()
-    except Exception as exc:  # one place per action turns any failure into a message
-        kept = state.get_trajectory()
-        tail = f"\n\nThe previously loaded data set ({kept.name or kept.formula}) is still loaded." if kept else ""
-        where.error(f"Loading failed: {dw.error_message(exc)}{tail}")
+    except Cancelled:
+        if token is not None:
+            jobs.end(token)
+        jobs.show_cancelled("simulation", token.what if token is not None else "", where=where)
         return
+    except Exception as exc:  # one place per action turns any failure into a message
+        if token is not None:
+            jobs.end(token)
+        where.error(f"Loading failed: {dw.error_message(exc)}{_kept_tail()}")
+        return
+    if token is not None:
+        if not jobs.still_current(token):
+            jobs.show_cancelled("simulation", token.what, where=where)
+            return
+        jobs.end(token)
     state.set_trajectory(traj)
     if announce:
         where.success(f"Loaded {traj.name or traj.formula}: {traj.n_frames:,} frames of {traj.formula}.")
@@ -34,6 +54,11 @@ st.caption(
     "Load a molecular-dynamics trajectory with energies and forces. "
     "Everything is converted to kcal/mol, Å and kcal/mol/Å on loading."
 )
+
+jobs.report_interrupted("simulation")
+notice = st.session_state.pop(state.DATA_NOTICE, None)
+if notice:
+    getattr(st, notice[0])(notice[1])
 
 # A fresh session (first visit, or a browser reload) opens on the bundled benzene sample.
 if state.get_trajectory() is None and not st.session_state.get(state.DEFAULT_SAMPLE_TRIED):
@@ -67,12 +92,9 @@ with tab_upload:
         max_upload_size=data_lib.MAX_UPLOAD_MB,
     )
     if upload is not None:
-        too_big = upload.size > data_lib.MAX_UPLOAD_MB * 1024 * 1024
+        too_big = dw.upload_too_large(upload)
         if too_big:
-            st.error(
-                f"{upload.name} is {upload.size / 1024**2:,.1f} MB; the limit is {data_lib.MAX_UPLOAD_MB} MB. "
-                "Select fewer frames before uploading (e.g. `ase convert` with an index), or load it with the CLI."
-            )
+            st.error(f"Loading failed: {too_big}{_kept_tail()}")
         else:
             raw = upload.getvalue()
             # hash each upload once; a new file resets the options that depend on it
@@ -117,6 +139,10 @@ with tab_upload:
                                             "Forces are taken in energy unit / length unit.")
             length_unit = c7.selectbox("Length unit in the file", [AUTO, *LENGTH_UNITS], key=state.UPLOAD_LENGTH_UNIT,
                                        help="auto: what the file records, else Å.")
+            drop_nonfinite = st.checkbox(
+                "Drop frames with NaN or infinite values", key=state.UPLOAD_DROP_NONFINITE,
+                help="Off: a file with any NaN/inf value is refused, naming the first one. On: those frames are "
+                     "dropped (and listed in the report below).")
 
             def _load_upload():
                 return dw.load_cached(
@@ -125,6 +151,7 @@ with tab_upload:
                     None if forces_key == AUTO else forces_key,
                     None if energy_unit == AUTO else energy_unit,
                     None if length_unit == AUTO else length_unit,
+                    "drop" if drop_nonfinite else "error",
                     _data=raw,
                 )
 
@@ -160,6 +187,8 @@ with tab_sim:
                                key=state.SIM_TIMESTEP)
     seed = s6.number_input("Seed", min_value=0, value=0, step=1, key=state.SIM_SEED)
     if st.button("Run simulation", key=state.SIM_RUN, type="primary"):
+        token = jobs.begin("simulation", f"{molecule or smiles}, {int(steps)} frames")
+        jobs.cancel_button(state.SIM_CANCEL)
         bar = tab_sim.progress(0.0, text="Starting…")
 
         def _simulate():
@@ -167,10 +196,10 @@ with tab_sim:
                 molecule, smiles=smiles, steps=int(steps), temperature_K=float(temperature),
                 timestep_fs=float(timestep), equilibration_steps=int(equilibration),
                 sample_every=int(sample_every), seed=int(seed),
-                progress=lambda frac, msg: bar.progress(frac, text=msg),
+                progress=jobs.progress_callback(bar, token),
             )
 
-        load_into_session(_simulate, tab_sim)
+        load_into_session(_simulate, tab_sim, token=token)
         bar.empty()
 
 # -- the loaded data set ------------------------------------------------------------------------
@@ -180,6 +209,8 @@ if traj is None:
     st.stop()
 
 dw.summary_card(traj)
+st.markdown("##### Checks before training")
+dw.show_validation(traj)
 dw.frame_explorer(traj)
 st.markdown("##### Download the loaded data")
 dw.download_buttons(traj)

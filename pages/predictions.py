@@ -81,6 +81,10 @@ except mw.EXPECTED_ERRORS as exc:
     st.error(f"Evaluation failed: {mw.error_text(exc)}")
     st.stop()
 bar.empty()
+n_bad = int(np.sum(~np.isfinite(held.F_mean))) + (int(np.sum(~np.isfinite(held.E_mean))) if held.has_energy else 0)
+if n_bad:
+    st.warning(f"{n_bad} predicted value(s) of this model are NaN or infinite on these frames: they are shown as — and "
+               "every metric that depends on them is —. Retrain with a larger λ or without duplicate frames.")
 rep = held.report(LEVEL, kind)
 registry.set_metrics(entry.name, held.report(LEVEL, "latent"))  # the Compare table uses the paper's (latent) PCI
 
@@ -104,7 +108,7 @@ if rep["energy_mae"] is None:
                  else "energy MAE — : the loaded data has no reference energies")
 if entry.train_time_s is None:
     notes.append("train time — : not recorded in the model file")
-st.caption(f"γ = {entry.gamma:.4g} 1/Å, λ = {entry.lam:.2e}; L_norm = {mw.fmt(rep['l_norm'], '.3g')}, "
+st.caption(f"γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; L_norm = {mw.fmt(rep['l_norm'], '.3g')}, "
            f"Δp = 0.95 − PCI = {mw.fmt(rep['delta_p'], '+.3f')}." + (" " + "; ".join(notes) + "." if notes else ""))
 
 # -- force along the held-out frames ------------------------------------------------------------------------------
@@ -199,8 +203,8 @@ with c_tab:
     err = held.force_errors()[frame_pos]
     sd = np.sqrt(np.sum(held.force_std(kind)[frame_pos] ** 2, axis=-1))
     st.dataframe(
-        [{"atom": atom_labels[i], "|F| reference": f"{np.linalg.norm(held.F_ref[frame_pos, i]):.3g}",
-          "|F̂ − F|": f"{err[i]:.3g}", "sd": f"{sd[i]:.3g}"}
+        [{"atom": atom_labels[i], "|F| reference": mw.fmt(np.linalg.norm(held.F_ref[frame_pos, i]), ".3g"),
+          "|F̂ − F|": mw.fmt(err[i], ".3g"), "sd": mw.fmt(sd[i], ".3g")}
          for i in range(traj.n_atoms)],
         hide_index=True, width="stretch", height=VIEW_HEIGHT - 40,
     )

@@ -11,8 +11,11 @@ import streamlit as st
 from aff_app import covariance as cov
 from aff_app import learning
 from aff_app.budget import ComputeBudgetError, check_budget, default_budget_bytes
+from aff_app.cancel import Cancelled
 from aff_app.session_models import MODE_LABELS, default_name, load_model_bytes, model_bytes
 from aff_app.training import check_atoms_match
+from aff_app.ui import data_widgets as dw
+from aff_app.ui import jobs
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
 from aff_app.ui import symmetry_widgets as sw
@@ -41,6 +44,7 @@ traj = state.require_trajectory()
 fp = traj.fingerprint
 registry = mw.get_registry()
 
+jobs.report_interrupted("training")
 notice = st.session_state.pop(state.TRAIN_NOTICE, None)
 for level, text in ([notice] if isinstance(notice, tuple) else notice or []):
     getattr(st, level)(text)
@@ -50,6 +54,13 @@ if not traj.has_labels:
                "Load a labelled file on the Data page.")
     st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
     st.stop()
+report = dw.validation_report(traj)
+if not report.trainable:
+    st.error("Cannot train on the loaded data: " + " ".join(f"✗ {e}." for e in report.errors))
+    st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
+    st.stop()
+for text in report.warnings:
+    st.warning(text + " (see the Data page)")
 
 # -- settings ------------------------------------------------------------------------------------------
 sw.restore_settings(state.TRAIN_SETTINGS, SETTINGS, fingerprint=fp)
@@ -136,19 +147,28 @@ name = c_name.text_input("Model name", key=state.TRAIN_NAME, placeholder=auto_na
 run = c_btn.button("Train", key=state.TRAIN_RUN, type="primary", disabled=over_budget is not None,
                    width="stretch")
 if run:
+    job_label = f"{MODE_LABELS[mode]}, M = {n_train}"
+    token = jobs.begin("training", job_label)
     with st.status(f"Training {MODE_LABELS[mode]} on M = {n_train} frames…", expanded=True) as status:
+        jobs.cancel_button(state.TRAIN_CANCEL, "Cancel training")
         bar = st.progress(0.0, text="starting")
         try:
             entry, warnings = mw.train_and_register(
                 traj, mode=mode, n_train=n_train, seed=seed, n_test=n_test,
                 gamma=float(gamma_in) if fixed else None, lam=float(lam_in) if fixed else None,
                 criterion="cv" if hyper == "cv" else "likelihood", symmetry=symmetry, name=name,
-                progress=mw.progress_adapter(bar),
+                progress=mw.progress_adapter(bar, token), token=token,
             )
+        except Cancelled:
+            jobs.end(token)
+            status.update(label="Training cancelled", state="error", expanded=True)
+            jobs.show_cancelled("training", job_label)
         except mw.EXPECTED_ERRORS as exc:
+            jobs.end(token)
             status.update(label="Training failed", state="error", expanded=True)
             st.error(f"Training failed: {mw.error_text(exc)}\n\nThe session's models and the data are unchanged.")
         else:
+            jobs.end(token)
             status.update(label=f"Trained {entry.name} in {mw.fmt(entry.train_time_s, '.3g')} s",
                           state="complete", expanded=False)
             hyper_info = entry.force.info.get("hyper", {})
@@ -158,7 +178,8 @@ if run:
                     "improve with γ and λ set by hand, or with more frames in the search."
                 )
             m = entry.metrics or {}
-            msg = (f"Trained **{entry.name}**: γ = {entry.gamma:.4g} 1/Å, λ = {entry.lam:.2e}; held-out force MAE "
+            msg = (f"Trained **{entry.name}**: γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; "
+                   "held-out force MAE "
                    f"{mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}, PCI(95%) {mw.fmt(m.get('pci'), percent=True)}.")
             st.session_state[state.TRAIN_NOTICE] = [("success", msg)] + [("warning", w) for w in warnings]
             st.session_state.pop(state.TRAIN_NAME, None)

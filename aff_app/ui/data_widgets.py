@@ -1,7 +1,15 @@
-"""Streamlit widgets around the data library: cached loading, summary card, frame explorer.
+"""Streamlit widgets around the data library: cached loading, validation report, summary card, frame explorer.
 
-Reusable by any page that shows a trajectory (``summary_card``, ``show_molecule``).
-Numbers are in internal units (kcal/mol, Å, kcal/mol/Å) and every label says so.
+Reusable by any page that shows a trajectory (``summary_card``, ``show_molecule``,
+``validation_report``/``show_validation``). Numbers are in internal units
+(kcal/mol, Å, kcal/mol/Å) and every label says so; NaN/inf are shown as "—".
+
+Caches (``st.cache_data``) are shared by every browser session of the server,
+so they hold only immutable results keyed by content: the SHA-256 of the file
+bytes or the trajectory's fingerprint plus the options. ``st.cache_data``
+hands each caller its own unpickled copy, and :func:`load_cached` marks that
+copy's arrays read-only again. Models and predictions are never cached here:
+they live in each session's ``st.session_state``.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import streamlit as st
 from aff_app import data as data_lib
 from aff_app import figures, viewer
 from aff_app.trajectory import Trajectory
+from aff_app.validation import ValidationReport, drop_duplicate_frames, format_value, validate_trajectory
 from aff_app.units import ENERGY_UNIT, FORCE_UNIT, LENGTH_UNIT
 
 from . import state
@@ -41,26 +50,17 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@st.cache_data(show_spinner="Reading the file…", max_entries=16)
-def load_cached(
-    content_hash: str,
-    filename: str,
-    fmt: str | None = None,
-    frames: str = ":",
-    label_set: str | None = None,
-    energy_key: str | None = None,
-    forces_key: str | None = None,
-    energy_unit: str | None = None,
-    length_unit: str | None = None,
-    *,
-    _data: bytes,
-) -> Trajectory:
-    """``data.load_trajectory`` on file bytes, cached on (bytes hash, options).
+def freeze(traj: Trajectory) -> Trajectory:
+    """Mark the arrays of ``traj`` read-only (an unpickled copy from a cache comes back writeable)."""
+    for arr in (traj.z, traj.R, traj.E, traj.F):
+        if isinstance(arr, np.ndarray) and arr.flags.writeable:
+            arr.setflags(write=False)
+    return traj
 
-    ``_data`` is excluded from the cache key (leading underscore); ``content_hash``
-    must be ``digest(_data)``. The cached Trajectory is immutable; callers get
-    a copy and must not try to change it anyway.
-    """
+
+@st.cache_data(show_spinner="Reading the file…", max_entries=16)
+def _load_cached(content_hash: str, filename: str, fmt, frames, label_set, energy_key, forces_key, energy_unit,
+                 length_unit, nonfinite, *, _data: bytes) -> Trajectory:
     return data_lib.load_trajectory(
         _data,
         filename=filename,
@@ -71,7 +71,33 @@ def load_cached(
         forces_key=forces_key,
         energy_unit=energy_unit,
         length_unit=length_unit,
+        nonfinite=nonfinite,
     )
+
+
+def load_cached(
+    content_hash: str,
+    filename: str,
+    fmt: str | None = None,
+    frames: str = ":",
+    label_set: str | None = None,
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    energy_unit: str | None = None,
+    length_unit: str | None = None,
+    nonfinite: str = "error",
+    *,
+    _data: bytes,
+) -> Trajectory:
+    """``data.load_trajectory`` on file bytes, cached on (bytes hash, options).
+
+    ``_data`` is excluded from the cache key (leading underscore); ``content_hash``
+    must be ``digest(_data)``. Every caller gets its own copy of the cached
+    Trajectory, with read-only arrays. Failures are not cached: each load of a
+    bad file raises the library's error again.
+    """
+    return freeze(_load_cached(content_hash, filename, fmt, frames, label_set, energy_key, forces_key, energy_unit,
+                               length_unit, nonfinite, _data=_data))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -101,6 +127,24 @@ def load_sample(name: str) -> Trajectory:
     return load_cached(digest(raw), path.name, _data=raw)
 
 
+def upload_too_large(upload) -> str | None:
+    """The library's refusal of an upload above ``data.MAX_UPLOAD_MB``, or None when it is within the limit.
+
+    ``load_trajectory`` checks the size of a file-like upload before reading a
+    byte, so the message is the library's own (:class:`data.UploadTooLargeError`).
+    """
+    size = getattr(upload, "size", None)
+    if not isinstance(size, (int, np.integer)) or size <= data_lib.MAX_UPLOAD_MB * 2**20:
+        return None
+    try:
+        data_lib.load_trajectory(upload, filename=getattr(upload, "name", None))
+    except data_lib.UploadTooLargeError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - any other refusal of an oversized upload is still a refusal
+        return error_message(exc)
+    return None
+
+
 def error_message(exc: BaseException) -> str:
     """One readable line for a failed load: the library's message, or the type for a foreign error."""
     if isinstance(exc, (ValueError, RuntimeError, OSError)) and str(exc):
@@ -108,11 +152,59 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc} (the file could not be parsed)"
 
 
+# -- validation ------------------------------------------------------------------------------
+
+
+@st.cache_data(show_spinner="Checking the data…", max_entries=32)
+def _validation_cached(fingerprint: str, *, _traj: Trajectory) -> ValidationReport:
+    return validate_trajectory(_traj)
+
+
+def validation_report(traj: Trajectory) -> ValidationReport:
+    """``validation.validate_trajectory`` of ``traj``, cached on its fingerprint (a copy per caller)."""
+    return _validation_cached(traj.fingerprint, _traj=traj)
+
+
+LEVEL_CALL = {"error": "error", "warning": "warning", "note": "info"}
+LEVEL_ICON = {"error": "✗", "warning": "⚠️", "note": "ℹ️"}
+
+
+def _drop_duplicates() -> None:
+    """``on_click`` of "Drop duplicate frames": runs before the page is drawn, so the new data shows at once."""
+    traj = state.get_trajectory()
+    if traj is None:
+        return
+    new, n = drop_duplicate_frames(traj)
+    if n:
+        state.set_trajectory(new)
+        st.session_state[state.DATA_NOTICE] = (
+            "success", f"Dropped {n} duplicate frame(s): {new.n_frames:,} frames left (the first of each group is "
+                       "kept). Models trained before still refer to the old frame numbers.")
+
+
+def show_validation(traj: Trajectory, report: ValidationReport | None = None, *, offer_fixes: bool = True) -> ValidationReport:
+    """The validation report of ``traj``: errors (cannot train), warnings, notes; fixes offered as buttons."""
+    report = report if report is not None else validation_report(traj)
+    for level, text in report.messages():
+        if level == "note":
+            st.caption(f"{LEVEL_ICON[level]} {text}")
+        else:
+            getattr(st, LEVEL_CALL[level])(text)
+    if not report.trainable:
+        st.error("This data set cannot be used for training (reasons above); it can still be viewed.", icon="🚫")
+    if offer_fixes and report.duplicate_groups:
+        st.button(f"Drop duplicate frames ({report.n_duplicates} in {len(report.duplicate_groups)} groups)",
+                  key=state.DATA_DROP_DUPLICATES, on_click=_drop_duplicates,
+                  help="Keeps the first frame of each group of identical geometries; everything else stays.")
+    return report
+
+
 # -- summary ---------------------------------------------------------------------------------
 
 
 def _fmt(x: float) -> str:
-    return f"{x:,.2f}"
+    text = format_value(x, digits=17)
+    return text if text == "—" else f"{float(x):,.2f}"
 
 
 def summary_card(traj: Trajectory) -> None:
@@ -221,7 +313,7 @@ def frame_explorer(traj: Trajectory) -> None:
             labels = st.toggle("Labels", value=False, key=state.SHOW_LABELS)
         caption = f"frame {frame}"
         if traj.E is not None:
-            caption += f" · E = {traj.E[frame]:,.2f} {ENERGY_UNIT}"
+            caption += f" · E = {_fmt(traj.E[frame])} {ENERGY_UNIT}"
         show_molecule(
             traj.z, traj.R[frame],
             forces=traj.F[frame] if show_forces else None,

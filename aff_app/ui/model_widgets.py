@@ -9,12 +9,14 @@
   session by (model uid, data fingerprint, test frames, seed): computed once,
   never mutated (the arrays are read-only).
 * :func:`fmt` — numbers for display; None/NaN/inf become "—".
+
+Long runs report through :func:`progress_adapter` (``aff_app.ui.jobs``), which
+also honours a Cancel button: see ``jobs`` for what an interruption leaves.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -22,6 +24,7 @@ import streamlit as st
 
 from aff_app import training
 from aff_app.budget import ComputeBudgetError
+from aff_app.cancel import CancelToken
 from aff_app.metrics import MetricError
 from aff_app.models.energy import fit_energy_model, fit_integrated_energy
 from aff_app.models.force import FactorizationError, ModelError
@@ -30,7 +33,7 @@ from aff_app.session_models import ModelRegistry, RegistryError, TrainedModel
 from aff_app.symmetry import SymmetryError, SymmetryInfo
 from aff_app.trajectory import Trajectory
 
-from . import state
+from . import jobs, state
 
 #: Failures of a training or evaluation request that the pages turn into ``st.error``.
 EXPECTED_ERRORS = (
@@ -128,6 +131,7 @@ def train_and_register(
     symmetry: SymmetryInfo | None,
     name: str | None,
     progress: Progress,
+    token: CancelToken | None = None,
 ) -> tuple[TrainedModel, list[str]]:
     """Train a force model (and its energy model), evaluate it on the held-out frames, register it.
 
@@ -135,9 +139,14 @@ def train_and_register(
     the session's models as they were. Returns the new entry and warnings
     (e.g. an energy fit that failed while the force model is fine).
 
+    ``token``: the job's :class:`~aff_app.cancel.CancelToken` (``jobs.begin``);
+    right before registering, the job must still be the session's current one
+    (``jobs.ensure_current``), so an interrupted or cancelled run adds nothing.
+
     Raises
     ------
-    One of :data:`EXPECTED_ERRORS`.
+    One of :data:`EXPECTED_ERRORS`; :class:`aff_app.cancel.Cancelled` when
+    ``progress`` raised it or the job was cancelled.
     """
     warnings: list[str] = []
     force = training.train_model(
@@ -150,10 +159,12 @@ def train_and_register(
         progress(0.76, "fitting the energy model")
         idx = force.train_idx
         try:
+            e_progress = lambda f, m: progress(0.76 + 0.04 * f, "energy model: " + m)  # noqa: E731
             if mode == "aff":
-                energy = fit_energy_model(force, traj.R[idx], traj.E[idx], train_idx=idx, seed=int(seed))
+                energy = fit_energy_model(force, traj.R[idx], traj.E[idx], train_idx=idx, seed=int(seed),
+                                          progress=e_progress)
             else:
-                energy = fit_integrated_energy(force, traj.R[idx], traj.E[idx])
+                energy = fit_integrated_energy(force, traj.R[idx], traj.E[idx], progress=e_progress)
         except (ModelError, FactorizationError, np.linalg.LinAlgError) as exc:
             warnings.append(f"The energy model could not be fitted ({error_text(exc)}); forces only.")
     else:
@@ -162,6 +173,8 @@ def train_and_register(
     entry = TrainedModel(name="(pending)", force=force, energy=energy, data_fingerprint=traj.fingerprint)
     held = held_out(entry, traj, n_test=int(n_test), seed=int(seed),
                     progress=lambda f, m: progress(0.8 + 0.2 * f, "held-out predictions: " + m))
+    if token is not None:
+        jobs.ensure_current(token, "registering the model")
     # same uid: the held-out predictions just made are memoised under it
     entry = reg.add(force, name=name, energy=energy, data_fingerprint=traj.fingerprint, uid=entry.uid,
                     metrics=held.report(0.95, "latent"))
@@ -186,22 +199,13 @@ def held_out(entry: TrainedModel, traj: Trajectory, *, n_test: int | None, seed:
     return result
 
 
-def progress_adapter(bar) -> Progress:
+def progress_adapter(bar, token: CancelToken | None = None) -> Progress:
     """A ``progress(fraction, message)`` callback driving an ``st.progress`` element.
 
     Thread-safe: the library may report from worker threads (the per-set
     factorisations run in a thread pool), where Streamlit has no session
     context. Those reports are kept and shown at the next report from the
-    script's own thread.
+    script's own thread. With a ``token`` every report raises
+    :class:`aff_app.cancel.Cancelled` once it is cancelled (see ``jobs``).
     """
-    owner = threading.get_ident()
-    latest: list = [0.0, ""]
-
-    def update(fraction: float, message: str) -> None:
-        f = min(max(float(fraction), 0.0), 1.0)
-        latest[:] = [max(f, latest[0]), message]
-        if threading.get_ident() != owner:
-            return
-        bar.progress(latest[0], text=f"{latest[1]} ({latest[0]:.0%})")
-
-    return update
+    return jobs.progress_callback(bar, token)

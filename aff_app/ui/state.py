@@ -218,3 +218,20 @@ CMP_RUN = "cmp_run"
 CMP_CURVE_CHART = "cmp_curve_chart"
 CMP_UNCERTAINTY_CHART = "cmp_uncertainty_chart"
 # == end of Train, Predictions and Compare keys ==================================================
+
+
+# == Bad input, long runs and cancellation (issue 6) ============================================
+#: The running long job, ``{'kind', 'label', 'token': aff_app.cancel.CancelToken}`` (see ``aff_app.ui.jobs``);
+#: still present at the top of a run = the job was interrupted.
+ACTIVE_JOB = "active_job"
+#: Cancel buttons shown while a job runs.
+TRAIN_CANCEL = "train_cancel"
+CMP_CANCEL = "cmp_cancel"
+SIM_CANCEL = "data_sim_cancel"
+#: Data page: drop the duplicate frames the validation report found.
+DATA_DROP_DUPLICATES = "data_drop_duplicates"
+#: ``(level, message)`` shown once after the Data page changed the loaded data by a button.
+DATA_NOTICE = "data_notice"
+#: Upload option: drop frames with NaN/inf values instead of refusing the file.
+UPLOAD_DROP_NONFINITE = "data_upload_drop_nonfinite"
+# == end of issue-6 keys ==========================================================================
