@@ -170,6 +170,18 @@ class _Side:
         self.beta = np.einsum("mik,mikc->mic", G.Dmat[:, atoms], V)
         self.DT = np.ascontiguousarray(G.Dmat[:, other_atoms].transpose(1, 2, 0))
 
+    def head(self, m: int) -> "_Side":
+        """The same terms for the first ``m`` frames only (views, no copies)."""
+        if m == self.m:
+            return self
+        out = object.__new__(_Side)
+        l = self.VT.shape[0]
+        out.VT = self.VT.reshape(l, self.m, 3, -1)[:, :m].reshape(l, m * 3, -1)
+        out.beta = self.beta[:m]
+        out.DT = self.DT[:, :, :m]
+        out.m = m
+        return out
+
 
 def _force_block(Ga: Geometry, Gb: Geometry, atoms_a, atoms_b, gamma: float, coef=None, out=None,
                  side_a: _Side | None = None, side_b: _Side | None = None) -> np.ndarray:
@@ -338,6 +350,9 @@ def force_covariance_sets(
         pairs.append((np.asarray(a, dtype=np.int64).reshape(-1), np.asarray(b, dtype=np.int64).reshape(-1)))
     plist = _perm_list(perms, n)
     ma, mb = Ga.n_frames, Gb.n_frames
+    # K(x_a, x_b) = K(x_b, x_a)ᵀ: for a square kernel of one set of frames, build the
+    # frame blocks on and below the diagonal only and mirror them (half the work)
+    symmetric = Ga is Gb and all(np.array_equal(a, b) for a, b in pairs)
     outs = [np.zeros((ma, a.size, 3, mb, b.size, 3)) for a, b in pairs]
     # permuted copies of x_b; atom j of x_b sits at position p⁻¹(j) of the copy
     copies = []
@@ -355,16 +370,41 @@ def force_covariance_sets(
 
     def work(sl: slice) -> None:
         Gs = Ga.take(sl)
+        e = sl.stop if symmetric else mb  # columns needed for this row chunk
         for (Gq, cols), sides in zip(copies, sides_b):
-            coef = _coefficients(_rho(Gs.D, Gq.D), gamma)
+            Gc = Gq if e == mb else Gq.take(slice(0, e))
+            coef = _coefficients(_rho(Gs.D, Gc.D), gamma)
             for out, (a, _), c, sb in zip(outs, pairs, cols, sides):
-                _force_block(Gs, Gq, a, c, gamma, coef, out=out[sl], side_a=_Side(Gs, a, c), side_b=sb)
+                _force_block(Gs, Gc, a, c, gamma, coef, out=out[sl, :, :, :e], side_a=_Side(Gs, a, c),
+                             side_b=sb.head(e))
         if len(copies) > 1:
             for out in outs:
-                out[sl] /= len(copies)
+                out[sl, :, :, :e] /= len(copies)
 
     _run(work, chunks, threads)
-    return [out.reshape(ma * a.size * 3, mb * b.size * 3) for out, (a, b) in zip(outs, pairs)]
+    mats = [out.reshape(ma * a.size * 3, mb * b.size * 3) for out, (a, b) in zip(outs, pairs)]
+    if symmetric:
+        for K in mats:
+            _mirror_lower(K, a_block=K.shape[0] // ma)
+    return mats
+
+
+def _mirror_lower(K: np.ndarray, a_block: int, rows: int = 1024) -> None:
+    """Copy the block-lower triangle of K onto its upper triangle, in row strips.
+
+    Frame blocks (size ``a_block``) on the diagonal are complete; blocks above
+    them were left zero by the symmetric build.
+    """
+    n = K.shape[0]
+    step = max(a_block, (rows // a_block) * a_block)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        # rows r0:r1, columns right of the strip's diagonal blocks
+        K[r0:r1, r1:] = K[r1:, r0:r1].T
+        # inside the strip: blocks above the diagonal blocks
+        for b0 in range(r0, r1, a_block):
+            b1 = b0 + a_block
+            K[b0:b1, b1:r1] = K[b1:r1, b0:b1].T
 
 
 def force_covariance_self(R, gamma: float, sets, *, perms=None) -> list[np.ndarray]:

@@ -167,3 +167,18 @@ def test_fused_assembly_equals_numpy_reference(monkeypatch):
     ref = force_covariance_sets(R, R[:5], GAMMA, sets, perms=perms)
     for a, b in zip(fused, ref):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2**30])
+def test_symmetric_half_build_equals_full_build(chunk_bytes):
+    from aff_app.kernels import Geometry
+
+    R = _frames(9, 6, seed=10)
+    perms = np.array([[0, 1, 2, 3, 4, 5], [1, 0, 2, 3, 5, 4]])
+    sets = [np.array([0, 1]), np.array([2]), np.array([3]), np.array([4, 5])]
+    G = Geometry.from_positions(R)
+    half = force_covariance_sets(G, G, GAMMA, sets, perms=perms, chunk_bytes=chunk_bytes)  # same object
+    full = force_covariance_sets(G, G.take(slice(None)), GAMMA, sets, perms=perms, chunk_bytes=chunk_bytes)
+    for a, b in zip(half, full):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(a, a.T, rtol=1e-12, atol=1e-15)

@@ -35,6 +35,8 @@ MODES = ("aff", "gdml", "sgdml")
 MAX_JITTER_STEPS = 4
 #: Largest kernel side eigendecomposed during the hyperparameter search.
 MAX_SEARCH_SIDE = 2400
+#: Fewest frames the search uses when the permutation group is large.
+MIN_SEARCH_FRAMES = 30
 
 Progress = Callable[[float, str], None]
 
@@ -526,7 +528,9 @@ def fit_force_model(
         ts = time.perf_counter()
         # the search eigendecomposes each kernel (≈ 10 n³ flops): keep sides ≤ MAX_SEARCH_SIDE
         lmax = max(s.size for s in sets)
-        ms = max(2, min(m, int(search_frames), MAX_SEARCH_SIDE // (3 * lmax)))
+        # and the PS kernel costs S plain kernels per evaluation: fewer frames for large groups
+        per_perm = max(MIN_SEARCH_FRAMES, int(search_frames / np.sqrt(len(kperms))))
+        ms = max(2, min(m, int(search_frames), per_perm, MAX_SEARCH_SIDE // (3 * lmax)))
         sub = np.sort(np.random.default_rng(seed).choice(m, size=ms, replace=False)) if ms < m else np.arange(m)
         Gs = G.take(sub)
         ys = [F[sub][:, s, :].reshape(-1) for s in sets]
