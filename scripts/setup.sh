@@ -57,13 +57,20 @@ if [ ! -s "$TDM_JS" ] || [ "$(cat "$TDM_DIR/VERSION" 2>/dev/null)" != "$TDM_VERS
     echo "$TDM_VERSION" > "$TDM_DIR/VERSION"
 fi
 
-# 4. Browser for the end-to-end tests (never `playwright install`: Debian's chromium).
-if [ "$DEV" = 1 ] && [ ! -x /usr/bin/chromium ]; then
-    echo "setup: installing chromium (browser tests)"
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-    $SUDO apt-get update
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y chromium
+# 4. Browser for the end-to-end tests (never `playwright install`: Debian's chromium),
+#    and an emoji font so the page icons in the screenshots are not empty boxes.
+if [ "$DEV" = 1 ]; then
+    MISSING=""
+    [ -x /usr/bin/chromium ] || MISSING="$MISSING chromium"
+    dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || MISSING="$MISSING fonts-noto-color-emoji"
+    if [ -n "$MISSING" ]; then
+        echo "setup: installing$MISSING (browser tests)"
+        SUDO=""
+        if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+        $SUDO apt-get update
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y $MISSING
+    fi
 fi
 
 echo "setup: ok (3Dmol.js $TDM_VERSION)"
