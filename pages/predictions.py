@@ -85,8 +85,8 @@ n_bad = int(np.sum(~np.isfinite(held.F_mean))) + (int(np.sum(~np.isfinite(held.E
 if n_bad:
     st.warning(f"{n_bad} predicted value(s) of this model are NaN or infinite on these frames: they are shown as — and "
                "every metric that depends on them is —. Retrain with a larger λ or without duplicate frames.")
-rep = held.report(LEVEL, kind)
-registry.set_metrics(entry.name, held.report(LEVEL, "latent"))  # the Compare table uses the paper's (latent) PCI
+rep = mw.held_report(held, LEVEL, kind)
+registry.set_metrics(entry.name, mw.held_report(held, LEVEL, "latent"))  # the Compare table uses the paper's (latent) PCI
 
 # -- Table I -------------------------------------------------------------------------------------------------
 st.markdown(f"##### Held-out metrics (Table I) — {held.n_frames} frames: {frames_note}")
@@ -105,7 +105,8 @@ k[5].metric("Train time (s)", mw.fmt(entry.train_time_s, ".3g"),
 notes = []
 if rep["energy_mae"] is None:
     notes.append("energy MAE — : this model has no energy model" if entry.energy is None
-                 else "energy MAE — : the loaded data has no reference energies")
+                 else "energy MAE — : the loaded data has no reference energies" if not held.has_energy
+                 else "energy MAE — : some energy predictions are NaN or infinite")
 if entry.train_time_s is None:
     notes.append("train time — : not recorded in the model file")
 st.caption(f"γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; L_norm = {mw.fmt(rep['l_norm'], '.3g')}, "
@@ -122,12 +123,12 @@ residual = c_res.toggle("Show errors (predicted − reference)", key=state.PRED_
 ci = "xyz".index(comp)
 lo, hi = held.force_interval(LEVEL, kind)
 band_label = f"{LEVEL:.0%} interval ({kind})"
-fig = figp.band_figure(
+mw.band_chart(
     held.test_idx, held.F_ref[:, atom, ci], held.F_mean[:, atom, ci], lo[:, atom, ci], hi[:, atom, ci],
+    key=state.PRED_FORCE_BAND_CHART,
     title=f"Force F_{comp} on {atom_labels[atom]}: prediction, {band_label} and reference",
     quantity=f"F_{comp} of {atom_labels[atom]}", unit=FORCE_UNIT, band_label=band_label, residual=residual,
 )
-st.plotly_chart(fig, width="stretch", key=state.PRED_FORCE_BAND_CHART)
 if not residual:
     st.caption("Crosses: predictions; circles: reference. The band is often narrower than the markers: turn on "
                "'Show errors' to see it.")
@@ -145,12 +146,11 @@ else:
     else:
         elo, ehi = held.E_mean, held.E_mean
         e_label = "no interval (— : the energy model gives none)"
-    fig = figp.band_figure(
-        held.test_idx, held.E_ref, held.E_mean, elo, ehi,
+    mw.band_chart(
+        held.test_idx, held.E_ref, held.E_mean, elo, ehi, key=state.PRED_ENERGY_BAND_CHART,
         title=f"Energy: prediction ({held.energy_model}), {e_label} and reference",
         quantity="energy", unit=ENERGY_UNIT, band_label=e_label, residual=residual, offset=offset,
     )
-    st.plotly_chart(fig, width="stretch", key=state.PRED_ENERGY_BAND_CHART)
     if not residual:
         st.caption(f"Energies are shown relative to the mean reference energy of these frames, {offset:,.2f} "
                    f"{ENERGY_UNIT}. Turn on 'Show errors' above to see the band when it is narrower than the points.")
@@ -159,17 +159,25 @@ else:
 st.subheader("Parity and calibration")
 c_fp, c_ep = st.columns(2)
 with c_fp:
-    fig = figp.parity_figure(held.F_ref, held.F_mean, quantity="force components", unit=FORCE_UNIT,
-                             mae=rep["force_mae"], rmse=rep["force_rmse"])
-    st.plotly_chart(fig, width="stretch", key=state.PRED_FORCE_PARITY_CHART)
+    ok = np.isfinite(held.F_mean)
+    if ok.any():
+        fig = figp.parity_figure(held.F_ref[ok], held.F_mean[ok], quantity="force components", unit=FORCE_UNIT,
+                                 mae=rep["force_mae"], rmse=rep["force_rmse"])
+        st.plotly_chart(fig, width="stretch", key=state.PRED_FORCE_PARITY_CHART)
+    if not ok.all():
+        st.caption(f"{int((~ok).sum())} NaN or infinite predictions are left out of this plot (and of its MAE/RMSE).")
 with c_ep:
-    if held.has_energy:
-        fig = figp.parity_figure(held.E_ref, held.E_mean, quantity="energy", unit=ENERGY_UNIT,
+    if held.has_energy and np.isfinite(held.E_mean).any():
+        e_ok = np.isfinite(held.E_mean)
+        fig = figp.parity_figure(held.E_ref[e_ok], held.E_mean[e_ok], quantity="energy", unit=ENERGY_UNIT,
                                  mae=rep["energy_mae"], rmse=rep["energy_rmse"], offset=float(np.mean(held.E_ref)))
         st.plotly_chart(fig, width="stretch", key=state.PRED_ENERGY_PARITY_CHART)
+        if not e_ok.all():
+            st.caption(f"{int((~e_ok).sum())} NaN or infinite energy predictions are left out of this plot (and of its "
+                       "MAE/RMSE).")
     else:
         st.info("— No energy parity plot: no energy predictions for this model.")
-cal = held.calibration(kind=kind)
+cal = mw.held_calibration(held, kind=kind)
 fig = figp.calibration_figure(cal["levels"], cal["force"], cal["energy"], kind=kind)
 c_cal, c_txt = st.columns([1, 1])
 c_cal.plotly_chart(fig, width="stretch", key=state.PRED_CALIBRATION_CHART)
@@ -193,12 +201,17 @@ else:
     values = np.sqrt(np.sum(held.force_std(kind)[frame_pos] ** 2, axis=-1))
 c_view, c_tab = st.columns([1.5, 1])
 with c_view:
-    html = figp.force_comparison_html(
-        traj.z, held.R[frame_pos], held.F_ref[frame_pos], held.F_mean[frame_pos], values,
-        value_label=COLOR_BY[color_by], force_scale=scale / 100.0, labels=True,
-        caption=f"frame {held.test_idx[frame_pos]} (held out)",
-    )
-    st.iframe(html, height=VIEW_HEIGHT)
+    try:
+        html = figp.force_comparison_html(
+            traj.z, held.R[frame_pos], held.F_ref[frame_pos], held.F_mean[frame_pos], values,
+            value_label=COLOR_BY[color_by], force_scale=scale / 100.0, labels=True,
+            caption=f"frame {held.test_idx[frame_pos]} (held out)",
+        )
+    except figp.FigureError as exc:
+        st.warning(f"No 3D view of frame {held.test_idx[frame_pos]}: {exc} (a NaN or infinite prediction). Pick another "
+                   "frame.")
+    else:
+        st.iframe(html, height=VIEW_HEIGHT)
 with c_tab:
     err = held.force_errors()[frame_pos]
     sd = np.sqrt(np.sum(held.force_std(kind)[frame_pos] ** 2, axis=-1))

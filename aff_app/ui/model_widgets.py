@@ -16,13 +16,14 @@ also honours a Cancel button: see ``jobs`` for what an interruption leaves.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
 import numpy as np
 import streamlit as st
 
-from aff_app import training
+from aff_app import metrics, training
 from aff_app.budget import ComputeBudgetError
 from aff_app.cancel import CancelToken
 from aff_app.metrics import MetricError
@@ -175,13 +176,79 @@ def train_and_register(
                     progress=lambda f, m: progress(0.8 + 0.2 * f, "held-out predictions: " + m))
     if token is not None:
         jobs.ensure_current(token, "registering the model")
+    if not np.all(np.isfinite(held.F_mean)):
+        warnings.append("Some held-out force predictions are NaN or infinite: the metrics that depend on them are "
+                        "shown as —. Retrain with a larger λ or without duplicate frames.")
     # same uid: the held-out predictions just made are memoised under it
     entry = reg.add(force, name=name, energy=energy, data_fingerprint=traj.fingerprint, uid=entry.uid,
-                    metrics=held.report(0.95, "latent"))
+                    metrics=held_report(held, 0.95, "latent"))
     return entry, warnings
 
 
 # -- held-out predictions ------------------------------------------------------------------------------
+
+#: Keys of ``HeldOut.report`` that are numbers (None when they cannot be computed).
+REPORT_NUMBERS = ("force_mae", "force_rmse", "pci", "lci", "delta_p", "l_norm", "energy_mae", "energy_rmse",
+                  "energy_pci", "energy_lci")
+
+
+def held_report(held: HeldOut, level: float = 0.95, kind: str = "latent") -> dict:
+    """``held.report(level, kind)``, or with None for every metric that NaN/inf predictions make undefined.
+
+    The library's metrics refuse non-finite input (``MetricError``); the app
+    must still show the page, with "—" where a number cannot be given. The
+    force metrics and the energy metrics are judged separately.
+    """
+    try:
+        return held.report(level, kind)
+    except MetricError:
+        pass
+    out = {"n_test": held.n_frames, "level": float(level), "kind": kind, **{k: None for k in REPORT_NUMBERS}}
+    f_ok = bool(np.all(np.isfinite(held.F_mean)) and np.all(np.isfinite(held.force_std(kind))))
+    e_ok = held.has_energy and bool(np.all(np.isfinite(held.E_mean)))
+    stripped = dataclasses.replace(held, E_mean=None, E_std=None) if not e_ok else held
+    if f_ok:
+        try:
+            out.update(stripped.report(level, kind))
+        except MetricError:
+            pass
+    elif e_ok:
+        try:
+            out["energy_mae"] = metrics.mae(held.E_ref, held.E_mean)
+            out["energy_rmse"] = metrics.rmse(held.E_ref, held.E_mean)
+        except MetricError:
+            pass
+    return out
+
+
+def band_chart(x, ref, mean, lo, hi, *, key: str, **kwargs) -> None:
+    """``figures_predictions.band_figure`` of the frames whose prediction and interval are finite.
+
+    Frames with a NaN/inf prediction are left out (the figure refuses them) and
+    a caption says how many; with none left, an info box instead of the chart.
+    """
+    from aff_app import figures_predictions as figp
+
+    arrays = [np.asarray(a, dtype=float) for a in (ref, mean, lo, hi)]
+    ok = np.logical_and.reduce([np.isfinite(a) for a in arrays])
+    if not ok.any():
+        st.info("— No finite predictions to plot here (every one is NaN or infinite).")
+        return
+    fig = figp.band_figure(np.asarray(x)[ok], *(a[ok] for a in arrays), **kwargs)
+    st.plotly_chart(fig, width="stretch", key=key)
+    if not ok.all():
+        st.caption(f"{int((~ok).sum())} frame(s) with a NaN or infinite prediction are left out of this plot.")
+
+
+def held_calibration(held: HeldOut, kind: str = "latent") -> dict:
+    """``held.calibration(kind=kind)``; coverages that NaN/inf predictions make undefined are NaN (drawn as gaps)."""
+    try:
+        return held.calibration(kind=kind)
+    except MetricError:
+        from aff_app.predictions import CALIBRATION_LEVELS
+
+        levels = [float(x) for x in CALIBRATION_LEVELS]
+        return {"levels": levels, "force": [float("nan")] * len(levels), "energy": None}
 
 
 def held_out(entry: TrainedModel, traj: Trajectory, *, n_test: int | None, seed: int = 0,
