@@ -283,6 +283,10 @@ def write_png(fig: go.Figure, path, *, dpi: int = 110) -> None:
                          color=color, lw=1.6, ms=5)
         if tr.name and tr.name not in handles and tr.showlegend is not False:
             handles[tr.name] = h
+    for ax in axes.values():  # a log axis spanning less than ~3x has no 2x/5x ticks: label every minor tick
+        for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            if axis.get_scale() == "log" and min(lim) > 0 and max(lim) / min(lim) < 3:
+                axis.set_minor_formatter(plain)
     for ann in lay.annotations or ():
         if ann.text and ann.xref == "paper" and ann.yref == "paper":
             mfig.text(fx(ann.x), fy(ann.y) + 0.005, ann.text, ha="center", va="bottom", fontsize=9)
