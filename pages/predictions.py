@@ -11,6 +11,7 @@ from ase.data import chemical_symbols
 
 from aff_app import figures_predictions as figp
 from aff_app.predictions import energy_csv, predictions_csv, predictions_extxyz
+from aff_app.ui import data_widgets as dw
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
 from aff_app.units import ENERGY_UNIT, FORCE_UNIT
@@ -211,7 +212,7 @@ with c_view:
         st.warning(f"No 3D view of frame {held.test_idx[frame_pos]}: {exc} (a NaN or infinite prediction). Pick another "
                    "frame.")
     else:
-        st.iframe(html, height=VIEW_HEIGHT)
+        dw.embed_html(html, height=VIEW_HEIGHT)
 with c_tab:
     err = held.force_errors()[frame_pos]
     sd = np.sqrt(np.sum(held.force_std(kind)[frame_pos] ** 2, axis=-1))

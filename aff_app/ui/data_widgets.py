@@ -262,7 +262,27 @@ def show_molecule(z, R, *, forces=None, force_scale: float = 0.0, colors=None, l
     except viewer.ViewerAssetError as exc:
         st.warning(f"3D view unavailable: {exc}")
         return
-    st.iframe(html, height=height + 6)
+    embed_html(html, height=height + 6)
+
+
+def embed_html(html: str, *, height: int) -> None:
+    """``st.iframe(html)`` without the hidden cost of a long ``srcdoc``.
+
+    ``st.iframe`` first asks ``urllib.parse.urlparse`` whether the string is a
+    URL; ``urlsplit`` keeps its last 128 distinct arguments in an LRU cache
+    (Python ≥ 3.11), i.e. every ~1 MB viewer page (3Dmol.js is inlined) plus
+    its split parts stayed in memory, process-wide, until 128 had accumulated
+    (the soak test saw +2 MB per view). Clearing that cache after the call keeps
+    the server's memory flat; it only costs re-parsing of URLs.
+    """
+    import urllib.parse
+
+    try:
+        st.iframe(html, height=height)
+    finally:
+        clear = getattr(urllib.parse.urlsplit, "cache_clear", None)
+        if clear is not None:
+            clear()
 
 
 def arrow_scale(F, length: float) -> float:
