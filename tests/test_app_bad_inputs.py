@@ -441,7 +441,7 @@ def test_cancelled_learning_curve_stores_nothing(monkeypatch):
     at.run()
     at.button(key=state.CMP_RUN).click().run()
     assert not at.exception, at.exception
-    assert "The learning-curve run cancelled" in _texts(at, "warning")
+    assert "Learning curves cancelled" in _texts(at, "warning")
     assert state.CMP_RESULT not in at.session_state
     _survived(at)
 
@@ -489,3 +489,21 @@ def test_shared_caches_hold_only_immutable_content_keyed_objects():
         for fn in re.findall(r"@st\.cache_data[^\n]*\ndef (\w+)\(([^)]*)", src):
             first = fn[1].split(",")[0].strip()
             assert first.startswith(("content_hash", "fingerprint")), f"{path.name}:{fn[0]} is keyed by {first!r}"
+
+
+def test_cancelled_simulation_keeps_the_loaded_data(monkeypatch):
+    from aff_app import simulate
+
+    def fake_simulation(*args, progress=None, **kwargs):
+        progress(0.1, "relaxing")
+        jobs.cancel_active()  # the Cancel button's on_click
+        progress(0.2, "MD step 10")
+        raise AssertionError("progress should have raised Cancelled")
+
+    monkeypatch.setattr(simulate, "simulate_trajectory", fake_simulation)
+    at = _open()
+    at.button(key=state.SIM_RUN).click().run()
+    assert not at.exception, at.exception
+    assert "Simulation cancelled (ethanol, 200 frames): no trajectory was stored" in _texts(at, "warning")
+    assert not at.error
+    _survived(at)

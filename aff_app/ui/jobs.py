@@ -38,7 +38,7 @@ from . import state
 Progress = Callable[[float, str], None]
 
 #: What each kind of job is called in messages.
-KIND_TEXT = {"training": "Training", "learning_curve": "The learning-curve run", "simulation": "The simulation"}
+KIND_TEXT = {"training": "Training", "learning_curve": "Learning curves", "simulation": "Simulation"}
 
 
 def begin(kind: str, label: str) -> CancelToken:
