@@ -103,9 +103,14 @@ def check_budget(estimate: CostEstimate, budget_bytes: int | None = None, *, wha
     if estimate.peak_bytes > budget:
         largest = max(estimate.matrix_sides)
         raise ComputeBudgetError(
-            f"this {what} needs about {estimate.peak_bytes / 2**30:.1f} GB "
+            f"this {what} needs about {_gb(estimate.peak_bytes)} "
             f"(M = {estimate.n_train} frames, set sizes {list(estimate.set_sizes)}, largest kernel "
-            f"{largest}×{largest}) but the memory budget is {budget / 2**30:.1f} GB: use fewer training "
+            f"{largest}×{largest}) but the memory budget is {_gb(budget)}: use fewer training "
             "frames, use AFF (smaller per-set kernels) instead of GDML/sGDML, or raise the budget "
             "(AFF_MEMORY_BUDGET_GB)."
         )
+
+
+def _gb(n_bytes: float) -> str:
+    """'1.5 GB', '0.0012 GB': three significant digits, never a misleading '0.0 GB'."""
+    return f"{n_bytes / 2**30:.3g} GB"

@@ -333,7 +333,7 @@ def test_budget_refusal_names_memory_m_and_budget(monkeypatch):
     assert est.peak_bytes > 0.5 * 2**30
     errors = _texts(at, "error")
     assert "Refused before training" in errors
-    assert f"needs about {est.peak_bytes / 2**30:.1f} GB" in errors
+    assert f"needs about {est.peak_bytes / 2**30:.3g} GB" in errors
     assert "M = 200 frames" in errors and "memory budget is 0.5 GB" in errors
     assert at.button(key=state.TRAIN_RUN).disabled
     _survived(at)

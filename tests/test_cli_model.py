@@ -83,7 +83,7 @@ def test_over_budget_gdml_exits_2_without_traceback(repo_root, tmp_path, uracil_
     assert proc.returncode == 2
     out = _last_json(proc.stdout)
     assert out["ok"] is False and out["error_type"] == "TrainingBudgetError"
-    assert "memory budget is 0.0 GB" in out["error"] and "7200×7200" in out["error"]
+    assert "memory budget is 0.001 GB" in out["error"] and "7200×7200" in out["error"]
     assert "Traceback" not in proc.stderr and not (tmp_path / "g.npz").exists()
 
 
