@@ -53,18 +53,43 @@ THEORY = "rMD17 PBE/def2-SVP"
 MEMORY_GB = 24.0  # the machine this benchmark was written for; the peer may plan to use 85% of it
 
 
-def machine_cholesky_rate(n: int = 4000, repeats: int = 3) -> float:
-    """Dense Cholesky rate of this machine, flop/s (best of ``repeats``)."""
+def machine_cholesky_rate(repeats: int = 3) -> float:
+    """Best dense Cholesky rate of this machine, flop/s.
+
+    Taken as the better of (a) one n = 6000 factorisation on all BLAS threads and
+    (b) one n = 3000 factorisation per core at once, one BLAS thread each (how
+    AFF factors its many small per-set kernels) — best of ``repeats`` each.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(0)
-    A = rng.normal(size=(n, n))
-    A = A @ A.T + n * np.eye(n)
-    best = np.inf
-    for _ in range(repeats):
-        B = A.copy()
-        t = time.perf_counter()
-        scipy.linalg.cholesky(B, lower=True, overwrite_a=True, check_finite=False)
-        best = min(best, time.perf_counter() - t)
-    return n**3 / 3.0 / best
+
+    def spd(n):
+        A = rng.normal(size=(n, 64))
+        return A @ A.T + n * np.eye(n)
+
+    def factor(A):
+        scipy.linalg.cholesky(A.copy(), lower=True, overwrite_a=True, check_finite=False)
+
+    big = spd(6000)
+    t_big = min(_timed(lambda: factor(big)) for _ in range(repeats))
+    cores = os.cpu_count() or 1
+    small = [spd(3000) for _ in range(cores)]
+
+    def parallel():
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=cores) as pool:
+            list(pool.map(factor, small))
+
+    t_small = min(_timed(parallel) for _ in range(repeats))
+    return max(6000**3 / 3.0 / t_big, cores * 3000**3 / 3.0 / t_small)
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def split(n_frames: int, n_test: int, n_valid: int, seed: int = 0):
@@ -97,7 +122,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     rate = machine_cholesky_rate()
-    print(f"machine dense Cholesky rate (n=4000, best of 3): {rate / 1e9:.1f} GFLOP/s", flush=True)
+    print(f"machine dense Cholesky rate (best of n=6000 threaded / n=3000 per core): {rate / 1e9:.1f} GFLOP/s",
+          flush=True)
     rows, extra = [], {}
     work = Path(tempfile.mkdtemp(prefix="bench_forces_"))
     for mol in args.molecules:
