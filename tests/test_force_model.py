@@ -174,3 +174,27 @@ def test_bad_inputs_raise_model_errors(benzene):
     model = fit_force_model(R[:5], F[:5], z, gamma=1, lam=1e-6)
     with pytest.raises(ModelError, match="shape"):
         model.predict(R[:2, :5])
+
+
+def test_blocked_cholesky_matches_lapack_and_restores_on_failure():
+    import scipy.linalg
+
+    from aff_app.models.force import _blocked_cholesky, _cholesky_inplace
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(700, 40))
+    K = A @ A.T + 0.5 * np.eye(700)
+    ref = scipy.linalg.cholesky(K + 1e-3 * np.eye(700), lower=True)
+    work = K.copy()
+    L = _blocked_cholesky(work, 1e-3, nb=128)  # blocks of 128: a ragged last block too
+    np.testing.assert_allclose(np.tril(L), ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.tril(_cholesky_inplace(K.copy(), 1e-3)), ref, rtol=1e-10, atol=1e-12)
+    # an indefinite matrix: the factorisation fails part-way and K comes back unchanged
+    bad = K.copy()
+    bad[650:, 650:] -= 3.0 * np.eye(50)  # indefinite only in the last block: fails after 5 blocks
+    work = bad.copy()
+    assert _blocked_cholesky(work, 0.0, nb=128) is None
+    np.testing.assert_array_equal(work, bad)
+    work = bad.copy()
+    assert _cholesky_inplace(work, 0.0) is None
+    np.testing.assert_array_equal(work, bad)

@@ -366,17 +366,38 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def _cholesky_inplace(K: np.ndarray, shift: float) -> np.ndarray | None:
-    """Factor K + shift·I in place, no copy; returns L (lower, as an F-ordered view) or None.
+#: Above this side the factorisation is blocked here (left-looking, GEMM-based):
+#: OpenBLAS 0.3.30's threaded dpotrf (the one numpy/scipy wheels ship) crashed
+#: with a segmentation fault on some 17000-18000 sided matrices (benzene, M=1000).
+BLOCKED_CHOLESKY_SIDE = 8192
+CHOLESKY_BLOCK = 2048
 
-    K is symmetric and C-ordered, so K.T is the same matrix in Fortran order:
-    LAPACK's dpotrf overwrites its lower triangle (= K's upper triangle in
-    memory) and leaves the other triangle untouched. On failure the matrix is
-    restored from that intact triangle, so a retry needs no second n×n copy
-    (for benzene at M = 1600 one copy is 6.6 GB).
+
+def _copy_lower_to_upper(K: np.ndarray, strip: int = 1024) -> None:
+    """K[i, j] = K[j, i] for j > i, in row strips (no n²-sized index arrays)."""
+    n = K.shape[0]
+    for r0 in range(0, n, strip):
+        r1 = min(n, r0 + strip)
+        K[r0:r1, r1:] = K[r1:, r0:r1].T
+        B = K[r0:r1, r0:r1]
+        iu = np.triu_indices(r1 - r0, 1)
+        B[iu] = B.T[iu]
+
+
+def _cholesky_inplace(K: np.ndarray, shift: float) -> np.ndarray | None:
+    """Factor K + shift·I in place, no n×n copy; returns L (read its lower triangle) or None.
+
+    Small kernels: K is symmetric and C-ordered, so K.T is the same matrix in
+    Fortran order; LAPACK's dpotrf overwrites its lower triangle (= K's upper
+    triangle in memory) and leaves the other triangle untouched. Large ones go
+    through :func:`_blocked_cholesky`, which writes L into K's lower triangle.
+    On failure the matrix is restored from the intact triangle, so a retry
+    needs no second n×n copy (for benzene at M = 1600 one copy is 6.6 GB).
     """
     from scipy.linalg.lapack import dpotrf
 
+    if K.shape[0] > BLOCKED_CHOLESKY_SIDE:
+        return _blocked_cholesky(K, shift)
     d0 = K.diagonal().copy()
     A = K.T  # Fortran view of the same memory
     A[np.diag_indices_from(A)] += shift
@@ -385,10 +406,45 @@ def _cholesky_inplace(K: np.ndarray, shift: float) -> np.ndarray | None:
         if not np.shares_memory(c, K):  # dpotrf copied (should not happen for F-ordered input)
             return np.asarray(c)
         return A
-    iu = np.triu_indices_from(K, 1)
-    K[iu] = K.T[iu]  # restore K's upper triangle from its untouched lower triangle
+    _copy_lower_to_upper(K)  # restore K's upper triangle from its untouched lower triangle
     K[np.diag_indices_from(K)] = d0
     return None
+
+
+def _blocked_cholesky(K: np.ndarray, shift: float, nb: int = CHOLESKY_BLOCK) -> np.ndarray | None:
+    """Left-looking blocked Cholesky of K + shift·I into K's lower triangle (C order).
+
+    Per block column j: A11 −= L10 L10ᵀ, L11 = chol(A11) (LAPACK on an nb×nb
+    copy), A21 −= L20 L10ᵀ, L21 = A21 L11⁻ᵀ. The flops (n³/3) are GEMMs on
+    strided views. K's strictly upper triangle outside the diagonal blocks is
+    never written; the diagonal blocks are saved, so a failure restores K.
+    """
+    n = K.shape[0]
+    d0 = K.diagonal().copy()
+    K[np.diag_indices(n)] += shift
+    saved = []
+    try:
+        for j in range(0, n, nb):
+            e = min(j + nb, n)
+            saved.append(K[j:e, j:e].copy())
+            A11 = K[j:e, j:e]
+            if j > 0:
+                A11 -= K[j:e, :j] @ K[j:e, :j].T
+            L11 = scipy.linalg.cholesky(A11, lower=True, check_finite=False)
+            K[j:e, j:e] = L11
+            if e < n:
+                A21 = K[e:, j:e]
+                if j > 0:
+                    A21 -= K[e:, :j] @ K[j:e, :j].T
+                K[e:, j:e] = scipy.linalg.solve_triangular(L11, A21.T, lower=True, check_finite=False).T
+        return K
+    except np.linalg.LinAlgError:
+        for k, B in enumerate(saved):
+            j, e = k * nb, min(k * nb + nb, n)
+            K[j:e, j:e] = B
+            K[e:, j:e] = K[j:e, e:].T  # lower panel from the untouched upper triangle
+        K[np.diag_indices(n)] = d0
+        return None
 
 
 def _cholesky_with_jitter(K: np.ndarray, lam: float, set_index: int, set_atoms) -> tuple[np.ndarray, float]:
