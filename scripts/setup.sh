@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: virtual environment, Python packages, offline 3Dmol.js.
 #   bash scripts/setup.sh          runtime only (what scripts/start.sh needs)
-#   bash scripts/setup.sh --dev    + test packages and Debian's chromium (scripts/test.sh)
+#   bash scripts/setup.sh --dev    + test packages, the sgdml peer and Debian's chromium (scripts/test.sh)
 # Safe to run again: every step is skipped when its result is already there.
 set -euo pipefail
 
@@ -28,6 +28,12 @@ fi
 "$PY" -m pip install --quiet --disable-pip-version-check -r requirements.txt
 if [ "$DEV" = 1 ]; then
     "$PY" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+    # the peer (reference sgdml package) for its tests: torch first, so pip takes the CPU
+    # wheel of torch 2.13.0 this machine kind keeps on disk (see requirements-peer.txt)
+    if ! "$PY" -c "import sgdml, torch" >/dev/null 2>&1; then
+        "$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0
+        "$PY" -m pip install --quiet --disable-pip-version-check -r requirements-peer.txt
+    fi
 fi
 
 # 3. 3Dmol.js for the offline viewer: the npm package at exactly the version

@@ -58,7 +58,7 @@ def test_dataset_is_plain_arrays_in_sgdml_layout(tmp_path, uracil):
 
 
 def test_dataset_md5_matches_the_sgdml_package(tmp_path, uracil):
-    sio = pytest.importorskip("sgdml.utils.io", reason="the optional sgdml package is not installed")
+    sio = _need("sgdml.utils.io")
     path, _ = _write(tmp_path, uracil)
     with np.load(path, allow_pickle=False) as d:
         data = {k: d[k] for k in d.files}
@@ -148,7 +148,7 @@ def test_missing_package_says_how_to_install(no_sgdml, tmp_path, uracil):
 
 # -- the real package -----------------------------------------------------------------------------
 def test_real_run_trains_on_exactly_our_frames_and_predicts(tmp_path, uracil):
-    pytest.importorskip("sgdml.predict", reason="the optional sgdml package is not installed")
+    _need("sgdml.predict")
     train, (R, z, E, F) = _write(tmp_path, uracil, n=12, name="train")
     Rv, Ev, Fv = uracil["R"][100:110], uracil["E_md17"][100:110], uracil["F_md17"][100:110]
     valid = write_sgdml_dataset(tmp_path / "valid.npz", "valid", Rv, z, Ev, Fv)
@@ -164,3 +164,13 @@ def test_real_run_trains_on_exactly_our_frames_and_predicts(tmp_path, uracil):
     assert np.mean(np.abs(F_tr - F)) < 1e-3 * np.mean(np.abs(F))
     E_v, F_v = peer.sgdml_predict(run.model_path, Rv)
     assert np.mean(np.abs(F_v - Fv)) < np.mean(np.abs(Fv))  # better than predicting zero
+
+
+def _need(module: str):
+    """Import the optional peer; under CI (scripts/setup.sh --dev installs it) a missing one fails."""
+    import importlib
+    import os
+
+    if os.environ.get("CI") == "true":
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason="the optional sgdml package is not installed")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import os
+
 import numpy as np
 import pytest
 from ase.data import chemical_symbols
@@ -266,7 +268,10 @@ def test_graph_view_finds_more_than_the_data_for_ethanol(detected):
 
 @pytest.mark.parametrize("name", ["aspirin", "naphthalene", "toluene", "uracil"])
 def test_graph_automorphisms_agree_with_networkx(name):
-    nx = pytest.importorskip("networkx")
+    if os.environ.get("CI") == "true":  # installed with the peer by scripts/setup.sh --dev
+        import networkx as nx
+    else:
+        nx = pytest.importorskip("networkx")
     from networkx.algorithms.isomorphism import GraphMatcher
 
     R, z = _load(name)

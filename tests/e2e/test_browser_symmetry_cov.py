@@ -49,7 +49,8 @@ def test_symmetry_and_covariance_pages(page, app_url, request_log):
     expect(page.locator(".colorbar").first).to_be_attached()
     expect(page.locator(".colorbar", has_text="correlation (unitless)").first).to_be_visible()
     expect(page.locator("text.gtitle", has_text="Empirical force correlation").first).to_be_visible()
-    assert page.locator(".heatmaplayer").count() >= 3  # kernel, empirical, one PE set
+    # kernel, empirical, one PE set: wait for the third (plotly draws them one after another)
+    page.locator(".heatmaplayer").nth(2).wait_for(state="attached", timeout=30_000)
     page.set_viewport_size({"width": 1400, "height": 1900})
     page.wait_for_timeout(800)
     page.screenshot(path=str(SCREENSHOT_DIR / "covariance.png"), full_page=True)
