@@ -133,8 +133,8 @@ def search(
     criterion: str = "likelihood",
     gamma: float | None = None,
     block=None,
-    n_grid: int = 7,
-    n_refine: int = 6,
+    n_grid: int = 5,
+    n_refine: int = 5,
     progress=None,
     n_frames: int = 0,
 ) -> SearchResult:
