@@ -125,6 +125,26 @@ def loo_cv_error(spectra, lams: np.ndarray, block: list[int]) -> np.ndarray:
     return sse / count
 
 
+def golden_section_max(f, a: float, b: float, n_evals: int) -> None:
+    """Golden-section search for a maximum of ``f`` on [a, b] with ``n_evals`` evaluations.
+
+    Returns nothing: callers memoise ``f`` and read the best point from their cache
+    (it may lie outside [a, b] if an earlier grid evaluation was better).
+    """
+    phi = (np.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - phi * (b - a), a + phi * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(max(0, n_evals - 2)):
+        if fc > fd:
+            b, d, fd = d, c, fc
+            c = b - phi * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + phi * (b - a)
+            fd = f(d)
+
+
 def search(
     build,
     ys,
@@ -204,19 +224,7 @@ def search(
         lo_edge, hi_edge = k == 0, k == n_grid - 1
         a = grid[max(k - 1, 0)]
         b = grid[min(k + 1, n_grid - 1)]
-        # golden-section refinement in log γ
-        phi = (np.sqrt(5.0) - 1.0) / 2.0
-        c, d = b - phi * (b - a), a + phi * (b - a)
-        fc, fd = evaluate(c), evaluate(d)
-        for _ in range(max(0, n_refine - 2)):
-            if fc > fd:
-                b, d, fd = d, c, fc
-                c = b - phi * (b - a)
-                fc = evaluate(c)
-            else:
-                a, c, fc = c, d, fd
-                d = a + phi * (b - a)
-                fd = evaluate(d)
+        golden_section_max(evaluate, a, b, n_refine)  # refinement in log γ
         best_g = max(cache, key=lambda g: cache[g][0])
     score, lam, k = cache[best_g]
     lam_edge = k in (0, LAMBDA_GRID_REL.size - 1)

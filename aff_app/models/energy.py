@@ -78,6 +78,7 @@ import scipy.linalg
 from threadpoolctl import threadpool_limits
 
 from .. import __version__
+from ..hyper import golden_section_max
 from ..kernels import (
     Geometry,
     energy_covariance,
@@ -260,18 +261,7 @@ def _search_energy(G: Geometry, E: np.ndarray, perms, *, gamma=None, n_grid=7, n
         k = int(np.argmax(scores))
         lo_edge, hi_edge = k == 0, k == n_grid - 1
         a, b = grid[max(k - 1, 0)], grid[min(k + 1, n_grid - 1)]
-        phi = (np.sqrt(5.0) - 1.0) / 2.0
-        c, e = b - phi * (b - a), a + phi * (b - a)
-        fc, fe = evaluate(c), evaluate(e)
-        for _ in range(max(0, n_refine - 2)):
-            if fc > fe:
-                b, e, fe = e, c, fc
-                c = b - phi * (b - a)
-                fc = evaluate(c)
-            else:
-                a, c, fc = c, e, fe
-                e = a + phi * (b - a)
-                fe = evaluate(e)
+        golden_section_max(evaluate, a, b, n_refine)
         best = max(cache, key=lambda g: cache[g][0])
     score, lam, lam_edge = cache[best]
     return {
