@@ -132,8 +132,9 @@ with st.container(border=True):
         st.warning(f"This fit may take several minutes (≈ {est.seconds:,.0f} s for the factorisation alone).")
     if not fixed:
         st.caption(
-            f"The hyperparameter search comes on top of this and usually takes far longer: it builds and "
-            f"eigendecomposes the kernels of up to 100 training frames for a grid of γ values"
+            f"The hyperparameter search comes on top of this (about 12 evaluations; for small M it can take "
+            f"longer than the factorisation): it builds and eigendecomposes the kernels of up to 100 training "
+            f"frames for each γ tried"
             + (f", averaging {len(symmetry.perms)} permutations in each" if symmetry is not None and mode != "gdml"
                and len(symmetry.perms) > 1 else "")
             + ". Set γ and λ by hand for a fit that takes about the estimate."
