@@ -36,7 +36,11 @@ def test_data_page_sample_plots_and_3d_view(page, app_url, request_log):
     # pick another bundled sample and load it
     page.locator(".st-key-data_sample_choice input").click()
     page.get_by_role("option", name="uracil").click()
-    page.locator(".st-key-data_sample_load button").click()
+    # choosing a sample reruns the page; while it does, the old and new tab panels
+    # can both be in the DOM: wait for the rerun to settle on one button
+    load = page.locator(".st-key-data_sample_load button")
+    expect(load).to_have_count(1, timeout=30_000)
+    load.click()
     expect(page.get_by_text("C4H4N2O2").first).to_be_visible()
 
     # energy and force plots drawn by plotly, with unit-bearing axis titles
