@@ -86,6 +86,7 @@ def test_two_sessions_see_only_their_own_data_and_models(browser, app_url):
         _settle(a)
         _set_number(a, "train_m", 20)
         _set_number(a, "train_n_test", 20)
+        expect(a.locator(".st-key-train_run button")).to_have_count(1, timeout=30_000)  # rerun settled
         a.locator(".st-key-train_run button").click()
         success = a.locator('[data-testid="stAlertContentSuccess"]', has_text="Trained")
         expect(success).to_be_visible(timeout=RUN_TIMEOUT_MS)
@@ -122,6 +123,7 @@ def test_cancel_a_running_training_keeps_the_session(page, app_url):
     _nav(page, "Train")
     _set_number(page, "train_n_test", 50)
     # M = 200 with the hyperparameter search: long enough to press Cancel while it runs
+    expect(page.locator(".st-key-train_run button")).to_have_count(1, timeout=30_000)  # rerun settled
     page.locator(".st-key-train_run button").click()
     cancel = page.get_by_role("button", name="Cancel training")
     expect(cancel).to_be_visible(timeout=30_000)
