@@ -472,14 +472,12 @@ def _map_sets(fn, items, largest_side: int) -> list:
     items = list(items)
     if largest_side >= SMALL_SIDE or len(items) == 1:
         return [fn(i) for i in items]
-    from concurrent.futures import ThreadPoolExecutor
-
     from threadpoolctl import threadpool_limits
 
-    from ..kernels import n_threads
+    from ..kernels import parallel_map
 
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=n_threads()) as pool:
-        return list(pool.map(fn, items))
+    with threadpool_limits(limits=1, user_api="blas"):
+        return parallel_map(fn, items)
 
 
 def select_training_frames(n_frames: int, n_train: int, *, seed: int = 0, exclude=None) -> np.ndarray:

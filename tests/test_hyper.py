@@ -1,0 +1,87 @@
+"""The γ/λ search's numerical parts: the vector-free spectrum, parabolic refinement, the thread pool."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from aff_app._lapack_nogil import eig_projected
+from aff_app.hyper import LAMBDA_GRID_REL, _spectra, parabolic_refine_max, profile_loglik
+from aff_app.kernels import force_covariance_sets, parallel_map
+
+
+def _kernel_and_labels(n_frames=40, seed=0):
+    rng = np.random.default_rng(seed)
+    base = np.array([[0.0, 0, 0], [1.1, 0, 0], [0, 1.2, 0], [0, 0, 1.3], [1.0, 1.0, 0.2]])
+    R = base + 0.05 * rng.normal(size=(n_frames, 5, 3))
+    sets = [np.array([0]), np.array([1, 2]), np.array([3, 4])]
+    Ks = force_covariance_sets(R, R, 1.5, sets)
+    ys = [rng.normal(size=K.shape[0]) for K in Ks]
+    return Ks, ys
+
+
+@pytest.mark.parametrize("n", [2, 3, 17, 150])
+def test_eig_projected_matches_a_full_eigendecomposition(n):
+    rng = np.random.default_rng(n)
+    A = rng.normal(size=(n, n))
+    K = A @ A.T + 1e-3 * np.eye(n)
+    y = rng.normal(size=n)
+    w_ref, Q = np.linalg.eigh(K)
+    w, qy = eig_projected(K, y)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-10, atol=1e-12 * w_ref.max())
+    # eigenvector signs are arbitrary: compare magnitudes, and the invariant yᵀK⁻¹y
+    np.testing.assert_allclose(np.abs(qy), np.abs(Q.T @ y), rtol=1e-7, atol=1e-10 * np.linalg.norm(y))
+    np.testing.assert_allclose(np.sum(qy**2 / w), y @ np.linalg.solve(K, y), rtol=1e-8)
+
+
+def test_eig_projected_leaves_its_input_unless_told():
+    Ks, ys = _kernel_and_labels()
+    K = Ks[1].copy()
+    eig_projected(K, ys[1])
+    np.testing.assert_array_equal(K, Ks[1])
+
+
+def test_likelihood_from_the_vector_free_spectra_equals_the_eigh_one():
+    Ks, ys = _kernel_and_labels()
+    lams = LAMBDA_GRID_REL * 5.0 / (3.0 * 1.5**2)
+    full = profile_loglik(_spectra([K.copy() for K in Ks], ys, vectors=True), lams)
+    fast = profile_loglik(_spectra([K.copy() for K in Ks], ys, vectors=False), lams)
+    np.testing.assert_allclose(fast, full, rtol=1e-9, atol=1e-6)
+    assert np.argmax(fast) == np.argmax(full)
+
+
+def test_parabolic_refinement_finds_a_smooth_maximum_in_three_steps():
+    calls = []
+
+    def f(x):
+        calls.append(x)
+        return -np.cosh(x - 0.37)  # smooth, asymmetric around the grid point
+
+    grid = np.linspace(-3, 3, 5)
+    points = {float(x): f(x) for x in grid}
+    calls.clear()
+    parabolic_refine_max(f, points, 3)
+    assert len(calls) <= 3
+    best = max(points, key=points.get)
+    assert abs(best - 0.37) < 0.05
+
+
+def test_parabolic_refinement_stops_at_the_edge_of_the_evaluated_range():
+    points = {float(x): float(x) for x in np.linspace(0, 1, 5)}  # increasing: best at the end
+    parabolic_refine_max(lambda x: pytest.fail("must not evaluate"), points, 3)
+    assert len(points) == 5
+
+
+def test_parallel_map_keeps_order_and_runs_nested_maps_serially():
+    seen = set()
+
+    def inner(x):
+        seen.add(threading.current_thread().name)
+        return x * x
+
+    def outer(k):
+        return sum(parallel_map(inner, range(k), threads=2))  # would wait on itself if not serial
+
+    out = parallel_map(outer, range(12), threads=2)
+    assert out == [sum(i * i for i in range(k)) for k in range(12)]
+    assert all(name.startswith("aff") for name in seen)
