@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtri  # Φ⁻¹; scipy.stats costs ~0.45 s to import
 
 ENERGY_UNIT = "kcal/mol"
 FORCE_UNIT = "kcal/mol/Å"
@@ -115,7 +115,7 @@ def coverage(y, mean, std, levels: Sequence[float] | float) -> np.ndarray | floa
     lv = np.atleast_1d(np.asarray(levels, dtype=np.float64))
     for v in lv:
         _level(v)
-    zq = norm.ppf(0.5 + lv / 2.0)
+    zq = ndtri(0.5 + lv / 2.0)
     r = np.abs(y - mean).reshape(-1)
     s = std.reshape(-1)
     cov = np.mean(r[None, :] <= zq[:, None] * s[None, :], axis=1)

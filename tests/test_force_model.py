@@ -198,3 +198,33 @@ def test_blocked_cholesky_matches_lapack_and_restores_on_failure():
     work = bad.copy()
     assert _cholesky_inplace(work, 0.0) is None
     np.testing.assert_array_equal(work, bad)
+
+
+def test_cholesky_reads_only_the_lower_triangle():
+    """The fit builds only the lower triangle (mirror=False): garbage above must not matter."""
+    import scipy.linalg
+
+    from aff_app.models.force import _blocked_cholesky, _cholesky_inplace
+
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(500, 30))
+    K = A @ A.T + 0.5 * np.eye(500)
+    ref = scipy.linalg.cholesky(K + 1e-3 * np.eye(500), lower=True)
+    junk = np.triu(rng.normal(size=K.shape), 1) * 1e6
+    for factor in (lambda M: _cholesky_inplace(M, 1e-3, restorable=False),
+                   lambda M: _blocked_cholesky(M, 1e-3, nb=96, restorable=False)):
+        L = factor(np.tril(K) + junk)
+        np.testing.assert_allclose(np.tril(L), ref, rtol=1e-10, atol=1e-12)
+    assert _cholesky_inplace(np.tril(K) - 2.0 * np.eye(500), 0.0, restorable=False) is None
+
+
+def test_kernel_built_without_mirror_has_the_same_lower_triangle(benzene):
+    from aff_app.kernels import force_covariance_sets
+
+    R, _, _, _ = benzene
+    sets = [np.arange(6), np.arange(6, 12)]
+    full = force_covariance_sets(R[:7], R[:7], 0.7, sets)
+    lower = force_covariance_sets(R[:7], R[:7], 0.7, sets, mirror=False)
+    for K, Kl in zip(full, lower):
+        np.testing.assert_array_equal(np.tril(Kl), np.tril(K))
+        np.testing.assert_allclose(K, K.T, rtol=0, atol=1e-14 * np.abs(K).max())

@@ -121,11 +121,11 @@ class EnergyPrediction:
 
     def interval(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """Central interval at ``level`` (0.95 → mean ± 1.96 sd), each shape (B,)."""
-        from scipy.stats import norm
+        from scipy.special import ndtri  # Φ⁻¹; scipy.stats costs ~0.45 s to import
 
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must lie in (0, 1), got {level}")
-        h = norm.ppf(0.5 + level / 2.0) * self.std
+        h = ndtri(0.5 + level / 2.0) * self.std
         return self.mean - h, self.mean + h
 
 

@@ -83,14 +83,14 @@ class ForcePrediction:
 
         kind : 'latent' (the force itself) or 'observation' (a new noisy label).
         """
-        from scipy.stats import norm
+        from scipy.special import ndtri  # Φ⁻¹; scipy.stats costs ~0.45 s to import
 
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must lie in (0, 1), got {level}")
         if kind not in ("latent", "observation"):
             raise ValueError(f"kind must be 'latent' or 'observation', got {kind!r}")
         sd = self.std if kind == "latent" else self.std_observation()
-        h = norm.ppf(0.5 + level / 2.0) * sd
+        h = ndtri(0.5 + level / 2.0) * sd
         return self.mean - h, self.mean + h
 
 
@@ -156,10 +156,11 @@ class ForceModel:
     def _factors(self) -> list:
         """Cholesky factors of R_i + (λ + jitter_i) I (recomputed after load)."""
         if self._chol is None:
-            Ks = force_covariance_sets(self._geometry(), self._geometry(), self.gamma, self.pe_sets, perms=self.perms)
+            Ks = force_covariance_sets(self._geometry(), self._geometry(), self.gamma, self.pe_sets, perms=self.perms,
+                                       mirror=False)
             chol = []
             for k, K in enumerate(Ks):
-                L = _cholesky_inplace(K, self.lam + self.jitter[k])
+                L = _cholesky_inplace(K, self.lam + self.jitter[k], restorable=False)
                 if L is None:
                     raise FactorizationError(
                         f"re-factorising PE set {k} (size {K.shape[0]}) failed with λ = {self.lam:.3g} + "
@@ -384,34 +385,39 @@ def _copy_lower_to_upper(K: np.ndarray, strip: int = 1024) -> None:
         B[iu] = B.T[iu]
 
 
-def _cholesky_inplace(K: np.ndarray, shift: float) -> np.ndarray | None:
+def _cholesky_inplace(K: np.ndarray, shift: float, *, restorable: bool = True) -> np.ndarray | None:
     """Factor K + shift·I in place, no n×n copy; returns L (read its lower triangle) or None.
 
-    Small kernels: K is symmetric and C-ordered, so K.T is the same matrix in
-    Fortran order; LAPACK's dpotrf overwrites its lower triangle (= K's upper
-    triangle in memory) and leaves the other triangle untouched. Large ones go
-    through :func:`_blocked_cholesky`, which writes L into K's lower triangle.
-    On failure the matrix is restored from the intact triangle, so a retry
-    needs no second n×n copy (for benzene at M = 1600 one copy is 6.6 GB).
+    Only K's lower triangle (C order) is read, and L is written over it: the
+    fit builds just that triangle (``force_covariance_sets(mirror=False)``).
+    Small kernels: K.T is the same memory in Fortran order and LAPACK's dpotrf
+    on its upper triangle (= K's lower triangle) gives U = Lᵀ in place. Large
+    ones go through :func:`_blocked_cholesky`.
+
+    On failure, with ``restorable`` (K complete and symmetric), K is restored
+    from its intact upper triangle, so a retry needs no second n×n copy (for
+    benzene at M = 1600 one copy is 6.6 GB); without it K is left overwritten
+    and the caller rebuilds it.
     """
     from scipy.linalg.lapack import dpotrf
 
     if K.shape[0] > BLOCKED_CHOLESKY_SIDE:
-        return _blocked_cholesky(K, shift)
+        return _blocked_cholesky(K, shift, restorable=restorable)
     d0 = K.diagonal().copy()
-    A = K.T  # Fortran view of the same memory
-    A[np.diag_indices_from(A)] += shift
-    c, info = dpotrf(A, lower=1, clean=0, overwrite_a=1)
+    K[np.diag_indices_from(K)] += shift
+    c, info = dpotrf(K.T, lower=0, clean=0, overwrite_a=1)
     if info == 0:
         if not np.shares_memory(c, K):  # dpotrf copied (should not happen for F-ordered input)
-            return np.asarray(c)
-        return A
-    _copy_lower_to_upper(K)  # restore K's upper triangle from its untouched lower triangle
-    K[np.diag_indices_from(K)] = d0
+            return np.ascontiguousarray(np.asarray(c).T)
+        return K
+    if restorable:
+        _copy_lower_to_upper(K.T)  # K's lower triangle from its untouched upper triangle
+        K[np.diag_indices_from(K)] = d0
     return None
 
 
-def _blocked_cholesky(K: np.ndarray, shift: float, nb: int = CHOLESKY_BLOCK) -> np.ndarray | None:
+def _blocked_cholesky(K: np.ndarray, shift: float, nb: int = CHOLESKY_BLOCK, *,
+                      restorable: bool = True) -> np.ndarray | None:
     """Left-looking blocked Cholesky of K + shift·I into K's lower triangle (C order).
 
     Per block column j: A11 −= L10 L10ᵀ, L11 = chol(A11) (LAPACK on an nb×nb
@@ -439,6 +445,8 @@ def _blocked_cholesky(K: np.ndarray, shift: float, nb: int = CHOLESKY_BLOCK) -> 
                 K[e:, j:e] = scipy.linalg.solve_triangular(L11, A21.T, lower=True, check_finite=False).T
         return K
     except np.linalg.LinAlgError:
+        if not restorable:
+            return None
         for k, B in enumerate(saved):
             j, e = k * nb, min(k * nb + nb, n)
             K[j:e, j:e] = B
@@ -447,37 +455,26 @@ def _blocked_cholesky(K: np.ndarray, shift: float, nb: int = CHOLESKY_BLOCK) -> 
         return None
 
 
-def _cholesky_with_jitter(K: np.ndarray, lam: float, set_index: int, set_atoms) -> tuple[np.ndarray, float]:
-    """Factor K + λI in place, escalating a jitter a bounded number of times (ill-conditioned kernels)."""
+def _cholesky_with_jitter(K: np.ndarray, lam: float, set_index: int, set_atoms, rebuild=None) -> tuple[np.ndarray, float]:
+    """Factor K + λI in place, escalating a jitter a bounded number of times (ill-conditioned kernels).
+
+    ``rebuild``: callable returning a fresh K, for a K holding only its lower
+    triangle (a failed factorisation cannot be undone then); None: K is
+    complete and is restored in place after a failure.
+    """
     base = float(np.mean(np.diag(K)))
     jitter = 0.0
     for step in range(MAX_JITTER_STEPS + 1):
-        L = _cholesky_inplace(K, lam + jitter)
+        L = _cholesky_inplace(K, lam + jitter, restorable=rebuild is None)
         if L is not None:
             return L, jitter
         jitter = base * 10.0 ** (-10 + 2 * step)
+        if rebuild is not None and step < MAX_JITTER_STEPS:
+            K = rebuild()
     raise FactorizationError(
         f"Cholesky of PE set {set_index} (atoms {list(map(int, set_atoms))}, size {K.shape[0]}) failed with "
         f"λ = {lam:.3g} even after adding jitter up to {jitter:.3g}: raise λ, or drop duplicate frames."
     )
-
-
-#: Below this kernel side, sets are factored in parallel with one BLAS thread each
-#: (OpenBLAS threading on small matrices is slower than one thread on 2 cores).
-SMALL_SIDE = 2500
-
-
-def _map_sets(fn, items, largest_side: int) -> list:
-    """Apply ``fn`` to every set: in parallel with 1 BLAS thread each when the kernels are small."""
-    items = list(items)
-    if largest_side >= SMALL_SIDE or len(items) == 1:
-        return [fn(i) for i in items]
-    from threadpoolctl import threadpool_limits
-
-    from ..kernels import parallel_map
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        return parallel_map(fn, items)
 
 
 def select_training_frames(n_frames: int, n_train: int, *, seed: int = 0, exclude=None) -> np.ndarray:
@@ -610,22 +607,30 @@ def fit_force_model(
 
     progress(0.72, f"building {len(sets)} kernel matrices (largest {max(est.matrix_sides)}²)")
     tb = time.perf_counter()
-    Ks = force_covariance_sets(G, G, gamma, sets, perms=kperms)
+    Ks = force_covariance_sets(G, G, gamma, sets, perms=kperms, mirror=False)  # lower triangles only
     t_build = time.perf_counter() - tb
     tc = time.perf_counter()
     done = [0]
 
     def factor(k: int):
-        L, jit = _cholesky_with_jitter(Ks[k], lam, k, sets[k])
+        L, jit = _cholesky_with_jitter(
+            Ks[k], lam, k, sets[k],
+            rebuild=lambda: force_covariance_sets(G, G, gamma, [sets[k]], perms=kperms, mirror=False)[0])
         Ks[k] = None  # free the kernel as soon as it is factored
         y = ys_full[k]
-        a = scipy.linalg.cho_solve((L, True), y, check_finite=False)
+        # L is C-ordered with the factor in its lower triangle; cho_solve would copy it to
+        # Fortran order first (70 ms at side 3000), solve_triangular reads it in place
+        a = scipy.linalg.solve_triangular(L, y, lower=True, check_finite=False)
+        a = scipy.linalg.solve_triangular(L, a, lower=True, trans="T", check_finite=False)
         done[0] += 1
         progress(0.75 + 0.25 * done[0] / len(sets), f"factorised PE set {done[0]}/{len(sets)}")
         # σ̂_i² = F_iᵀ(R_i+λI)⁻¹F_i / (3 M l_i)   (method.md)
         return L, a, float(y @ a) / y.size, jit
 
-    results = _map_sets(factor, range(len(sets)), max(est.matrix_sides))
+    # one set after another on all BLAS threads: faster than one set per core with one
+    # thread each at every side measured on the 2-core machine (300: 6 vs 10 ms;
+    # 1200: 0.12 vs 0.16 s; 3000: 1.1 vs 2.3 s for twelve sets)
+    results = [factor(k) for k in range(len(sets))]
     chol = [r[0] for r in results]
     alpha = [r[1] for r in results]
     sigma2 = [r[2] for r in results]
