@@ -39,7 +39,7 @@ _FIELDS = {
 
 
 def _add_reproduce(p: argparse.ArgumentParser) -> None:
-    from .reproduce import LABEL_SETS, MOLECULES
+    from .md17 import LABEL_SETS, MOLECULES  # not .reproduce: the parser is built for every command
 
     p.add_argument("--quick", action="store_true",
                    help="a short run (< 10 min on 2 cores): AFF at M = 100 and 50, our sGDML mode at 50 (GDML where "
@@ -84,8 +84,8 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lam", type=float, default=None, help="fix the force nugget λ")
     g.add_argument("--energy-gamma", type=float, default=None, help="fix the energy kernel's range γ")
     g.add_argument("--energy-lam", type=float, default=None, help="fix the energy nugget λ")
-    g.add_argument("--search-frames", type=int, default=None, help="frames of AFF's force hyperparameter search "
-                   "(default 100; --quick 50)")
+    g.add_argument("--search-frames", type=int, default=None, help="fewest frames of AFF's force hyperparameter "
+                   "search; it uses max(this, M/4) (default 100; --quick 50)")
     g.add_argument("--baseline-search-frames", type=int, default=None,
                    help="frames of the GDML/sGDML searches (default: --search-frames; --quick 20)")
 

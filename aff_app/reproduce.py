@@ -73,13 +73,7 @@ __all__ = [
 
 Progress = Callable[[float, str], None]
 
-MOLECULES = ("naphthalene", "benzene", "uracil", "aspirin")
-#: 'md17': the original MD17 labels (E_md17/F_md17) — the paper's; 'rmd17': the recomputed rMD17 labels.
-LABEL_SETS = ("md17", "rmd17")
-LABEL_DESCRIPTIONS = {
-    "md17": "original MD17 labels (E_md17/F_md17, PBE+vdW-TS): the paper's",
-    "rmd17": "rMD17 labels (E/F, PBE/def2-SVP, tight SCF)",
-}
+from .md17 import LABEL_DESCRIPTIONS, LABEL_SETS, MOLECULES  # noqa: E402  (re-exported)
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "md17"
 
 #: method.md "What the paper reports", Table I: AFF, with sGDML in parentheses (same held-out sets).
@@ -173,7 +167,8 @@ class ReproduceSettings:
     energy_gamma, energy_lam : float or None
         Fix the energy GP's hyperparameters; None: profile likelihood.
     search_frames : int
-        Frames of AFF's force hyperparameter search.
+        Fewest frames of AFF's force hyperparameter search (it uses
+        max(search_frames, M/4), see :func:`aff_app.models.fit_force_model`).
     baseline_search_frames : int or None
         Frames of our GDML/sGDML searches (their kernels are 3·M·N wide, so
         the search costs far more per frame); None: ``search_frames``.
@@ -480,7 +475,8 @@ def _baseline_point(traj, split, sym, t_sym, mode, m, s, molecule, progress) -> 
     t0 = time.perf_counter()
     kwargs = {"perms": sym.perms} if mode == "sgdml" else {}
     fm = fit_force_model(traj.R[tr], traj.F[tr], traj.z, mode=mode, gamma=s.gamma, lam=s.lam,
-                         search_frames=s.baseline_search_frames or s.search_frames, train_idx=tr, seed=s.seed, budget_bytes=s.memory_bytes,
+                         search_frames=s.baseline_search_frames or s.search_frames, search_fraction=0.0,
+                         train_idx=tr, seed=s.seed, budget_bytes=s.memory_bytes,
                          progress=lambda f, msg: progress(0.7 * f, msg), **kwargs)
     t_force = time.perf_counter() - t0
     t1 = time.perf_counter()

@@ -228,3 +228,13 @@ def test_kernel_built_without_mirror_has_the_same_lower_triangle(benzene):
     for K, Kl in zip(full, lower):
         np.testing.assert_array_equal(np.tril(Kl), np.tril(K))
         np.testing.assert_allclose(K, K.T, rtol=0, atol=1e-14 * np.abs(K).max())
+
+
+def test_search_subset_grows_with_the_training_set(benzene):
+    """max(search_frames, search_fraction·M) frames (MAX_SEARCH_SIDE caps it for big sets)."""
+    R, F, z, _ = benzene
+    sets = [np.array([i]) for i in range(12)]  # singletons: the side cap is far away
+    fixed = fit_force_model(R[:80], F[:80], z, pe_sets=sets, search_frames=10, search_fraction=0.0)
+    grown = fit_force_model(R[:80], F[:80], z, pe_sets=sets, search_frames=10, search_fraction=0.5)
+    assert fixed.info["hyper"]["n_frames"] == 10
+    assert grown.info["hyper"]["n_frames"] == 40
