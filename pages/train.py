@@ -132,9 +132,9 @@ with st.container(border=True):
         st.warning(f"This fit may take several minutes (≈ {est.seconds:,.0f} s for the factorisation alone).")
     if not fixed:
         st.caption(
-            f"The hyperparameter search comes on top of this (about 12 evaluations; for small M it can take "
-            f"longer than the factorisation): it builds and eigendecomposes the kernels of up to 100 training "
-            f"frames for each γ tried"
+            f"The hyperparameter search comes on top of this (about 10 evaluations, roughly the cost of the fit "
+            f"itself): it builds and eigendecomposes the kernels of max(100, M/4) training frames (fewer for "
+            f"large PE sets) for each γ tried"
             + (f", averaging {len(symmetry.perms)} permutations in each" if symmetry is not None and mode != "gdml"
                and len(symmetry.perms) > 1 else "")
             + ". Set γ and λ by hand for a fit that takes about the estimate."
