@@ -624,7 +624,7 @@ def fit_energy_model(
         ts = time.perf_counter()
         ms = max(3, min(m, int(search_frames)))
         sub = np.sort(np.random.default_rng(seed).choice(m, size=ms, replace=False)) if ms < m else np.arange(m)
-        search = _search_energy(G.take(sub), E[sub], perms, gamma=gamma,
+        search = _search_energy(G.take(sub), E[sub] - np.mean(E[sub]), perms, gamma=gamma,  # centred (see m̂)
                                 progress=lambda f, msg: progress(0.8 * f, msg))
         gamma = search["gamma"] if gamma is None else gamma
         lam = search["lam"] if lam is None else lam
@@ -638,7 +638,11 @@ def fit_energy_model(
     # m̂ = (1ᵀA⁻¹1)⁻¹ 1ᵀA⁻¹E,  σ̂² = (E − m̂1)ᵀ A⁻¹ (E − m̂1) / M   (method.md)
     ones = np.ones(m)
     a1 = scipy.linalg.cho_solve((L, True), ones, check_finite=False)
-    m_hat = float(a1 @ E / (a1 @ ones))
+    # centred first: absolute energies are ~10⁵ kcal/mol and A⁻¹1 can have large entries of
+    # both signs, so 1ᵀA⁻¹E risks cancellation; 1ᵀA⁻¹(E − Ē) does not (same value in exact
+    # arithmetic; on the shared MD17 files the two agreed to round-off)
+    e0 = float(np.mean(E))
+    m_hat = e0 + float(a1 @ (E - e0) / (a1 @ ones))
     alpha = scipy.linalg.cho_solve((L, True), E - m_hat, check_finite=False)
     sigma2 = float((E - m_hat) @ alpha / m)
     if not sigma2 > 0:
