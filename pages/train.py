@@ -94,7 +94,7 @@ n_test = int(c_test.number_input(f"Test frames (≤ {max_test:,})", min_value=1,
 c_hyper, c_gamma, c_lam = st.columns([2, 1, 1])
 hyper = c_hyper.radio("Hyperparameters", list(HYPER_LABELS), format_func=HYPER_LABELS.get, key=state.TRAIN_HYPER,
                       help="γ: range of the Matérn kernel on inverse distances (1/Å); λ: nugget (relative). "
-                           "The search runs on up to 100 of the training frames.")
+                           "The search runs on max(100, M/4) of the training frames (fewer for large PE sets).")
 fixed = hyper == "fixed"
 gamma_in = c_gamma.number_input("γ (1/Å)", min_value=1e-4, max_value=1e4, format="%.4g", key=state.TRAIN_GAMMA,
                                 disabled=not fixed, help="Default: the median descriptor distance of the data.")
