@@ -27,3 +27,13 @@ def shared_data() -> Path:
             pytrace=False,
         )
     return MD17_DIR
+
+
+@pytest.fixture
+def fresh_streamlit_cache():
+    """Empty Streamlit's data cache around a test: st.cache_data survives across AppTest instances."""
+    import streamlit as st
+
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()

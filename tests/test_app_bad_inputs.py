@@ -33,13 +33,7 @@ GAMMA, LAM = 4.0, 1e-8
 NUMBER_NAN = r"\bnan\b|\binf\b"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    import streamlit as st
-
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
+pytestmark = pytest.mark.usefixtures("fresh_streamlit_cache")
 
 
 @lru_cache(maxsize=None)

@@ -17,14 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    """st.cache_data survives across AppTest instances: start every test cold."""
-    import streamlit as st
-
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
+# st.cache_data survives across AppTest instances: start every test cold
+pytestmark = pytest.mark.usefixtures("fresh_streamlit_cache")
 
 
 def _app() -> AppTest:

@@ -28,13 +28,7 @@ TRAIN, PREDICTIONS, COMPARE = "pages/train.py", "pages/predictions.py", "pages/c
 GAMMA, LAM = 4.0, 1e-8
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    import streamlit as st
-
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
+pytestmark = pytest.mark.usefixtures("fresh_streamlit_cache")
 
 
 @lru_cache(maxsize=None)

@@ -21,14 +21,8 @@ SYMMETRY_PAGE = "pages/symmetry.py"
 COVARIANCE_PAGE = "pages/covariance.py"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    """st.cache_data survives across AppTest instances: start every test cold."""
-    import streamlit as st
-
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
+# st.cache_data survives across AppTest instances: start every test cold
+pytestmark = pytest.mark.usefixtures("fresh_streamlit_cache")
 
 
 @lru_cache(maxsize=1)

@@ -42,13 +42,7 @@ def rss_mb() -> float:
         pytest.skip("cannot read this process's memory use")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    import streamlit as st
-
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
+pytestmark = pytest.mark.usefixtures("fresh_streamlit_cache")
 
 
 def test_twenty_train_predict_cycles_do_not_grow_memory():

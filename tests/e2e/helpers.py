@@ -55,3 +55,17 @@ def goto_app(page, app_url: str, path: str = "") -> None:
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000
     )
+
+
+def load_sample(page, name: str, formula: str) -> None:
+    """Choose a bundled sample on the Data page, load it and wait for its formula."""
+    from playwright.sync_api import expect
+
+    page.locator(".st-key-data_sample_choice input").click()
+    page.get_by_role("option", name=name).click()
+    # choosing a sample reruns the page; while it does, the old and new tab panels
+    # can both be in the DOM: wait for the rerun to settle on one button
+    load = page.locator(".st-key-data_sample_load button")
+    expect(load).to_have_count(1, timeout=30_000)
+    load.click()
+    expect(page.get_by_text(formula).first).to_be_visible()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import SCREENSHOT_DIR, goto_app, is_local_url
+from .helpers import SCREENSHOT_DIR, goto_app, is_local_url, load_sample
 
 pytestmark = pytest.mark.browser
 
@@ -34,14 +34,7 @@ def test_data_page_sample_plots_and_3d_view(page, app_url, request_log):
     expect(page.get_by_text("C6H6").first).to_be_visible()
 
     # pick another bundled sample and load it
-    page.locator(".st-key-data_sample_choice input").click()
-    page.get_by_role("option", name="uracil").click()
-    # choosing a sample reruns the page; while it does, the old and new tab panels
-    # can both be in the DOM: wait for the rerun to settle on one button
-    load = page.locator(".st-key-data_sample_load button")
-    expect(load).to_have_count(1, timeout=30_000)
-    load.click()
-    expect(page.get_by_text("C4H4N2O2").first).to_be_visible()
+    load_sample(page, "uracil", "C4H4N2O2")
 
     # energy and force plots drawn by plotly, with unit-bearing axis titles
     expect(page.locator(".main-svg").first).to_be_visible()

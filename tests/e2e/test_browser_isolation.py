@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import goto_app, is_local_url
+from .helpers import goto_app, is_local_url, load_sample
 
 pytestmark = pytest.mark.browser
 
@@ -66,14 +66,7 @@ def test_two_sessions_see_only_their_own_data_and_models(browser, app_url):
         expect(b.get_by_text("C6H6").first).to_be_visible()
 
         # A loads uracil; B is not told about it
-        a.locator(".st-key-data_sample_choice input").click()
-        a.get_by_role("option", name="uracil").click()
-        # choosing a sample reruns the page; while it does, the old and new tab panels
-        # can both be in the DOM: wait for the rerun to settle on one button
-        load = a.locator(".st-key-data_sample_load button")
-        expect(load).to_have_count(1, timeout=30_000)
-        load.click()
-        expect(a.get_by_text("C4H4N2O2").first).to_be_visible()
+        load_sample(a, "uracil", "C4H4N2O2")
         _settle(a)
         _nav(b, "Symmetry")
         _nav(b, "Data")  # B reruns its pages after A's load: still its own benzene
