@@ -276,7 +276,7 @@ def learning_curve(
             if with_energy and traj.E is not None:
                 te = time.perf_counter()
                 if p.mode == "aff":
-                    em = fit_energy_model(fm, traj.R[idx], traj.E[idx], train_idx=idx, seed=seed)
+                    em = fit_energy_model(fm, traj.R[idx], traj.E[idx], F=traj.F[idx], train_idx=idx, seed=seed)
                 else:
                     em = fit_integrated_energy(fm, traj.R[idx], traj.E[idx])
                 e_s = time.perf_counter() - te

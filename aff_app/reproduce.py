@@ -441,7 +441,7 @@ def _aff_point(traj, split: ReproSplit, sym: SymmetryInfo, t_sym: float, m: int,
                          budget_bytes=s.memory_bytes, progress=lambda f, msg: progress(0.6 * f, msg))
     t_force = time.perf_counter() - t0
     t1 = time.perf_counter()
-    em = fit_energy_model(fm, traj.R[tr], traj.E[tr], gamma=s.energy_gamma, lam=s.energy_lam, train_idx=tr,
+    em = fit_energy_model(fm, traj.R[tr], traj.E[tr], F=traj.F[tr], gamma=s.energy_gamma, lam=s.energy_lam, train_idx=tr,
                           seed=s.seed)
     t_energy = time.perf_counter() - t1
     train_s = t_sym + t_force + t_energy

@@ -102,6 +102,71 @@ def test_block_inverse_equals_dense_method_formula(draws):
     assert em.sigma2 == pytest.approx(r @ np.linalg.solve(A, r) / M, rel=1e-9)
 
 
+def _dense_with_force_frames(em, Ft, Rt, Et, x, fx, frames, noise):
+    """method.md's dense formula, the conditioning set extended by the reference forces of ``frames``
+    (training frames, each component with noise variance ``noise`` in σ̂² units)."""
+    M = Rt.shape[0]
+    pts = np.concatenate([x[None], Rt[frames]])
+    A = energy_covariance(Rt, Rt, GAMMA, perms=SWAP) + LAM * np.eye(M)
+    C = energy_force_covariance(Rt, pts, GAMMA, perms=SWAP).reshape(M, -1)  # cov(E_X, F(points))
+    D = force_covariance(pts, pts, GAMMA, perms=SWAP) + LAM * np.eye(C.shape[1])
+    D[np.arange(9, D.shape[0]), np.arange(9, D.shape[0])] += noise
+    S = np.block([[A, C], [C.T, D]])
+    ks = np.concatenate([energy_covariance(x[None], Rt, GAMMA, perms=SWAP)[0],
+                         energy_force_covariance(x[None], pts, GAMMA, perms=SWAP).ravel()])
+    v = np.concatenate([Et - em.mean, fx.ravel(), Ft[frames].ravel()])
+    return em.mean + ks @ np.linalg.solve(S, v), energy_covariance(x[None], x[None], GAMMA, perms=SWAP)[0, 0] - ks @ np.linalg.solve(S, ks)
+
+
+def test_neighbour_forces_equal_the_dense_joint_formula(draws):
+    R, E, F, z = draws
+    M = 30
+    fm = _carrier(R[:M], F[0, :M], z)
+    em = fit_energy_model(fm, R[:M], E[0, :M], F=F[0, :M], gamma=GAMMA, lam=LAM, neighbours=2)
+    assert em.neighbours == 2 and em.info["neighbours"] == 2
+    # the neighbours' forces carry the force model's own noise σ_F²(λ_F + jitter), in units of σ̂²
+    noise = fm.sigma2[0] * (fm.lam + fm.jitter[0]) / em.sigma2
+    x, f = R[M:M + 3], F[0, M:M + 3]
+    Rt = R[:M]
+    K = energy_covariance(x, Rt, GAMMA, perms=SWAP)
+    for k in (2, M):  # k = M: every training frame's forces, the full energy-and-force GP
+        p = em.predict(x, forces=f, neighbours=k, mean_variance=False)
+        for j in range(3):
+            frames = np.argsort(-K[j], kind="stable")[:k]
+            mean, var = _dense_with_force_frames(em, F[0, :M], Rt, E[0, :M], x[j], f[j], frames, noise)
+            assert p.mean[j] == pytest.approx(mean, abs=1e-8 * np.std(E[0]))
+            assert p.std[j] == pytest.approx(np.sqrt(em.sigma2 * var), rel=1e-5)
+    # neighbours=0 is method.md's formula; without training forces the model has no neighbours
+    assert np.allclose(em.predict(x, forces=f, neighbours=0).mean,
+                       fit_energy_model(fm, Rt, E[0, :M], gamma=GAMMA, lam=LAM).predict(x, forces=f).mean)
+    bare = fit_energy_model(fm, Rt, E[0, :M], gamma=GAMMA, lam=LAM, neighbours=3)
+    assert bare.neighbours == 0 and bare.F_train is None
+    with pytest.raises(ModelError, match="reference forces"):
+        bare.predict(x, forces=f, neighbours=1)
+    with pytest.raises(ModelError, match="shape"):
+        fit_energy_model(fm, Rt, E[0, :M], F=F[0, :M - 1], gamma=GAMMA, lam=LAM)
+
+
+def test_neighbour_forces_help_and_stay_calibrated_on_joint_draws(draws):
+    R, E, F, z = draws
+    M = 40
+    fm = _carrier(R[:M], F[0, :M], z)
+    inside = total = 0
+    err0, err3 = [], []
+    for d in range(E.shape[0]):
+        em = fit_energy_model(fm, R[:M], E[d, :M], F=F[d, :M], gamma=GAMMA, lam=LAM, neighbours=3)
+        y = E[d, M:]
+        p = em.predict(R[M:], forces=F[d, M:])
+        err3.append(np.mean((p.mean - y) ** 2))
+        err0.append(np.mean((em.predict(R[M:], forces=F[d, M:], neighbours=0).mean - y) ** 2))
+        inside += int(np.sum(np.abs(p.mean - y) <= 1.96 * p.std))
+        total += y.size
+    assert np.mean(err3) < 0.8 * np.mean(err0), (np.mean(err3), np.mean(err0))
+    lo = binom.ppf(0.0005, total, 0.95) / total
+    slack = 2 * (0.95 - lo)
+    assert 0.95 - slack <= inside / total <= 0.95 + slack, inside / total
+
+
 def test_joint_prior_draws_calibrated_and_parameters_recovered(draws):
     R, E, F, z = draws
     M, D = 40, E.shape[0]
@@ -215,9 +280,17 @@ def test_real_uracil_energies(uracil):
     train, energy_frames, test = idx[:60], idx[:400], idx[4800:]
     fm = fit_force_model(R[train], F[train], z, mode="aff")
     # the energy GP learns from energies alone: it needs a few hundred of them (cheap: M×M kernel)
-    em = fit_energy_model(fm, R[energy_frames], E[energy_frames])
+    em = fit_energy_model(fm, R[energy_frames], E[energy_frames], neighbours=0)
     pf = fm.predict(R[test])
     sd = np.std(E[test])
+    # with the reference forces of the 3 most correlated training frames the curvature-free
+    # extrapolation's positive bias shrinks (see EnergyModel.predict)
+    en = fit_energy_model(fm, R[energy_frames], E[energy_frames], F=F[energy_frames], gamma=em.gamma, lam=em.lam)
+    assert en.neighbours == 3
+    b0, b3 = (np.mean(m.predict(R[test], forces=pf).mean - E[test]) for m in (em, en))
+    e0, e3 = (np.mean(np.abs(m.predict(R[test], forces=pf).mean - E[test])) for m in (em, en))
+    print(f"uracil bias {b0:.3f} -> {b3:.3f}, MAE {e0:.3f} -> {e3:.3f}")
+    assert e3 < e0 and abs(b3) < abs(b0)
     # F̂ taken as exact (method.md) under-covers a little; adding its own uncertainty restores ~95%
     for noise, band in (("nugget", (0.6, 1.0)), ("posterior", (0.8, 1.0))):
         p = em.predict(R[test], forces=pf, force_noise=noise)
@@ -236,7 +309,7 @@ def test_save_load_round_trips(tmp_path, benzene):
     R, F, E, z, perms = benzene
     fm = fit_force_model(R[:10], F[:10], z, mode="sgdml", perms=perms, gamma=3.0, lam=1e-7,
                          info={"data_fingerprint": "abc"})
-    em = fit_energy_model(fm, R[:30], E[:30], gamma=3.0, lam=1e-7, train_idx=np.arange(30) * 50)
+    em = fit_energy_model(fm, R[:30], E[:30], F=F[:30], gamma=3.0, lam=1e-7, train_idx=np.arange(30) * 50)
     ie = fit_integrated_energy(fm, R[:10], E[:10])
     x = R[60:63]
     for model, cls in ((em, EnergyModel), (ie, IntegratedEnergyModel)):
@@ -248,7 +321,20 @@ def test_save_load_round_trips(tmp_path, benzene):
         np.testing.assert_allclose(b.std, a.std, rtol=1e-7)
         assert back.info["data_fingerprint"] == "abc"
     assert load_energy_model(tmp_path / "m.npz").force_model.perms.tolist() == perms.tolist()
-    assert EnergyModel.load(_saved(em, tmp_path)).train_idx.tolist() == (np.arange(30) * 50).tolist()
+    back = EnergyModel.load(_saved(em, tmp_path))
+    assert back.train_idx.tolist() == (np.arange(30) * 50).tolist()
+    assert back.neighbours == 3 and np.array_equal(back.F_train, F[:30])
+    # a file from before neighbour conditioning (no F_train/neighbours keys) loads as method.md's formula
+    d = dict(np.load(tmp_path / "e.npz"))
+    del d["F_train"], d["neighbours"]
+    np.savez(tmp_path / "old.npz", **d)
+    old = EnergyModel.load(tmp_path / "old.npz")
+    assert old.neighbours == 0 and old.F_train is None
+    np.testing.assert_allclose(old.predict(x).mean, em.predict(x, neighbours=0).mean, rtol=1e-12)
+    d["neighbours"] = np.array(2)
+    np.savez(tmp_path / "bad.npz", **d)
+    with pytest.raises(ModelError, match="F_train"):
+        EnergyModel.load(tmp_path / "bad.npz")
 
 
 def _saved(model, tmp_path):
