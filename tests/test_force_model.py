@@ -10,6 +10,7 @@ from scipy.stats import binom
 from aff_app.budget import ComputeBudgetError
 from aff_app.kernels import force_covariance_sets
 from aff_app.models import FactorizationError, ForceModel, ModelError, fit_force_model
+from aff_app.models.force import loo_frame_residuals
 from aff_app.symmetry import find_permutations, pe_sets_from_permutations
 
 
@@ -86,7 +87,8 @@ def test_latent_intervals_cover_95_percent_of_gp_draws():
     R, F, z = _gp_draws(gamma, lam, n_frames=140, n_draws=8)
     inside = total = 0
     for d in range(F.shape[0]):
-        model = fit_force_model(R[:100], F[d, :100], z, gamma=gamma, lam=lam)
+        # method.md's σ̂² (no calibration): its observation interval is the GP's own
+        model = fit_force_model(R[:100], F[d, :100], z, gamma=gamma, lam=lam, calibrate=None)
         pred = model.predict(R[100:])
         lo, hi = pred.interval(0.95, kind="observation")
         inside += int(np.sum((F[d, 100:] >= lo) & (F[d, 100:] <= hi)))
@@ -95,6 +97,64 @@ def test_latent_intervals_cover_95_percent_of_gp_draws():
     lo_c, hi_c = binom.ppf([0.0005, 0.9995], total, 0.95) / total
     slack = 2 * (0.95 - lo_c)
     assert 0.95 - slack <= inside / total <= min(1.0, 0.95 + slack), inside / total
+
+
+def test_leave_one_frame_out_residuals_equal_refits_without_the_frame():
+    gamma, lam = 0.4, 1e-3
+    R, F, z = _gp_draws(gamma, lam, n_frames=40, n_draws=1)
+    model = fit_force_model(R[:30], F[0, :30], z, gamma=gamma, lam=lam, calibrate=None)
+    for k, s in enumerate(model.pe_sets):
+        w = 3 * s.size
+        r, v = loo_frame_residuals(model._factors()[k], model.alpha[k], w, 4)
+        for j, f in enumerate(range(26, 30)):
+            keep = np.setdiff1d(np.arange(30), [f])
+            refit = fit_force_model(R[keep], F[0, keep], z, gamma=gamma, lam=lam, calibrate=None)
+            p = refit.predict(R[f:f + 1])
+            res = (F[0, f][s] - p.mean[0][s]).ravel()
+            var_obs = (p.std[0][s] ** 2).ravel() / refit.sigma2[k] + lam + refit.jitter[k]
+            np.testing.assert_allclose(r[j * w:(j + 1) * w], res, rtol=1e-8, atol=1e-10 * np.abs(res).max())
+            np.testing.assert_allclose(v[j * w:(j + 1) * w], var_obs, rtol=1e-8)
+    with pytest.raises(ModelError, match="leave-one-out"):
+        loo_frame_residuals(model._factors()[0], model.alpha[0], 3 * model.pe_sets[0].size, 31)
+
+
+def test_loo_calibration_leaves_a_true_gp_alone_and_is_optional():
+    # nearly noise-free draws (like DFT forces): latent and observation intervals coincide
+    gamma, lam = 0.4, 1e-7
+    R, F, z = _gp_draws(gamma, lam, n_frames=100, n_draws=6, seed=5)
+    scales = []
+    for d in range(F.shape[0]):
+        cal = fit_force_model(R, F[d], z, gamma=gamma, lam=lam)
+        ml = fit_force_model(R, F[d], z, gamma=gamma, lam=lam, calibrate=None)
+        c = cal.info["calibration"]
+        assert c["method"] == "loo" and c["frames"] == 40
+        np.testing.assert_allclose(cal.sigma2, ml.sigma2 * c["scale"] ** 2, rtol=1e-12)
+        # calibrate=None is method.md's profile-likelihood σ̂_i² = F_iᵀ(R_i + λI)⁻¹F_i / (3 M l_i)
+        for k, s in enumerate(ml.pe_sets):
+            y = F[d][:, s].reshape(-1)
+            assert ml.sigma2[k] == pytest.approx(y @ ml.alpha[k] / y.size, rel=1e-12)
+        assert ml.info["calibration"] == {"method": None, "scale": 1.0}
+        scales.append(c["scale"])
+    # on draws from the model itself the LOO quantile needs no correction (geometric mean ~1)
+    assert 0.85 < np.exp(np.mean(np.log(scales))) < 1.15, scales
+    with pytest.raises(ModelError, match="calibrate"):
+        fit_force_model(R, F[0], z, gamma=gamma, lam=lam, calibrate="quantile")
+
+
+def test_calibrated_latent_interval_covers_noisy_held_out_forces():
+    # with label noise (λ = 1e-3) the calibrated latent interval is a predictive interval for the
+    # reference forces, which is what PCI scores
+    gamma, lam = 0.4, 1e-3
+    R, F, z = _gp_draws(gamma, lam, n_frames=140, n_draws=8)
+    inside = total = 0
+    for d in range(F.shape[0]):
+        pred = fit_force_model(R[:100], F[d, :100], z, gamma=gamma, lam=lam).predict(R[100:])
+        lo, hi = pred.interval(0.95, kind="latent")
+        inside += int(np.sum((F[d, 100:] >= lo) & (F[d, 100:] <= hi)))
+        total += F[d, 100:].size
+    lo_c = binom.ppf(0.0005, total, 0.95) / total
+    slack = 2 * (0.95 - lo_c)
+    assert 0.95 - slack <= inside / total <= 0.95 + slack, inside / total
 
 
 def test_likelihood_search_recovers_the_true_range():
