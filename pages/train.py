@@ -182,6 +182,10 @@ if run:
             msg = (f"Trained **{entry.name}**: γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; "
                    "held-out force MAE "
                    f"{mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}, PCI(95%) {mw.fmt(m.get('pci'), percent=True)}.")
+            cal = entry.force.info.get("calibration", {})
+            if cal.get("method") == "loo":
+                msg += (f" Interval widths scaled by {mw.fmt(cal.get('scale'), '.3g')} so that 95% of the "
+                        f"leave-one-frame-out forces of {cal.get('frames')} training frames fall inside them.")
             st.session_state[state.TRAIN_NOTICE] = [("success", msg)] + [("warning", w) for w in warnings]
             st.session_state.pop(state.TRAIN_NAME, None)
             st.rerun()
