@@ -48,6 +48,7 @@ import numpy as np
 
 from . import __version__
 from .budget import ComputeBudgetError, check_budget, default_budget_bytes, estimate_cost
+from .md17 import LABEL_DESCRIPTIONS, LABEL_SETS, MOLECULES  # re-exported: the CLI parser imports .md17 alone
 from .metrics import ENERGY_UNIT, FORCE_UNIT, energy_report, force_report, mae
 from .models import fit_energy_model, fit_force_model, fit_integrated_energy
 from .symmetry import SymmetryInfo, detect_symmetry
@@ -73,7 +74,6 @@ __all__ = [
 
 Progress = Callable[[float, str], None]
 
-from .md17 import LABEL_DESCRIPTIONS, LABEL_SETS, MOLECULES  # noqa: E402  (re-exported)
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "md17"
 
 #: method.md "What the paper reports", Table I: AFF, with sGDML in parentheses (same held-out sets).
@@ -441,8 +441,8 @@ def _aff_point(traj, split: ReproSplit, sym: SymmetryInfo, t_sym: float, m: int,
                          budget_bytes=s.memory_bytes, progress=lambda f, msg: progress(0.6 * f, msg))
     t_force = time.perf_counter() - t0
     t1 = time.perf_counter()
-    em = fit_energy_model(fm, traj.R[tr], traj.E[tr], F=traj.F[tr], gamma=s.energy_gamma, lam=s.energy_lam, train_idx=tr,
-                          seed=s.seed)
+    em = fit_energy_model(fm, traj.R[tr], traj.E[tr], F=traj.F[tr], gamma=s.energy_gamma, lam=s.energy_lam,
+                          train_idx=tr, seed=s.seed)
     t_energy = time.perf_counter() - t1
     train_s = t_sym + t_force + t_energy
     progress(0.65, f"predicting {ev.size} test frames")

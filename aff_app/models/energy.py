@@ -497,6 +497,8 @@ class EnergyModel:
         var = np.empty(B)
         eye = np.eye(w)
         lam = self.lam + self.jitter
+        nb_diag = np.arange(n3, w)  # diagonal of the neighbours' force block
+        nb_noise = np.tile(np.repeat(self._force_noise(), 3), k)
         step = max(1, int(batch_size))
         for start in range(0, B, step):
             sl = slice(start, min(start + step, B))
@@ -507,15 +509,20 @@ class EnergyModel:
             y = F[sl].reshape(b, n3)
             if k:
                 nb = np.argsort(-a, axis=1, kind="stable")[:, :k]  # (b, k): most correlated training frames
-                pts = np.concatenate([R[sl, None], self.R_train[nb]], axis=1)  # (b, k+1, N, 3)
-                Gp = Geometry.from_positions(pts.reshape(-1, n, 3))
+                Gn = Gt.take(nb.reshape(-1))  # the neighbours' terms, already computed for the training frames
+                # per frame j the points [x*_j, its k neighbours], frame-major (b·(k+1) frames)
+                Gp = Geometry(**{f: np.concatenate([getattr(Gb, f)[:, None],
+                                                    getattr(Gn, f).reshape((b, k) + getattr(Gn, f).shape[1:])],
+                                                   axis=1).reshape((-1,) + getattr(Gn, f).shape[1:])
+                                 for f in ("D", "Dmat", "V")})
                 y = np.concatenate([y, self.F_train[nb].reshape(b, k * n3)], axis=1)
                 # cov(E(x*), F(x_nb)) for each frame's own neighbours
-                cen = energy_force_covariance(Gb, Geometry.from_positions(self.R_train[nb].reshape(-1, n, 3)),
-                                              self.gamma, perms=self.perms).reshape(b, b, k * n3)
+                cen = energy_force_covariance(Gb, Gn, self.gamma, perms=self.perms).reshape(b, b, k * n3)
                 ce = np.concatenate([ce.reshape(b, n3), cen[np.arange(b), np.arange(b)]], axis=1)
-                D = np.stack([force_covariance_sets(p, p, self.gamma, [np.arange(n)], perms=self.perms, threads=1)[0]
-                              for p in pts])  # (b, w, w)
+                D = np.empty((b, w, w))
+                for j in range(b):  # one Geometry object for both sides: the symmetric (lower + mirror) build
+                    Gj = Gp.take(slice(j * (k + 1), (j + 1) * (k + 1)))
+                    D[j] = force_covariance_sets(Gj, Gj, self.gamma, [np.arange(n)], perms=self.perms, threads=1)[0]
             else:
                 Gp = Gb
                 ce = ce.reshape(b, n3)
@@ -524,16 +531,16 @@ class EnergyModel:
             Ct = energy_force_covariance(Gt, Gp, self.gamma, perms=self.perms).reshape(self.n_train, b * w)
             D = D + lam * eye
             if k:  # the neighbours' reference forces carry the force model's noise σ_s²λ_F (in σ̂² units)
-                nv = np.repeat(self._force_noise(), 3)
-                idx = np.arange(n3, w)
-                D[:, idx, idx] += np.tile(nv, k)
+                D[:, nb_diag, nb_diag] += nb_noise
             if Fcov is not None:  # F̂ = F + δ, δ ~ N(0, Cov(F̂)): add Cov(F̂)/σ̂² to R_** (x* only)
                 for i in range(n):
                     D[:, 3 * i:3 * i + 3, 3 * i:3 * i + 3] += Fcov[sl, i] / self.sigma2
             At = scipy.linalg.solve_triangular(L, a.T, lower=True, check_finite=False)  # (M, b)
             Ctt = scipy.linalg.solve_triangular(L, Ct, lower=True, check_finite=False).reshape(-1, b, w)
-            S = D - np.einsum("mbi,mbj->bij", Ctt, Ctt)  # Schur complement per frame
-            g = ce - np.einsum("mbi,mb->bi", Ctt, At)
+            CttT = np.ascontiguousarray(Ctt.transpose(1, 2, 0))  # (b, w, M)
+            # Schur complement per frame (a stacked GEMM: einsum's loop took 5× longer)
+            S = D - CttT @ CttT.transpose(0, 2, 1)
+            g = ce - (CttT @ At.T[:, :, None])[..., 0]
             Ct3 = Ct.reshape(-1, b, w)
             r = y - np.einsum("mbi,m->bi", Ct3, self.alpha)
             sol = _solve_spd_stack(S, np.stack([g, r], axis=-1))  # (b, w, 2)

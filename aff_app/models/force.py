@@ -576,21 +576,21 @@ def fit_force_model(
         one fit.
     calibrate : {'loo', None}
         'loo' (default): after the fit, scale every σ̂_i² by one factor s² so
-        that the 95% latent intervals of the exact leave-one-frame-out
-        predictions (:func:`loo_frame_residuals`, closed form from the
-        trailing block of the Cholesky factors) of the last
-        max(LOO_FRAMES, M/8) training frames hold 95% of their reference
-        force components: s = q95(|r| / sd) / 1.96, pooled
-        over PE sets. The latent interval because it is the one PCI scores
-        (the paper's definition) against reference forces that carry noise. The profile-likelihood σ̂² (None; method.md) assumes the kernel
-        is right; on rMD17 it gave 98–99% coverage for benzene and aspirin at
-        small M (intervals too wide) and 94% for uracil. On draws from the GP
-        itself with little label noise s ≈ 1; with noticeable label noise the
-        latent interval widens to cover the reference forces (what PCI scores)
-        and the observation interval adds the nugget on top. Cost: (q/M)³ of the Cholesky (q/M ≤ 1/8 once M ≥ 320). The
-        last frames, not random ones, because their block of L⁻¹ is the inverse
-        of L's trailing triangle; training frames drawn at random from a
-        stationary trajectory (MD17, the app's split) make them as typical as any.
+        that the latent 95% intervals of the exact leave-one-frame-out
+        predictions (:func:`loo_frame_residuals`) of the last
+        max(LOO_FRAMES, M/8) training frames hold 95% of their reference force
+        components: s = q95(|r| / sd) / 1.96, pooled over PE sets. The latent
+        interval because it is the one PCI scores (the paper's definition)
+        against reference forces that carry noise. None: method.md's
+        profile-likelihood σ̂², which assumes the kernel is right; on rMD17 it
+        gave 98–99% coverage for benzene and aspirin at small M (too wide) and
+        94% for uracil. On draws from the GP itself with little label noise
+        s ≈ 1; with noticeable noise the latent interval widens to cover the
+        reference forces and the observation interval adds the nugget on top.
+        Cost: (q/M)³ of the Cholesky (q/M ≤ 1/8 once M ≥ 320). The last
+        frames, not random ones, because their block of L⁻¹ is the inverse of
+        L's trailing triangle; frames drawn at random from a stationary
+        trajectory (MD17, the app's split) make them as typical as any.
     budget_bytes : int, optional
         Memory budget; the fit is refused before any kernel is built when its
         estimate exceeds it.
@@ -721,12 +721,13 @@ def fit_force_model(
             for (r, v), s2, jit in zip((loo_frame_residuals(L, a, 3 * s.size, q) for L, a, s in
                                         zip(chol, alpha, sets)), sigma2, jitter)])
         z_loo = z_loo[np.isfinite(z_loo)]
+        z95 = float(scipy.special.ndtri(0.975))
         if z_loo.size:
-            scale = float(np.quantile(z_loo, 0.95) / scipy.special.ndtri(0.975))
+            scale = float(np.quantile(z_loo, 0.95) / z95)
             if np.isfinite(scale) and scale > 0:
                 sigma2 = [s2 * scale**2 for s2 in sigma2]
                 calibration = {"method": "loo", "scale": scale, "frames": int(q),
-                               "loo_coverage_before": float(np.mean(z_loo <= 1.959963984540054)),
+                               "loo_coverage_before": float(np.mean(z_loo <= z95)),
                                "seconds": time.perf_counter() - tl}
     progress(1.0, "done")
     meta = dict(info or {})

@@ -162,8 +162,8 @@ def train_and_register(
         try:
             e_progress = lambda f, m: progress(0.76 + 0.04 * f, "energy model: " + m)  # noqa: E731
             if mode == "aff":
-                energy = fit_energy_model(force, traj.R[idx], traj.E[idx], F=traj.F[idx], train_idx=idx, seed=int(seed),
-                                          progress=e_progress)
+                energy = fit_energy_model(force, traj.R[idx], traj.E[idx], F=traj.F[idx], train_idx=idx,
+                                          seed=int(seed), progress=e_progress)
             else:
                 energy = fit_integrated_energy(force, traj.R[idx], traj.E[idx], progress=e_progress)
         except (ModelError, FactorizationError, np.linalg.LinAlgError) as exc:
