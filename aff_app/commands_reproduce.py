@@ -155,7 +155,7 @@ def _render_reproduce(r: dict) -> str:
         lines.append(f"  {mol}: sgdml M = {c['m_sgdml'] if c['m_sgdml'] is not None else '—'} — {c['m_sgdml_reason']}")
     notes = [row for row in r["rows"] if row.get("sgdml_note")]
     for row in notes:
-        lines.append(f"  {row['molecule']}/{row['label_set']}: sgdml {row['sgdml_note']}")
+        lines.append(f"  {row['molecule']}/{row['label_set']}: sgdml: {row['sgdml_note']}")
     if r["skipped"]:
         lines.append("not run:")
         for k in r["skipped"]:

@@ -645,6 +645,8 @@ def run_reproduction(settings: ReproduceSettings | None = None, *, progress: Pro
             points.extend(mol_points)
             aff_row = next(p for p in mol_points if p["method"] == METHOD_AFF and p["M"] == aff_m)
             row = _row(mol, ls, aff_row, peer_point, choice, split)
+            if peer_point is not None and "note" in peer_point:
+                row["sgdml_note"] = peer_point["note"]
             if s.peer and ls not in peer_sets:
                 row["m_sgdml_reason"] = f"not run on the {ls} labels (the package runs on {', '.join(peer_sets)})"
             if ls in peer_sets and peer_point is None:
@@ -747,6 +749,15 @@ def _run_peer(traj, split, s, mol, ls, work, peer_m, choice, peer_runs, skipped,
         table_point = next((p for p in mol_points if p["method"] == METHOD_PEER and p["M"] == peer_m), None)
     else:
         table_point = run(peer_m)
+    if table_point is None:
+        # the table size failed (time-out, sgdml's own errors): report its largest finished run instead, and say so
+        done = [p for p in mol_points if p["method"] == METHOD_PEER]
+        if done:
+            table_point = max(done, key=lambda p: p["M"])
+            failed = next((k["reason"] for k in reversed(skipped) if k["molecule"] == mol and k["label_set"] == ls
+                           and k["method"] == METHOD_PEER and k.get("M") == peer_m), "it failed")
+            table_point = {**table_point, "fallback_from_m": peer_m,
+                           "note": f"the M = {peer_m} run failed ({failed}); its M = {table_point['M']} run is shown"}
     return table_point, peer_m
 
 
@@ -808,6 +819,9 @@ def format_table(rows: Sequence[dict]) -> str:
         )
     lines.append(f"\nunits: energy MAE {ENERGY_UNIT}, force MAE and LCI {FORCE_UNIT}, train time s; "
                  "values in parentheses: the sgdml package (— where not run)")
+    for r in rows:
+        if r.get("sgdml_note"):
+            lines.append(f"\n{r['molecule']}/{r['label_set']}: sgdml: {r['sgdml_note']}")
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from aff_app.models import fit_force_model
 from aff_app.reproduce import (
     METHOD_AFF,
     METHOD_GDML,
+    METHOD_PEER,
     METHOD_SGDML,
     PAPER_TABLE_I,
     ReproduceError,
@@ -193,6 +194,31 @@ def test_missing_peer_fails_before_any_fit(monkeypatch, shared_data):
     monkeypatch.setattr(peer, "require_sgdml", unavailable)
     with pytest.raises(peer.PeerUnavailableError, match="requirements-peer.txt"):
         run_reproduction(_tiny(shared_data, peer=True))
+
+
+def test_failed_table_run_of_the_package_falls_back_to_its_largest_finished_run(monkeypatch, shared_data, tmp_path):
+    """Real `sgdml all` runs: the pilot (M = 12) finishes, the table size (M = 20) is killed by its time limit."""
+    from test_peer import _need
+
+    _need("sgdml.predict")
+    real = peer.run_sgdml
+
+    def table_size_times_out(*args, **kw):
+        if args[3] == 20:
+            kw["timeout_s"] = 0.5
+        return real(*args, **kw)
+
+    monkeypatch.setattr(peer, "run_sgdml", table_size_times_out)
+    settings = _tiny(shared_data, label_sets=("md17",), curve_m=(), baseline_modes=(), peer=True, peer_m=20,
+                     peer_curve_m=(12,), peer_sigmas="10 20", n_valid=10, eval_frames=40, aff_m=30)
+    res = run_reproduction(settings, workdir=tmp_path)
+    (row,) = res["rows"]
+    assert row["m_sgdml"] == 12 and row["force_mae_sgdml"] is not None
+    note = row["sgdml_note"]
+    assert note.startswith("the M = 20 run failed (did not finish") and note.endswith("its M = 12 run is shown")
+    assert [k["method"] for k in res["skipped"] if k.get("M") == 20] == [METHOD_PEER]
+    assert [r["n_train"] for r in res["peer_runs"]] == [12, 20] and not res["peer_runs"][1]["ok"]
+    assert "uracil/md17: sgdml: the M = 20 run failed" in format_table(res["rows"])
 
 
 # -- the command ----------------------------------------------------------------------------------
