@@ -182,6 +182,11 @@ if run:
             msg = (f"Trained **{entry.name}**: γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; "
                    "held-out force MAE "
                    f"{mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}, PCI(95%) {mw.fmt(m.get('pci'), percent=True)}.")
+            ref = entry.force.info.get("lam_refine", {})
+            if ref.get("method") == "loo" and ref.get("chosen") != ref.get("candidates", [None])[0]:
+                msg += (f" λ lowered 16× from the search's {mw.fmt(ref['candidates'][0], '.2e')}: on all training "
+                        "frames its leave-one-frame-out force error was "
+                        f"{mw.fmt(100 * (1 - ref['loo_mae'][1] / ref['loo_mae'][0]), '.0f')}% smaller.")
             cal = entry.force.info.get("calibration", {})
             if cal.get("method") == "loo":
                 msg += (f" Interval widths scaled by {mw.fmt(cal.get('scale'), '.3g')} so that 95% of the "

@@ -157,6 +157,43 @@ def test_calibrated_latent_interval_covers_noisy_held_out_forces():
     assert 0.95 - slack <= inside / total <= 0.95 + slack, inside / total
 
 
+def test_lambda_refinement_is_a_full_fit_at_the_nugget_with_the_smaller_loo_error(shared_data):
+    d = np.load(shared_data / "uracil.npz")
+    R, F, z = d["R"][:3000:15], d["F"][:3000:15], d["z"]  # 200 frames, 12 single-atom PE sets
+    model = fit_force_model(R, F, z, search_frames=50, search_fraction=0.0)
+    info = model.info["lam_refine"]
+    lam_search = model.info["hyper"]["lam"]
+    assert info["method"] == "loo" and info["frames"] == 40 and info["probe_set"] == 0
+    assert info["candidates"] == pytest.approx([lam_search, lam_search / 16], rel=1e-12)
+    smaller = info["loo_mae"][1] < 0.98 * info["loo_mae"][0]
+    assert model.lam == info["candidates"][1 if smaller else 0]
+    # the probe set's reused factor is the one a fit at the chosen (γ, λ) computes, for every set
+    fixed = fit_force_model(R, F, z, gamma=model.gamma, lam=model.lam)
+    assert fixed.info["lam_refine"] == {"method": None}
+    for a, b in zip(model.alpha, fixed.alpha):
+        np.testing.assert_allclose(a, b, rtol=1e-10)
+    np.testing.assert_allclose(model.sigma2, fixed.sigma2, rtol=1e-10)
+    # and its leave-one-out error is the one recorded for the chosen candidate
+    k = info["probe_set"]
+    r, _ = loo_frame_residuals(fixed._factors()[k], fixed.alpha[k], 3 * fixed.pe_sets[k].size, info["frames"])
+    assert np.mean(np.abs(r)) == pytest.approx(info["loo_mae"][1 if smaller else 0], rel=1e-10)
+    off = fit_force_model(R, F, z, search_frames=50, search_fraction=0.0, refine_lam=False)
+    assert off.lam == lam_search and off.info["lam_refine"] == {"method": None}
+    # a search on every frame has nothing to extrapolate
+    assert fit_force_model(R[:60], F[:60], z, search_frames=60).info["lam_refine"] == {"method": None}
+
+
+def test_lambda_refinement_keeps_the_nugget_of_noisy_labels():
+    # with real label noise (λ = 1e-3) a 16× smaller nugget fits the noise: no clear leave-one-out gain
+    gamma, lam = 0.4, 1e-3
+    R, F, z = _gp_draws(gamma, lam, n_frames=160, n_draws=3, seed=7)
+    for d in range(F.shape[0]):
+        model = fit_force_model(R, F[d], z, gamma=gamma, search_frames=40, search_fraction=0.0)
+        info = model.info["lam_refine"]
+        assert info["method"] == "loo" and info["loo_mae"][1] > 0.98 * info["loo_mae"][0], info
+        assert model.lam == info["candidates"][0]
+
+
 def test_likelihood_search_recovers_the_true_range():
     gamma = 0.4
     R, F, z = _gp_draws(gamma, 1e-4, n_frames=120, n_draws=1, seed=3)
