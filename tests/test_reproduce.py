@@ -221,6 +221,29 @@ def test_failed_table_run_of_the_package_falls_back_to_its_largest_finished_run(
     assert "uracil/md17: sgdml: the M = 20 run failed" in format_table(res["rows"])
 
 
+def test_a_package_model_worse_than_zero_forces_counts_as_failed(monkeypatch, shared_data, tmp_path):
+    """Real `sgdml all` runs at M = 12 and 20; the M = 20 model's predictions are blown up 10⁴× (as the
+    package's naphthalene M = 400 solve did by itself) and must not reach the table."""
+    from test_peer import _need
+
+    _need("sgdml.predict")
+    real = peer.sgdml_predict
+
+    def broken_at_20(model_path, R):
+        E, F = real(model_path, R)
+        return (E * 1e4, F * 1e4) if "model_20" in str(model_path) else (E, F)
+
+    monkeypatch.setattr(peer, "sgdml_predict", broken_at_20)
+    settings = _tiny(shared_data, label_sets=("md17",), curve_m=(), baseline_modes=(), peer=True, peer_m=20,
+                     peer_curve_m=(12,), peer_sigmas="10 20", n_valid=10, eval_frames=40, aff_m=30)
+    res = run_reproduction(settings, workdir=tmp_path)
+    (row,) = res["rows"]
+    assert row["m_sgdml"] == 12 and "worse than zero forces" in row["sgdml_note"]
+    run20 = next(r for r in res["peer_runs"] if r["n_train"] == 20)
+    assert run20["ok"] is False and run20["valid_force_mae"] > 100
+    assert all(p["M"] != 20 for p in res["points"] if p["method"] == METHOD_PEER)
+
+
 # -- the command ----------------------------------------------------------------------------------
 def test_cli_json_last_line(tmp_path, capsys, shared_data):
     out = tmp_path / "repro"
