@@ -316,6 +316,17 @@ def _clean_log(text: str) -> list[str]:
     return [ln.rstrip() for ln in lines if ln.strip() and not re.match(r"^\s*\[\s*\d+%\]", ln)]
 
 
+_EXCEPTION_LINE = re.compile(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Interrupt): ")
+
+
+def _failure_text(lines: Sequence[str]) -> str:
+    """The exception a failed run ended with ('numpy.linalg.LinAlgError: Matrix is singular.'), else its last lines."""
+    for ln in reversed(lines[-20:]):
+        if _EXCEPTION_LINE.match(ln):
+            return ln.strip()
+    return " | ".join(ln.strip() for ln in lines[-3:])
+
+
 def _parse_log(lines: Sequence[str]) -> dict:
     out: dict[str, Any] = {"sigma_trials": sum("Validation errors" in ln for ln in lines)}
     out["sigma_on_edge"] = any("lies on the boundary" in ln for ln in lines)
@@ -417,7 +428,7 @@ def run_sgdml(
     if proc.returncode != 0 or not model.exists():
         killed = proc.returncode in (-9, 137)
         why = "killed (out of memory?)" if killed else f"failed (exit {proc.returncode})"
-        return PeerRun(n_train=m, ok=False, wall_s=wall, reason=f"{why}: {' | '.join(lines[-3:])}",
+        return PeerRun(n_train=m, ok=False, wall_s=wall, reason=f"{why}: {_failure_text(lines)}",
                        command=cmd, log_tail=tail, **parsed)
     sigma = None
     try:

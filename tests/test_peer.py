@@ -110,6 +110,15 @@ def test_log_parsing_handles_carriage_returns_and_colours():
     assert parsed == {"sigma_trials": 2, "sigma_on_edge": True, "n_perms": 12, "solver": "analytic"}
 
 
+def test_a_failed_run_is_summarised_by_the_exception_it_ended_with():
+    # the tail of `sgdml all` at uracil M = 700 on the MD17 labels (this machine, 2026-11-22)
+    tail = ['  File "/x/scipy/linalg/_basic.py", line 43, in _solve_check',
+            "    raise LinAlgError('Matrix is singular.')", "numpy.linalg.LinAlgError: Matrix is singular.",
+            "[INFO] cleaning up"]
+    assert peer._failure_text(tail) == "numpy.linalg.LinAlgError: Matrix is singular."
+    assert peer._failure_text(["a", "b", "c", "d"]) == "b | c | d"
+
+
 def test_model_loader_skips_pickled_entries(tmp_path):
     path = tmp_path / "m.npz"
     np.savez(path, alphas_F=np.ones(3), R_desc=np.zeros((2, 3)), f_err=np.array({"mae": 1.0}, dtype=object))
