@@ -460,6 +460,7 @@ def _aff_point(traj, split: ReproSplit, sym: SymmetryInfo, t_sym: float, m: int,
                       "energy_pci": None if "pci" not in er else 100.0 * er["pci"], "energy_lci": er.get("lci"),
                       "gamma": fm.gamma, "lam": fm.lam, "energy_gamma": em.gamma, "energy_lam": em.lam,
                       "hyper_converged": fm.info.get("hyper", {}).get("converged"),
+                      "lam_refine": fm.info.get("lam_refine"), "calibration": fm.info.get("calibration"),
                       "n_sets": len(fm.pe_sets), "n_perms": int(len(fm.perms)),
                       "timings": {"symmetry_s": t_sym, "force_fit_s": t_force, "energy_fit_s": t_energy,
                                   "test_prediction_s": t_pred, **{f"force_{k}": v for k, v in
