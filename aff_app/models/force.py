@@ -599,16 +599,17 @@ def fit_force_model(
         trajectory (MD17, the app's split) make them as typical as any.
     refine_lam : bool
         When the search ran on a subset of the frames, check its λ on all M:
-        the smallest PE set is factored also with λ·LAM_REFINE_FACTOR and the
-        nugget whose exact leave-one-frame-out predictions of the last
-        max(LOO_FRAMES, M/8) frames have the smaller mean absolute error is
-        used for every set (shared λ, as in method.md). Why: on nearly
+        the smallest PE set is factored also with λ·LAM_REFINE_FACTOR, and that
+        nugget is used for every set (shared λ, as in method.md) when the exact
+        leave-one-frame-out predictions of the last max(LOO_FRAMES, M/8) frames
+        of that set have a mean absolute error more than LAM_REFINE_MIN_GAIN
+        smaller with it. Why: on nearly
         noise-free ab initio forces the subset's likelihood picks λ too large
         for the denser full set (rMD17 uracil, M = 400, 100 search frames:
         λ = 9.4e-10, test MAE 0.589 kcal/mol/Å; λ/16: 0.547; the search on all
         400 frames: 0.545), while on noisy labels (MD17 benzene) the leave-one-
         out error keeps the search's λ. Cost: one extra Cholesky of the
-        smallest set.
+        smallest set, and a copy of its kernel while it runs.
     budget_bytes : int, optional
         Memory budget; the fit is refused before any kernel is built when its
         estimate exceeds it.
