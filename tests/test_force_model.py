@@ -179,6 +179,11 @@ def test_lambda_refinement_is_a_full_fit_at_the_nugget_with_the_smaller_loo_erro
     assert np.mean(np.abs(r)) == pytest.approx(info["loo_mae"][1 if smaller else 0], rel=1e-10)
     off = fit_force_model(R, F, z, search_frames=50, search_fraction=0.0, refine_lam=False)
     assert off.lam == lam_search and off.info["lam_refine"] == {"method": None}
+    # no room for the probe's kernel copy: the search's λ, and the reason
+    from aff_app.budget import estimate_cost
+    tight = estimate_cost(200, [1] * 12).peak_bytes + 1000
+    squeezed = fit_force_model(R, F, z, search_frames=50, search_fraction=0.0, budget_bytes=tight)
+    assert squeezed.lam == lam_search and "memory budget" in squeezed.info["lam_refine"]["skipped"]
     # a search on every frame has nothing to extrapolate
     assert fit_force_model(R[:60], F[:60], z, search_frames=60).info["lam_refine"] == {"method": None}
 

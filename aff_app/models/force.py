@@ -27,7 +27,7 @@ import scipy.linalg
 import scipy.special
 
 from .. import __version__
-from ..budget import check_budget, estimate_cost
+from ..budget import check_budget, default_budget_bytes, estimate_cost
 from ..hyper import SearchResult, search
 from ..kernels import Geometry, force_covariance_sets, force_covariance_self
 
@@ -723,10 +723,15 @@ def fit_force_model(
     q_loo = min(m, max(LOO_FRAMES, m // 8))
     results: list = [None] * len(sets)
     lam_refine = {"method": None}
-    if refine_lam and search_result is not None and search_result.n_frames < m and m >= 3:
+    p = int(np.argmin([s.size for s in sets]))
+    budget = default_budget_bytes() if budget_bytes is None else int(budget_bytes)
+    if refine_lam and search_result is not None and search_result.n_frames < m and m >= 3 \
+            and est.peak_bytes + Ks[p].nbytes > budget:
+        lam_refine = {"method": None, "skipped": f"a copy of PE set {p}'s kernel ({Ks[p].nbytes / 2**30:.2f} GB) "
+                                                 f"would exceed the memory budget ({budget / 2**30:.2f} GB)"}
+    elif refine_lam and search_result is not None and search_result.n_frames < m and m >= 3:
         # the subset's λ against λ/16 on all M frames, judged on the smallest set (one extra Cholesky)
         tr = time.perf_counter()
-        p = int(np.argmin([s.size for s in sets]))
         K_copy = np.array(Ks[p])
         lam_search = lam
         results[p] = factor(p)
