@@ -651,10 +651,8 @@ def run_reproduction(settings: ReproduceSettings | None = None, *, progress: Pro
             if s.peer and ls not in peer_sets:
                 row["m_sgdml_reason"] = f"not run on the {ls} labels (the package runs on {', '.join(peer_sets)})"
             if ls in peer_sets and peer_point is None:
-                failed = [k["reason"] for k in skipped if k["molecule"] == mol and k["label_set"] == ls
-                          and k["method"] == METHOD_PEER and k.get("M") == peer_m]
                 row["m_sgdml"] = peer_m
-                row["sgdml_note"] = failed[0] if failed else choice.get("m_sgdml_reason", "")
+                row["sgdml_note"] = _peer_failure(skipped, mol, ls, peer_m) or choice.get("m_sgdml_reason", "")
             rows.append(row)
             unit[0] += 1
             progress(unit[0] / n_units, f"{pre} done")
@@ -706,11 +704,13 @@ def _run_peer(traj, split, s, mol, ls, work, peer_m, choice, peer_runs, skipped,
         rec = {"molecule": mol, "label_set": ls, **r.to_dict()}
         peer_runs.append(rec)
         results[m] = r
-        if r.ok:
+        if r.ok:  # one prediction pass (one model load) for the validation and the test frames
+            nv = split.valid.size
+            E_all, F_all = sgdml_predict(r.model_path, traj.R[np.concatenate([split.valid, ev])])
+            E, F = E_all[nv:], F_all[nv:]
             # a model that predicts its own validation forces worse than zero forces would is broken
             # (seen: naphthalene, MD17 labels, M = 400, σ = 10 on its grid edge: test MAE 2·10⁴ kcal/mol/Å)
-            _, F_val = sgdml_predict(r.model_path, traj.R[split.valid])
-            val_mae, val_scale = mae(traj.F[split.valid], F_val), float(np.mean(np.abs(traj.F[split.valid])))
+            val_mae, val_scale = mae(traj.F[split.valid], F_all[:nv]), float(np.mean(np.abs(traj.F[split.valid])))
             rec["valid_force_mae"] = val_mae
             if not np.isfinite(val_mae) or val_mae > val_scale:
                 r = dataclasses.replace(r, ok=False, reason=(
@@ -721,7 +721,6 @@ def _run_peer(traj, split, s, mol, ls, work, peer_m, choice, peer_runs, skipped,
         if not r.ok:
             skipped.append({"molecule": mol, "label_set": ls, "method": METHOD_PEER, "M": m, "reason": r.reason})
             return None
-        E, F = sgdml_predict(r.model_path, traj.R[ev])
         pt = _point(mol, ls, METHOD_PEER, m, force_mae=mae(traj.F[ev], F), energy_mae=mae(traj.E[ev], E),
                     train_s=r.wall_s, extra={"sigma": r.sigma, "sigma_trials": r.sigma_trials,
                                              "sigma_on_edge": r.sigma_on_edge, "n_perms": r.n_perms,
@@ -758,26 +757,29 @@ def _run_peer(traj, split, s, mol, ls, work, peer_m, choice, peer_runs, skipped,
     if peer_m is None:
         return None, None
     if peer_m in results:
-        r = results[peer_m]
         table_point = next((p for p in mol_points if p["method"] == METHOD_PEER and p["M"] == peer_m), None)
     else:
         table_point = run(peer_m)
-        done = [p["M"] for p in mol_points if p["method"] == METHOD_PEER]
-        mid = ((peer_m + max(done, default=0)) // 2) // 100 * 100
-        if table_point is None and mid > max(done, default=0) and mid not in results:
+        largest_ok = max((p["M"] for p in mol_points if p["method"] == METHOD_PEER), default=0)
+        mid = ((peer_m + largest_ok) // 2) // 100 * 100
+        if table_point is None and mid > largest_ok and mid not in results:
             # one more try half-way down (sgdml's solver failed or broke at the table size)
             progress(0.6, f"sgdml all at M={peer_m} failed: trying M={mid}")
             table_point = run(mid)
     if table_point is None:
         # the table size failed (time-out, sgdml's own errors): report its largest finished run instead
-        done = [p for p in mol_points if p["method"] == METHOD_PEER]
-        table_point = max(done, key=lambda p: p["M"]) if done else None
+        table_point = max((p for p in mol_points if p["method"] == METHOD_PEER), key=lambda p: p["M"], default=None)
     if table_point is not None and table_point["M"] != peer_m and peer_m in results:
-        failed = next((k["reason"] for k in reversed(skipped) if k["molecule"] == mol and k["label_set"] == ls
-                       and k["method"] == METHOD_PEER and k.get("M") == peer_m), "it failed")
+        failed = _peer_failure(skipped, mol, ls, peer_m) or "it failed"
         table_point = {**table_point, "fallback_from_m": peer_m,
                        "note": f"the M = {peer_m} run failed ({failed}); its M = {table_point['M']} run is shown"}
     return table_point, peer_m
+
+
+def _peer_failure(skipped: list, mol: str, ls: str, m) -> str | None:
+    """Why the package's run at M = ``m`` on this molecule and label set did not count (None: no record)."""
+    return next((k["reason"] for k in reversed(skipped) if k["molecule"] == mol and k["label_set"] == ls
+                 and k["method"] == METHOD_PEER and k.get("M") == m), None)
 
 
 def _row(mol: str, ls: str, aff: dict, peer: dict | None, choice: dict, split: ReproSplit) -> dict:

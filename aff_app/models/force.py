@@ -722,32 +722,38 @@ def fit_force_model(
 
     q_loo = min(m, max(LOO_FRAMES, m // 8))
     results: list = [None] * len(sets)
+    loo: dict[int, tuple] = {}  # set -> its leave-one-frame-out (residuals, variances) at the final λ
+
+    def loo_of(res, k: int) -> tuple:
+        return loo_frame_residuals(res[0], res[1], 3 * sets[k].size, q_loo)
+
     lam_refine = {"method": None}
-    p = int(np.argmin([s.size for s in sets]))
-    budget = default_budget_bytes() if budget_bytes is None else int(budget_bytes)
-    if refine_lam and search_result is not None and search_result.n_frames < m and m >= 3 \
-            and est.peak_bytes + Ks[p].nbytes > budget:
-        lam_refine = {"method": None, "skipped": f"a copy of PE set {p}'s kernel ({Ks[p].nbytes / 2**30:.2f} GB) "
-                                                 f"would exceed the memory budget ({budget / 2**30:.2f} GB)"}
-    elif refine_lam and search_result is not None and search_result.n_frames < m and m >= 3:
-        # the subset's λ against λ/16 on all M frames, judged on the smallest set (one extra Cholesky)
-        tr = time.perf_counter()
-        K_copy = np.array(Ks[p])
-        lam_search = lam
-        results[p] = factor(p)
-        errs = [float(np.mean(np.abs(loo_frame_residuals(results[p][0], results[p][1], 3 * sets[p].size, q_loo)[0])))]
-        lam = lam_search * LAM_REFINE_FACTOR
-        Ks[p] = K_copy
-        alt = factor(p)
-        errs.append(float(np.mean(np.abs(loo_frame_residuals(alt[0], alt[1], 3 * sets[p].size, q_loo)[0]))))
-        if errs[1] < (1.0 - LAM_REFINE_MIN_GAIN) * errs[0]:
-            results[p] = alt
+    if refine_lam and search_result is not None and search_result.n_frames < m and m >= 3:
+        p = int(np.argmin([s.size for s in sets]))
+        budget = default_budget_bytes() if budget_bytes is None else int(budget_bytes)
+        if est.peak_bytes + Ks[p].nbytes > budget:
+            lam_refine["skipped"] = (f"a copy of PE set {p}'s kernel ({Ks[p].nbytes / 2**30:.2f} GB) would exceed "
+                                     f"the memory budget ({budget / 2**30:.2f} GB)")
         else:
-            lam = lam_search
-        del K_copy, alt
-        done[0] -= 1  # the probe set counted twice in the progress
-        lam_refine = {"method": "loo", "probe_set": p, "candidates": [lam_search, lam_search * LAM_REFINE_FACTOR],
-                      "loo_mae": errs, "frames": int(q_loo), "chosen": lam, "seconds": time.perf_counter() - tr}
+            # the subset's λ against λ/16 on all M frames, judged on the smallest set (one extra Cholesky)
+            tr = time.perf_counter()
+            K_copy = np.array(Ks[p])
+            lam_search = lam
+            results[p] = factor(p)
+            loo[p] = loo_of(results[p], p)
+            lam = lam_search * LAM_REFINE_FACTOR
+            Ks[p] = K_copy
+            alt = factor(p)
+            loo_alt = loo_of(alt, p)
+            errs = [float(np.mean(np.abs(loo[p][0]))), float(np.mean(np.abs(loo_alt[0])))]
+            if errs[1] < (1.0 - LAM_REFINE_MIN_GAIN) * errs[0]:
+                results[p], loo[p] = alt, loo_alt
+            else:
+                lam = lam_search
+            del K_copy, alt, loo_alt
+            done[0] -= 1  # the probe set counted twice in the progress
+            lam_refine = {"method": "loo", "probe_set": p, "candidates": [lam_search, lam_search * LAM_REFINE_FACTOR],
+                          "loo_mae": errs, "frames": int(q_loo), "chosen": lam, "seconds": time.perf_counter() - tr}
     # one set after another on all BLAS threads: faster than one set per core with one
     # thread each at every side measured on the 2-core machine (300: 6 vs 10 ms;
     # 1200: 0.12 vs 0.16 s; 3000: 1.1 vs 2.3 s for twelve sets)
@@ -760,20 +766,19 @@ def fit_force_model(
     calibration = {"method": None, "scale": 1.0}
     if calibrate == "loo" and m >= 3:
         tl = time.perf_counter()
-        q = q_loo
         # the latent interval (the one PCI scores) against the reference forces: latent
-        # variance = observation variance − nugget (λ + jitter_i), times σ̂_i²
+        # variance = observation variance − nugget (λ + jitter_i), times σ̂_i² (the probe
+        # set's leave-one-out terms are reused from the λ check)
         z_loo = np.concatenate([
-            np.abs(r) / np.sqrt(np.maximum(v - (lam + jit), 0.0) * s2)
-            for (r, v), s2, jit in zip((loo_frame_residuals(L, a, 3 * s.size, q) for L, a, s in
-                                        zip(chol, alpha, sets)), sigma2, jitter)])
+            np.abs(r) / np.sqrt(np.maximum(v - (lam + jitter[k]), 0.0) * sigma2[k])
+            for k, (r, v) in ((k, loo[k] if k in loo else loo_of(results[k], k)) for k in range(len(sets)))])
         z_loo = z_loo[np.isfinite(z_loo)]
         z95 = float(scipy.special.ndtri(0.975))
         if z_loo.size:
             scale = float(np.quantile(z_loo, 0.95) / z95)
             if np.isfinite(scale) and scale > 0:
                 sigma2 = [s2 * scale**2 for s2 in sigma2]
-                calibration = {"method": "loo", "scale": scale, "frames": int(q),
+                calibration = {"method": "loo", "scale": scale, "frames": int(q_loo),
                                "loo_coverage_before": float(np.mean(z_loo <= z95)),
                                "seconds": time.perf_counter() - tl}
     progress(1.0, "done")
