@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,13 +61,46 @@ def _mark_worker() -> None:
     _IN_POOL.active = True
 
 
+_BLAS = {"controller": None, "limiter": None, "depth": 0}
+_BLAS_LOCK = threading.Lock()
+
+
+@contextmanager
+def single_threaded_blas():
+    """BLAS at one thread per call while work is split over our own threads.
+
+    Each of two pool threads calling a two-thread OpenBLAS oversubscribes the
+    cores, and the idle BLAS workers spin-wait: the assembly of one uracil
+    kernel at M = 1000 (2 threads) took 60-90 ms per PE set with threaded BLAS
+    and 12 ms with one BLAS thread per pool thread. Re-entrant and safe across
+    threads (one limit, released by the last user); ~10 µs per entry.
+    """
+    with _BLAS_LOCK:
+        if _BLAS["depth"] == 0:
+            if _BLAS["controller"] is None:
+                from threadpoolctl import ThreadpoolController
+
+                _BLAS["controller"] = ThreadpoolController()
+            _BLAS["limiter"] = _BLAS["controller"].limit(limits=1, user_api="blas")
+        _BLAS["depth"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS["depth"] -= 1
+            if _BLAS["depth"] == 0:
+                _BLAS["limiter"].restore_original_limits()
+                _BLAS["limiter"] = None
+
+
 def parallel_map(fn, items, threads: int | None = None) -> list:
     """``[fn(x) for x in items]`` on a persistent thread pool (order kept).
 
     The pool lives for the process: starting threads cost ~3 ms each here, and
     the hyperparameter search maps over PE sets a dozen times per fit. Calls from
     inside a pool worker run serially (a nested map on the same pool could
-    otherwise wait on itself).
+    otherwise wait on itself). BLAS runs at one thread per call meanwhile
+    (:func:`single_threaded_blas`): the items are the parallelism.
     """
     items = list(items)
     threads = n_threads() if threads is None else threads
@@ -77,7 +111,8 @@ def parallel_map(fn, items, threads: int | None = None) -> list:
         if pool is None:
             pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, initializer=_mark_worker,
                                                         thread_name_prefix="aff")
-    return list(pool.map(fn, items))
+    with single_threaded_blas():
+        return list(pool.map(fn, items))
 
 
 @dataclass(frozen=True)
@@ -187,18 +222,24 @@ class _Side:
 
     VT : (l, M·3, N) compact Jacobian rows of the atoms, laid out for GEMMs
     beta : (M, l, 3) Σ_k D[i,k] V[i,k]
-    DT : (l', N, M) inverse distances of the *other* side's atoms, for the
-         GEMM that forms Σ_k D_this[i,k] V_other[i,k]
+    DT : (l', N, M) inverse distances of the *other* side's atoms l', for the
+         GEMM that forms Σ_k D_this[i,k] V_other[i,k] with the other side's V
+    DR : (l', M, N) the same distances, rows laid out for the GEMM of the other
+         side's Σ_k D_this[j,k] V_other[j,k] in (l', M_this, M_other·3) order
+    VN : (l, N, M, 3) compact Jacobian rows of the atoms, for that second GEMM
     """
 
-    __slots__ = ("VT", "beta", "DT", "m")
+    __slots__ = ("VT", "beta", "DT", "DR", "VN", "m")
 
     def __init__(self, G: Geometry, atoms: np.ndarray, other_atoms: np.ndarray):
         V = G.V[:, atoms]  # (M, l, N, 3)
         self.m = G.n_frames
         self.VT = np.ascontiguousarray(V.transpose(1, 0, 3, 2)).reshape(atoms.size, -1, G.n_atoms)
-        self.beta = np.einsum("mik,mikc->mic", G.Dmat[:, atoms], V)
-        self.DT = np.ascontiguousarray(G.Dmat[:, other_atoms].transpose(1, 2, 0))
+        self.beta = np.ascontiguousarray(np.einsum("mik,mikc->mic", G.Dmat[:, atoms], V))
+        Do = G.Dmat[:, other_atoms]  # (M, l', N)
+        self.DT = np.ascontiguousarray(Do.transpose(1, 2, 0))
+        self.DR = np.ascontiguousarray(Do.transpose(1, 0, 2))
+        self.VN = np.ascontiguousarray(V.transpose(1, 2, 0, 3))
 
     def head(self, m: int) -> "_Side":
         """The same terms for the first ``m`` frames only (views, no copies)."""
@@ -209,77 +250,101 @@ class _Side:
         out.VT = self.VT.reshape(l, self.m, 3, -1)[:, :m].reshape(l, m * 3, -1)
         out.beta = self.beta[:m]
         out.DT = self.DT[:, :, :m]
+        out.DR = self.DR[:, :m]
+        out.VN = self.VN[:, :, :m]
         out.m = m
         return out
 
 
 def _force_block(Ga: Geometry, Gb: Geometry, atoms_a, atoms_b, gamma: float, coef=None, out=None,
-                 side_a: _Side | None = None, side_b: _Side | None = None) -> np.ndarray:
+                 side_a: _Side | None = None, side_b: _Side | None = None, *, row0: int = 0,
+                 assign: bool = False) -> np.ndarray:
     """Plain-kernel force covariance, shape (Ma, la, 3, Mb, lb, 3).
 
-    ``coef`` = (k, c1, c2) for these frame pairs when already computed (they
+    ``coef`` = (c1, c2) for these frame pairs when already computed (they
     depend on the frames only, not on the atoms: shared by all PE sets).
-    ``out``: an array of that shape to ADD the block into (saves a pass).
+    ``out``: a C-ordered array (M ≥ row0 + Ma, la, 3, M' ≥ Mb, lb, 3); the block
+    goes to rows row0:row0+Ma and columns :Mb, ADDED to what is there, or
+    written over it with ``assign`` (no zeroing pass needed).
     ``side_a``/``side_b``: precomputed :class:`_Side` terms.
     """
-    _, c1, c2 = _coefficients(_rho(Ga.D, Gb.D), gamma) if coef is None else coef
+    if coef is None:
+        _, c1, c2 = _coefficients(_rho(Ga.D, Gb.D), gamma)
+    else:
+        c1, c2 = coef
     ma, mb, la, lb = Ga.n_frames, Gb.n_frames, atoms_a.size, atoms_b.size
     if out is None:
         out = np.zeros((ma, la, 3, mb, lb, 3))
     sa = _Side(Ga, atoms_a, atoms_b) if side_a is None else side_a
     sb = _Side(Gb, atoms_b, atoms_a) if side_b is None else side_b
-    # (J_aᵀu)_i = Σ_k D_b[i,k] V_a[i,k] − β_a[i]          -> (Ma, la, 3, Mb)
-    wa = np.matmul(sa.VT, sb.DT).reshape(la, ma, 3, mb).transpose(1, 0, 2, 3)
-    wa = wa - sa.beta[:, :, :, None]
-    # (J_bᵀu)_j = β_b[j] − Σ_k D_a[j,k] V_b[j,k]          -> (Ma, Mb, lb, 3)
-    xb = np.matmul(sb.VT, sa.DT).reshape(lb, mb, 3, ma).transpose(3, 1, 0, 2)
-    wb = sb.beta[None] - xb
+    # XA[i, a, c, b] = Σ_k D_b[i,k] V_a[i,k];  (J_aᵀu)_i = XA − β_a[a, i]      (one GEMM per atom)
+    xa = np.matmul(sa.VT, sb.DT).reshape(la, ma, 3, mb)
+    # XB[j, a, b, d] = Σ_k D_a[j,k] V_b[j,k];  (J_bᵀu)_j = β_b[b, j] − XB      (one GEMM per atom)
+    xb = np.matmul(sa.DR, sb.VN.reshape(lb, sb.VN.shape[1], mb * 3)).reshape(lb, ma, mb, 3)
     offdiag = not (la == 1 and lb == 1 and atoms_a[0] == atoms_b[0])  # V[i, i] = 0: lone atoms skip it
-    Va = Ga.V[:, atoms_a][:, :, atoms_b]  # (Ma, la, lb, 3)
-    Vb = Gb.V[:, atoms_a][:, :, atoms_b]  # (Mb, la, lb, 3)
+    Va = np.ascontiguousarray(Ga.V[:, atoms_a][:, :, atoms_b])  # (Ma, la, lb, 3)
+    Vb = np.ascontiguousarray(Gb.V[:, atoms_a][:, :, atoms_b])  # (Mb, la, lb, 3)
     common, ia, ib = np.intersect1d(atoms_a, atoms_b, return_indices=True)
     # i = j: Σ_k V_a[i,k] V_b[i,k]ᵀ (one GEMM over k per atom)
     Sd = np.empty((ia.size, ma, 3, mb, 3))
     for k, (x, y) in enumerate(zip(ia, ib)):
         np.matmul(sa.VT[x], sb.VT[y].T, out=Sd[k].reshape(ma * 3, mb * 3))
     if _assemble is not None and not _FORCE_NUMPY:
-        _assemble(out, c1, c2, np.ascontiguousarray(wa), np.ascontiguousarray(wb), Va, Vb, Sd,
-                  ia.astype(np.int64), ib.astype(np.int64), offdiag)
+        # every array C-ordered: one compiled specialisation (numba loads each from its cache once per process)
+        _assemble(out, row0, np.ascontiguousarray(c1), np.ascontiguousarray(c2), xa, sa.beta,
+                  xb, np.ascontiguousarray(sb.beta), Va, Vb, Sd, ia.astype(np.int64), ib.astype(np.int64),
+                  offdiag, assign)
         return out
     # numpy reference path (same arithmetic, several passes over the block)
-    wa *= (-c2)[:, None, None, :]
-    out += wa[:, :, :, :, None, None] * wb[:, None, None]
+    view = out[row0 : row0 + ma, :, :, :mb]
+    if assign:
+        view[...] = 0.0
+    wa = (xa - sa.beta.transpose(1, 0, 2)[:, :, :, None]).transpose(1, 0, 2, 3)  # (Ma, la, 3, Mb)
+    wb = sb.beta[None] - xb.transpose(1, 2, 0, 3)  # (Ma, Mb, lb, 3)
+    wa = wa * (-c2)[:, None, None, :]
+    view += wa[:, :, :, :, None, None] * wb[:, None, None]
     if offdiag:
-        out -= np.einsum("ab,aijc,bijd->aicbjd", c1, Va, Vb, optimize=True)
+        view -= np.einsum("ab,aijc,bijd->aicbjd", c1, Va, Vb, optimize=True)
     c1_4 = c1[:, None, :, None]
     for k, (x, y) in enumerate(zip(ia, ib)):
-        out[:, x, :, :, y, :] += Sd[k] * c1_4
+        view[:, x, :, :, y, :] += Sd[k] * c1_4
     return out
 
 
-def _assemble_py(out, c1, c2, wa, wb, Va, Vb, Sd, xs, ys, offdiag):  # pragma: no cover - compiled
-    """One pass over the block (a, i, c, b, j, d):
+def _assemble_py(out, row0, c1, c2, xa, ba, xb, bb, Va, Vb, Sd, xs, ys, offdiag, assign):  # pragma: no cover - compiled
+    """One pass over the block (a, i, c, b, j, d), rows row0 + a of ``out``:
 
         out += −c2 (J_aᵀu)_i (J_bᵀu)_jᵀ − c1 V_a[i,j] V_b[i,j]ᵀ  (+ c1 Σ_k V_a[i,k]V_b[i,k]ᵀ if i = j)
 
-    Fused so every output element is written once: the numpy path makes ~5
-    passes with inner loops of only 3·l elements, and was memory-bound.
+    with (J_aᵀu)_i = xa[i, a, c, b] − ba[a, i, c] and (J_bᵀu)_j = bb[b, j, d] −
+    xb[j, a, b, d]; ``assign`` writes instead of adding. Fused so every output
+    element is written once: the numpy path makes ~5 passes with inner loops
+    of only 3·l elements, and was memory-bound.
     """
-    ma, la, _, mb, lb, _ = out.shape
+    ma, mb = c1.shape
+    la = xa.shape[0]
+    lb = xb.shape[0]
+    wb = np.empty((mb, lb, 3))
     for a in range(ma):
+        r = row0 + a
+        for b in range(mb):  # (J_bᵀu)_j of this row, gathered once
+            for j in range(lb):
+                for d in range(3):
+                    wb[b, j, d] = bb[b, j, d] - xb[j, a, b, d]
         for i in range(la):
             for c in range(3):
+                bac = ba[a, i, c]
                 for b in range(mb):
-                    w = -c2[a, b] * wa[a, i, c, b]
+                    w = -c2[a, b] * (xa[i, a, c, b] - bac)
                     c1ab = c1[a, b]
                     for j in range(lb):
-                        if offdiag:
-                            v = c1ab * Va[a, i, j, c]
+                        v = c1ab * Va[a, i, j, c] if offdiag else 0.0
+                        if assign:
                             for d in range(3):
-                                out[a, i, c, b, j, d] += w * wb[a, b, j, d] - v * Vb[b, i, j, d]
+                                out[r, i, c, b, j, d] = w * wb[b, j, d] - v * Vb[b, i, j, d]
                         else:
                             for d in range(3):
-                                out[a, i, c, b, j, d] += w * wb[a, b, j, d]
+                                out[r, i, c, b, j, d] += w * wb[b, j, d] - v * Vb[b, i, j, d]
         for k in range(xs.shape[0]):
             x = xs[k]
             y = ys[k]
@@ -287,7 +352,7 @@ def _assemble_py(out, c1, c2, wa, wb, Va, Vb, Sd, xs, ys, offdiag):  # pragma: n
                 for b in range(mb):
                     c1ab = c1[a, b]
                     for d in range(3):
-                        out[a, x, c, b, y, d] += c1ab * Sd[k, a, c, b, d]
+                        out[r, x, c, b, y, d] += c1ab * Sd[k, a, c, b, d]
 
 
 try:  # numba fuses the assembly into one pass (see _assemble_py); numpy is the fallback
@@ -360,6 +425,31 @@ def force_covariance(
     )[0]
 
 
+class CoefficientCache:
+    """Pair coefficients (c1, c2) of the Matérn kernel per row chunk, shared between builds.
+
+    For a fit that builds (and factors) one PE set at a time: the descriptor
+    distances and coefficients depend on the frames and γ only, so the sets
+    after the first reuse them. ``lmax``: the largest set of all the builds
+    that share the cache (it fixes the row chunks). Memory: 16 bytes per frame
+    pair and permutation (M = 1000, plain kernel: 8 MB for the triangle).
+    """
+
+    def __init__(self, lmax: int = 1):
+        self.lmax = int(lmax)
+        self._store: dict = {}
+
+    def get(self, key):
+        return self._store.get(key)
+
+    def put(self, key, coef) -> None:
+        self._store[key] = coef
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c1.nbytes + c2.nbytes for c1, c2 in self._store.values())
+
+
 def force_covariance_sets(
     Ra,
     Rb,
@@ -370,6 +460,8 @@ def force_covariance_sets(
     chunk_bytes: int = CHUNK_BYTES,
     threads: int | None = None,
     mirror: bool = True,
+    out: list[np.ndarray] | None = None,
+    coef_cache: "CoefficientCache | None" = None,
 ) -> list[np.ndarray]:
     """Force covariance blocks of several atom sets in one pass over frame pairs.
 
@@ -388,6 +480,16 @@ def force_covariance_sets(
         above it zero instead of copying them over (a Cholesky factorisation
         reads one triangle; the transposed copy cost a quarter of the build at
         M = 1000).
+    out : list of ndarray, optional
+        Buffers to write the kernels into, one per set, each C-ordered with
+        ``Ma·la·3 × Mb·lb·3`` elements (any shape; e.g. the front of one buffer
+        reused set after set, so a fit that factors each kernel right after
+        building it faults in one kernel's pages, not one per set). Every
+        element of the result is written, except — with ``mirror=False`` — the
+        frame blocks above the diagonal, which keep what the buffer held.
+    coef_cache : CoefficientCache, optional
+        Keeps the pair coefficients (c1, c2) of each row chunk and permutation
+        between calls on the same frames (keyed by γ and chunk), for builds of one set at a time.
 
     Returns
     -------
@@ -407,7 +509,18 @@ def force_covariance_sets(
     # K(x_a, x_b) = K(x_b, x_a)ᵀ: for a square kernel of one set of frames, build the
     # frame blocks on and below the diagonal only and mirror them (half the work)
     symmetric = Ga is Gb and all(np.array_equal(a, b) for a, b in pairs)
-    outs = [np.zeros((ma, a.size, 3, mb, b.size, 3)) for a, b in pairs]
+    shapes = [(ma, a.size, 3, mb, b.size, 3) for a, b in pairs]
+    if out is None:
+        outs = [np.zeros(shape) for shape in shapes]
+    else:
+        if len(out) != len(pairs):
+            raise ValueError(f"out has {len(out)} buffers for {len(pairs)} sets")
+        outs = []
+        for buf, shape in zip(out, shapes):
+            if not (buf.flags.c_contiguous and buf.dtype == np.float64 and buf.size == int(np.prod(shape))):
+                raise ValueError(f"each out buffer must be C-ordered float64 with {int(np.prod(shape))} elements, "
+                                 f"got {buf.dtype} {buf.shape}")
+            outs.append(buf.reshape(shape))
     # permuted copies of x_b; atom j of x_b sits at position p⁻¹(j) of the copy
     copies = []
     for p in plist:
@@ -415,6 +528,8 @@ def force_covariance_sets(
         Gq = Gb if np.array_equal(p, np.arange(n)) else Gb.permuted(p)
         copies.append((Gq, [pinv[b] for _, b in pairs]))
     lmax = max(max(a.size, b.size) for a, b in pairs)
+    if coef_cache is not None:
+        lmax = max(lmax, coef_cache.lmax)  # the same row chunks in every call that shares the cache
     row_bytes = 8 * mb * (4 * 9 * lmax * lmax + 6 * lmax + 8)
     threads = n_threads() if threads is None else threads
     chunks = (_triangle_chunks if symmetric else _row_chunks)(ma, row_bytes, chunk_bytes, threads)
@@ -425,18 +540,25 @@ def force_covariance_sets(
     def work(sl: slice) -> None:
         Gs = Ga.take(sl)
         e = sl.stop if symmetric else mb  # columns needed for this row chunk
-        for (Gq, cols), sides in zip(copies, sides_b):
+        for q, ((Gq, cols), sides) in enumerate(zip(copies, sides_b)):
             Gc = Gq if e == mb else Gq.take(slice(0, e))
-            coef = _coefficients(_rho(Gs.D, Gc.D), gamma)
-            for out, (a, _), c, sb in zip(outs, pairs, cols, sides):
-                _force_block(Gs, Gc, a, c, gamma, coef, out=out[sl, :, :, :e], side_a=_Side(Gs, a, c),
-                             side_b=sb.head(e))
+            key = (gamma, sl.start, sl.stop, q)
+            coef = None if coef_cache is None else coef_cache.get(key)
+            if coef is None:
+                _, c1, c2 = _coefficients(_rho(Gs.D, Gc.D), gamma)
+                coef = (c1, c2)
+                if coef_cache is not None:
+                    coef_cache.put(key, coef)
+            for o, (a, _), c, sb in zip(outs, pairs, cols, sides):
+                # the first permutation writes, the others add: no zeroing pass over reused buffers
+                _force_block(Gs, Gc, a, c, gamma, coef, out=o, side_a=_Side(Gs, a, c), side_b=sb.head(e),
+                             row0=sl.start, assign=q == 0)
         if len(copies) > 1:
-            for out in outs:
-                out[sl, :, :, :e] /= len(copies)
+            for o in outs:
+                o[sl, :, :, :e] /= len(copies)
 
     _run(work, chunks, threads)
-    mats = [out.reshape(ma * a.size * 3, mb * b.size * 3) for out, (a, b) in zip(outs, pairs)]
+    mats = [o.reshape(ma * a.size * 3, mb * b.size * 3) for o, (a, b) in zip(outs, pairs)]
     if symmetric and mirror:
         for K in mats:
             _mirror_lower(K, a_block=K.shape[0] // ma)

@@ -182,3 +182,44 @@ def test_symmetric_half_build_equals_full_build(chunk_bytes):
     for a, b in zip(half, full):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(a, a.T, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("numpy_path", [False, True])
+def test_one_set_at_a_time_into_a_reused_buffer_equals_the_one_pass_build(monkeypatch, numpy_path):
+    # the fit's lean path: each set built alone into the front of one stale buffer (the first
+    # permutation writes, the others add: nothing is zeroed), the pair coefficients shared
+    import aff_app.kernels as kern
+    from aff_app.kernels import CoefficientCache, Geometry
+
+    monkeypatch.setattr(kern, "_FORCE_NUMPY", numpy_path)
+    R = _frames(9, 6, seed=12)
+    perms = np.array([[0, 1, 2, 3, 4, 5], [1, 0, 2, 3, 5, 4]])
+    sets = [np.array([0, 1]), np.array([2]), np.array([3]), np.array([4, 5])]
+    G = Geometry.from_positions(R)
+    ref = force_covariance_sets(G, G, GAMMA, sets, perms=perms, mirror=False, chunk_bytes=1)
+    cache = CoefficientCache(lmax=2)
+    buf = np.full(max(K.size for K in ref), np.nan)
+    for s, K in zip(sets, ref):
+        out = force_covariance_sets(G, G, GAMMA, [s], perms=perms, mirror=False, chunk_bytes=1,
+                                    out=[buf[: K.size]], coef_cache=cache)[0]
+        assert np.shares_memory(out, buf)
+        a = 3 * s.size  # frame blocks on and below the diagonal are complete; above them, the buffer's old values
+        below = np.kron(np.tril(np.ones((9, 9))), np.ones((a, a))).astype(bool)
+        np.testing.assert_allclose(out[below], K[below], rtol=1e-12, atol=1e-14)
+        buf[: K.size] = np.where(below.ravel(), -1e300, np.nan)  # stale content for the next set
+    assert len(cache._store) > 1 and cache.nbytes > 0
+    # a cache entry is keyed by γ: another γ computes its own coefficients
+    other = force_covariance_sets(G, G, 2 * GAMMA, [sets[1]], perms=perms, mirror=False, chunk_bytes=1,
+                                  coef_cache=cache)[0]
+    fresh = force_covariance_sets(G, G, 2 * GAMMA, [sets[1]], perms=perms, mirror=False, chunk_bytes=1)[0]
+    np.testing.assert_allclose(other, fresh, rtol=1e-12, atol=1e-14)
+
+
+def test_out_buffers_are_checked():
+    from aff_app.kernels import Geometry
+
+    G = Geometry.from_positions(_frames(3, 4, seed=13))
+    with pytest.raises(ValueError, match="C-ordered float64 with 81 elements"):
+        force_covariance_sets(G, G, GAMMA, [np.array([0])], out=[np.empty(80)])
+    with pytest.raises(ValueError, match="2 buffers for 1 sets"):
+        force_covariance_sets(G, G, GAMMA, [np.array([0])], out=[np.empty(81), np.empty(81)])
