@@ -78,12 +78,18 @@ class CostEstimate:
         }
 
 
-def estimate_cost(n_train: int, set_sizes, *, n_perms: int = 1) -> CostEstimate:
-    """Estimate memory and time of a fit of M = ``n_train`` frames."""
+def estimate_cost(n_train: int, set_sizes, *, n_perms: int = 1, keep_factors: bool = True) -> CostEstimate:
+    """Estimate memory and time of a fit of M = ``n_train`` frames.
+
+    ``keep_factors=False``: a fit that keeps no Cholesky factors reuses one
+    kernel buffer for every PE set, so its peak holds the largest kernel only.
+    """
     sides = tuple(3 * int(n_train) * int(l) for l in set_sizes)
-    mats = sum(8 * n * n for n in sides)
-    # factored in place; plus the assembly's chunk temporaries (at most CHUNK_BYTES)
-    peak = mats + min(192 * 2**20, 4 * mats)
+    mats = sum(8 * n * n for n in sides) if keep_factors else 8 * max(sides) ** 2
+    # factored in place; plus the assembly's chunk temporaries (at most CHUNK_BYTES) and,
+    # with several sets, the pair coefficients they share (16 bytes per frame pair and permutation)
+    shared = 16 * int(n_train) ** 2 * int(n_perms) // 2 if len(sides) > 1 else 0
+    peak = mats + min(192 * 2**20, 4 * mats) + shared
     flops = sum(n**3 / 3.0 for n in sides)
     build = sum(8 * n * n for n in sides) * n_perms / 2e9  # memory-bound assembly, ~2 GB/s
     return CostEstimate(

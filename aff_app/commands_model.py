@@ -181,7 +181,7 @@ def _run_train(args) -> dict:
         model = train_model(
             traj, model=args.model, n_train=args.n_train, seed=args.seed, gamma=args.gamma, lam=args.lam,
             criterion=args.criterion, symmetry=symmetry, n_symmetry_frames=args.symmetry_frames,
-            budget_bytes=budget, progress=progress,
+            budget_bytes=budget, progress=progress, keep_factors=False,  # written and done: one kernel buffer
         )
     finally:
         _end_progress(args)

@@ -300,6 +300,7 @@ def train_model(
     n_symmetry_frames: int = DEFAULT_SYMMETRY_FRAMES,
     budget_bytes: int | None = None,
     progress: Progress | None = None,
+    keep_factors: bool = True,
 ) -> ForceModel:
     """Fit a force model on ``n_train`` random frames of a labelled trajectory.
 
@@ -327,6 +328,10 @@ def train_model(
     budget_bytes : int, optional
         Memory budget; default ``aff_app.budget.default_budget_bytes()``.
     progress : callable(fraction, message), optional
+    keep_factors : bool
+        Keep the Cholesky factors on the model (see
+        :func:`aff_app.models.force.fit_force_model`); False when the model is
+        only written to disk (the CLI), which needs one kernel's memory.
 
     Returns
     -------
@@ -387,6 +392,7 @@ def train_model(
         fitted = fit_force_model(
             traj.R[split.train], traj.F[split.train], traj.z, mode=model, gamma=gamma, lam=lam,
             criterion=criterion, train_idx=split.train, budget_bytes=budget_bytes, seed=seed, info=info,
+            keep_factors=keep_factors,
             progress=lambda f, msg: progress(0.1 + 0.9 * f, msg), **kwargs,
         )
     except ComputeBudgetError as exc:

@@ -188,6 +188,31 @@ def test_lambda_refinement_is_a_full_fit_at_the_nugget_with_the_smaller_loo_erro
     assert fit_force_model(R[:60], F[:60], z, search_frames=60).info["lam_refine"] == {"method": None}
 
 
+def test_fit_without_kept_factors_equals_the_fit_with_them(shared_data):
+    # the CLI's fit (one reused kernel buffer, factors dropped) against the default, with the
+    # γ/λ search, the λ check on the probe set and the calibration all on
+    d = np.load(shared_data / "uracil.npz")
+    R, F, z = d["R"][:3000:25], d["F"][:3000:25], d["z"]  # 120 frames, 12 single-atom PE sets
+    kept = fit_force_model(R, F, z, search_frames=40, search_fraction=0.0)
+    lean = fit_force_model(R, F, z, search_frames=40, search_fraction=0.0, keep_factors=False)
+    assert lean._chol is None and kept._chol is not None
+    assert (lean.gamma, lean.lam) == (kept.gamma, kept.lam) and lean.info["lam_refine"]["method"] == "loo"
+    for key in ("chosen", "loo_mae", "probe_set"):
+        assert lean.info["lam_refine"][key] == pytest.approx(kept.info["lam_refine"][key], rel=1e-10)
+    assert lean.info["calibration"]["scale"] == pytest.approx(kept.info["calibration"]["scale"], rel=1e-10)
+    for a, b in zip(lean.alpha, kept.alpha):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(lean.sigma2, kept.sigma2, rtol=1e-10)
+    # intervals of the lean model come from factors rebuilt on demand
+    a, b = lean.predict(d["R"][5000:5004]), kept.predict(d["R"][5000:5004])
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(a.std, b.std, rtol=1e-8, atol=1e-10)
+    # and the budget counts one kernel, not twelve
+    from aff_app.budget import estimate_cost
+    one, all12 = estimate_cost(120, [1] * 12, keep_factors=False), estimate_cost(120, [1] * 12)
+    assert all12.peak_bytes - one.peak_bytes >= 11 * 8 * 360**2
+
+
 def test_lambda_refinement_keeps_the_nugget_of_noisy_labels():
     # with real label noise (λ = 1e-3) a 16× smaller nugget fits the noise: no clear leave-one-out gain
     gamma, lam = 0.4, 1e-3

@@ -29,7 +29,7 @@ import scipy.special
 from .. import __version__
 from ..budget import check_budget, default_budget_bytes, estimate_cost
 from ..hyper import SearchResult, search
-from ..kernels import Geometry, force_covariance_sets, force_covariance_self
+from ..kernels import CoefficientCache, Geometry, force_covariance_sets, force_covariance_self
 
 MODES = ("aff", "gdml", "sgdml")
 #: Largest relative jitter tried when a Cholesky factorisation fails.
@@ -551,6 +551,7 @@ def fit_force_model(
     search_fraction: float = 0.25,
     calibrate: str | None = "loo",
     refine_lam: bool = True,
+    keep_factors: bool = True,
     train_idx=None,
     budget_bytes: int | None = None,
     progress: Progress | None = None,
@@ -610,6 +611,13 @@ def fit_force_model(
         400 frames: 0.545), while on noisy labels (MD17 benzene) the leave-one-
         out error keeps the search's λ. Cost: one extra Cholesky of the
         smallest set, and a copy of its kernel while it runs.
+    keep_factors : bool
+        Keep the Cholesky factors on the model (default), so predictive
+        variances need no refactorisation. False (the CLI's ``train``, which
+        writes the model and exits): the factors are dropped as soon as each
+        set's weights and leave-one-out terms are taken, one kernel buffer is
+        reused by every set (peak memory one kernel, not the sum; no page
+        faults per set), and a later ``predict`` with intervals rebuilds them.
     budget_bytes : int, optional
         Memory budget; the fit is refused before any kernel is built when its
         estimate exceeds it.
@@ -660,7 +668,7 @@ def fit_force_model(
                 raise ModelError(f"permutation {p.tolist()} does not map PE set {s.tolist()} onto itself")
     sets.sort(key=lambda s: int(s[0]))
 
-    est = estimate_cost(m, [s.size for s in sets], n_perms=len(kperms))
+    est = estimate_cost(m, [s.size for s in sets], n_perms=len(kperms), keep_factors=keep_factors)
     check_budget(est, budget_bytes, what=f"{mode.upper()} fit")
 
     G = Geometry.from_positions(R)
@@ -698,23 +706,34 @@ def fit_force_model(
     if not (gamma > 0 and lam >= 0):
         raise ModelError(f"γ must be > 0 and λ >= 0, got γ = {gamma}, λ = {lam}")
 
-    progress(0.72, f"building {len(sets)} kernel matrices (largest {max(est.matrix_sides)}²)")
-    tb = time.perf_counter()
-    Ks = force_covariance_sets(G, G, gamma, sets, perms=kperms, mirror=False)  # lower triangles only
-    t_build = time.perf_counter() - tb
-    tc = time.perf_counter()
+    progress(0.72, f"building and factorising {len(sets)} kernel matrices (largest {max(est.matrix_sides)}²)")
+    # one PE set at a time: build its kernel's lower triangle, factor it in place, solve.
+    # The pair coefficients (c1, c2) are shared by the sets (CoefficientCache). Without
+    # keep_factors one buffer the size of the largest kernel serves every set: its pages
+    # are faulted in once and the peak memory is one kernel, not their sum (uracil, M = 1000,
+    # 2-core VM: building twelve fresh 72 MB kernels took 0.9 s, into one reused buffer 0.4 s).
+    cache = CoefficientCache(max(s.size for s in sets)) if len(sets) > 1 else None
+    buffer = None if keep_factors else np.empty(max(est.matrix_sides) ** 2)
+    clock = {"build": 0.0, "factor": 0.0, "loo": 0.0}
     done = [0]
 
-    def factor(k: int):
-        L, jit = _cholesky_with_jitter(
-            Ks[k], lam, k, sets[k],
-            rebuild=lambda: force_covariance_sets(G, G, gamma, [sets[k]], perms=kperms, mirror=False)[0])
-        Ks[k] = None  # free the kernel as soon as it is factored
+    def build(k: int) -> np.ndarray:
+        tb = time.perf_counter()
+        side = est.matrix_sides[k]
+        out = None if buffer is None else [buffer[: side * side]]
+        K = force_covariance_sets(G, G, gamma, [sets[k]], perms=kperms, mirror=False, out=out, coef_cache=cache)[0]
+        clock["build"] += time.perf_counter() - tb
+        return K
+
+    def factor(k: int, K: np.ndarray):
+        tc, built = time.perf_counter(), clock["build"]
+        L, jit = _cholesky_with_jitter(K, lam, k, sets[k], rebuild=lambda: build(k))
         y = ys_full[k]
         # L is C-ordered with the factor in its lower triangle; cho_solve would copy it to
         # Fortran order first (70 ms at side 3000), solve_triangular reads it in place
         a = scipy.linalg.solve_triangular(L, y, lower=True, check_finite=False)
         a = scipy.linalg.solve_triangular(L, a, lower=True, trans="T", check_finite=False)
+        clock["factor"] += time.perf_counter() - tc - (clock["build"] - built)  # a rebuild counts as build
         done[0] += 1
         progress(0.75 + 0.25 * done[0] / len(sets), f"factorised PE set {done[0]}/{len(sets)}")
         # σ̂_i² = F_iᵀ(R_i+λI)⁻¹F_i / (3 M l_i)   (method.md)
@@ -723,49 +742,66 @@ def fit_force_model(
     q_loo = min(m, max(LOO_FRAMES, m // 8))
     results: list = [None] * len(sets)
     loo: dict[int, tuple] = {}  # set -> its leave-one-frame-out (residuals, variances) at the final λ
+    want_loo = calibrate == "loo" and m >= 3
 
     def loo_of(res, k: int) -> tuple:
         return loo_frame_residuals(res[0], res[1], 3 * sets[k].size, q_loo)
+
+    def finish(k: int, res) -> tuple:
+        """Keep the set's result; without keep_factors take what needs L now (the buffer is reused)."""
+        if not keep_factors:
+            if want_loo and k not in loo:
+                tl = time.perf_counter()
+                loo[k] = loo_of(res, k)
+                clock["loo"] += time.perf_counter() - tl  # counted with the calibration
+            res = (None,) + tuple(res[1:])
+        return res
 
     lam_refine = {"method": None}
     if refine_lam and search_result is not None and search_result.n_frames < m and m >= 3:
         p = int(np.argmin([s.size for s in sets]))
         budget = default_budget_bytes() if budget_bytes is None else int(budget_bytes)
-        if est.peak_bytes + Ks[p].nbytes > budget:
-            lam_refine["skipped"] = (f"a copy of PE set {p}'s kernel ({Ks[p].nbytes / 2**30:.2f} GB) would exceed "
+        probe_bytes = 8 * est.matrix_sides[p] ** 2
+        if est.peak_bytes + probe_bytes > budget:
+            lam_refine["skipped"] = (f"a copy of PE set {p}'s kernel ({probe_bytes / 2**30:.2f} GB) would exceed "
                                      f"the memory budget ({budget / 2**30:.2f} GB)")
         else:
             # the subset's λ against λ/16 on all M frames, judged on the smallest set (one extra Cholesky)
             tr = time.perf_counter()
-            K_copy = np.array(Ks[p])
+            K = build(p)
+            K_copy = np.array(K)
             lam_search = lam
-            results[p] = factor(p)
-            loo[p] = loo_of(results[p], p)
+            first = factor(p, K)
+            loo_first = loo_of(first, p)
             lam = lam_search * LAM_REFINE_FACTOR
-            Ks[p] = K_copy
-            alt = factor(p)
+            alt = factor(p, K_copy)
             loo_alt = loo_of(alt, p)
-            errs = [float(np.mean(np.abs(loo[p][0]))), float(np.mean(np.abs(loo_alt[0])))]
+            errs = [float(np.mean(np.abs(loo_first[0]))), float(np.mean(np.abs(loo_alt[0])))]
             if errs[1] < (1.0 - LAM_REFINE_MIN_GAIN) * errs[0]:
                 results[p], loo[p] = alt, loo_alt
             else:
+                results[p], loo[p] = first, loo_first
                 lam = lam_search
-            del K_copy, alt, loo_alt
+            results[p] = finish(p, results[p])
+            del K, K_copy, first, alt, loo_first, loo_alt
             done[0] -= 1  # the probe set counted twice in the progress
             lam_refine = {"method": "loo", "probe_set": p, "candidates": [lam_search, lam_search * LAM_REFINE_FACTOR],
                           "loo_mae": errs, "frames": int(q_loo), "chosen": lam, "seconds": time.perf_counter() - tr}
     # one set after another on all BLAS threads: faster than one set per core with one
     # thread each at every side measured on the 2-core machine (300: 6 vs 10 ms;
     # 1200: 0.12 vs 0.16 s; 3000: 1.1 vs 2.3 s for twelve sets)
-    results = [r if r is not None else factor(k) for k, r in enumerate(results)]
-    chol = [r[0] for r in results]
+    for k in range(len(sets)):
+        if results[k] is None:
+            results[k] = finish(k, factor(k, build(k)))
+    buffer = None
+    chol = [r[0] for r in results] if keep_factors else None
     alpha = [r[1] for r in results]
     sigma2 = [r[2] for r in results]
     jitter = [r[3] for r in results]
-    t_chol = time.perf_counter() - tc
+    t_build, t_chol = clock["build"], clock["factor"]
     calibration = {"method": None, "scale": 1.0}
-    if calibrate == "loo" and m >= 3:
-        tl = time.perf_counter()
+    if want_loo:
+        tl = time.perf_counter() - clock["loo"]  # leave-one-out terms already taken count here
         # the latent interval (the one PCI scores) against the reference forces: latent
         # variance = observation variance − nugget (λ + jitter_i), times σ̂_i² (the probe
         # set's leave-one-out terms are reused from the λ check)
