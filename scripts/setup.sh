@@ -79,4 +79,9 @@ if [ "$DEV" = 1 ]; then
     fi
 fi
 
+# 5. Byte-compile the library, as pip does for an installed package: where PYTHONDONTWRITEBYTECODE
+#    is set (this machine kind) every `python -m aff_app` run would otherwise compile it again
+#    (~0.05 s of a 2 s CLI fit). Sources edited later are recompiled in memory, never run stale.
+"$PY" -m compileall -q aff_app >/dev/null
+
 echo "setup: ok (3Dmol.js $TDM_VERSION)"
