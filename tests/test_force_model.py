@@ -163,7 +163,8 @@ def test_lambda_refinement_is_a_full_fit_at_the_nugget_with_the_smaller_loo_erro
     model = fit_force_model(R, F, z, search_frames=50, search_fraction=0.0)
     info = model.info["lam_refine"]
     lam_search = model.info["hyper"]["lam"]
-    assert info["method"] == "loo" and info["frames"] == 40 and info["probe_set"] == 0
+    # twelve single-atom sets: the three smallest (the first three) are the probes, a quarter of the flops
+    assert info["method"] == "loo" and info["frames"] == 40 and info["probe_sets"] == [0, 1, 2]
     assert info["candidates"] == pytest.approx([lam_search, lam_search / 16], rel=1e-12)
     smaller = info["loo_mae"][1] < 0.98 * info["loo_mae"][0]
     assert model.lam == info["candidates"][1 if smaller else 0]
@@ -173,9 +174,9 @@ def test_lambda_refinement_is_a_full_fit_at_the_nugget_with_the_smaller_loo_erro
     for a, b in zip(model.alpha, fixed.alpha):
         np.testing.assert_allclose(a, b, rtol=1e-10)
     np.testing.assert_allclose(model.sigma2, fixed.sigma2, rtol=1e-10)
-    # and its leave-one-out error is the one recorded for the chosen candidate
-    k = info["probe_set"]
-    r, _ = loo_frame_residuals(fixed._factors()[k], fixed.alpha[k], 3 * fixed.pe_sets[k].size, info["frames"])
+    # and its leave-one-out error, pooled over the probe sets, is the one recorded for the chosen candidate
+    r = np.concatenate([loo_frame_residuals(fixed._factors()[k], fixed.alpha[k], 3 * fixed.pe_sets[k].size,
+                                            info["frames"])[0] for k in info["probe_sets"]])
     assert np.mean(np.abs(r)) == pytest.approx(info["loo_mae"][1 if smaller else 0], rel=1e-10)
     off = fit_force_model(R, F, z, search_frames=50, search_fraction=0.0, refine_lam=False)
     assert off.lam == lam_search and off.info["lam_refine"] == {"method": None}
@@ -197,7 +198,7 @@ def test_fit_without_kept_factors_equals_the_fit_with_them(shared_data):
     lean = fit_force_model(R, F, z, search_frames=40, search_fraction=0.0, keep_factors=False)
     assert lean._chol is None and kept._chol is not None
     assert (lean.gamma, lean.lam) == (kept.gamma, kept.lam) and lean.info["lam_refine"]["method"] == "loo"
-    for key in ("chosen", "loo_mae", "probe_set"):
+    for key in ("chosen", "loo_mae", "probe_sets"):
         assert lean.info["lam_refine"][key] == pytest.approx(kept.info["lam_refine"][key], rel=1e-10)
     assert lean.info["calibration"]["scale"] == pytest.approx(kept.info["calibration"]["scale"], rel=1e-10)
     for a, b in zip(lean.alpha, kept.alpha):
@@ -211,6 +212,21 @@ def test_fit_without_kept_factors_equals_the_fit_with_them(shared_data):
     from aff_app.budget import estimate_cost
     one, all12 = estimate_cost(120, [1] * 12, keep_factors=False), estimate_cost(120, [1] * 12)
     assert all12.peak_bytes - one.peak_bytes >= 11 * 8 * 360**2
+
+
+def test_lambda_check_probe_sets_are_the_smallest_within_flops_and_memory():
+    from aff_app.models.force import _probe_sets
+
+    big = 10**15
+    assert _probe_sets([300] * 12, True, 0, big) == [0, 1, 2]  # uracil: 3 of 12 equal sets, 25% of the flops
+    assert _probe_sets([7200, 7200], True, 0, big) == [0]  # benzene: one set (50%), never none
+    assert _probe_sets([1200, 300, 1200, 300], True, 0, big) == [1, 3]  # a third (1200) would pass 25%
+    # memory: a copy of the set being probed, plus (keep_factors) the second factors of those before it
+    k = 8 * 300**2
+    assert _probe_sets([300] * 12, True, 0, 2 * k - 1) == [0]
+    assert _probe_sets([300] * 12, True, 0, 3 * k - 1) == [0, 1]
+    assert _probe_sets([300] * 12, False, 0, k) == [0, 1, 2]  # lean fits drop each probe's factors
+    assert _probe_sets([300] * 12, False, 1, k) == []
 
 
 def test_lambda_refinement_keeps_the_nugget_of_noisy_labels():

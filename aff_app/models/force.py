@@ -45,6 +45,12 @@ LAM_REFINE_FACTOR = 1.0 / 16.0
 #: ... and uses it only when it lowers the leave-one-out error by more than this fraction (a
 #: finite-sample tie keeps the likelihood's λ: noisy labels gave differences of ±0.5%).
 LAM_REFINE_MIN_GAIN = 0.02
+#: The λ check judges on the smallest PE sets, at most this many ...
+LAM_REFINE_MAX_SETS = 3
+#: ... while their second factorisations cost at most this share of the fit's (at least one set).
+#: One set was a noisy judge: MD17 uracil, M = 1600, its smallest set showed a 0.1% gain with
+#: λ/16 while 11 of the 12 sets gained 1-10% and the test force MAE fell from 0.250 to 0.235.
+LAM_REFINE_FLOP_SHARE = 0.25
 
 Progress = Callable[[float, str], None]
 
@@ -536,6 +542,29 @@ def loo_frame_residuals(L: np.ndarray, alpha: np.ndarray, w: int, q: int) -> tup
     return r, var
 
 
+def _probe_sets(sides, keep_factors: bool, peak_bytes: int, budget: int) -> list[int]:
+    """The PE sets the λ check factors twice: the smallest, within LAM_REFINE_MAX_SETS, flop share and memory.
+
+    ``sides``: kernel sides of the sets (3·M·l_i). Extra memory: a copy of the
+    probe kernel being factored, and with ``keep_factors`` the probe sets'
+    second factors until the choice. Returns [] when not even one fits.
+    """
+    order = sorted(range(len(sides)), key=lambda k: (sides[k], k))
+    total = sum(float(n) ** 3 for n in sides)
+    chosen: list[int] = []
+    flops = 0.0
+    for k in order[:LAM_REFINE_MAX_SETS]:
+        if chosen and flops + float(sides[k]) ** 3 > LAM_REFINE_FLOP_SHARE * total:
+            break
+        # the copy of this set's kernel; with keep_factors also the chosen sets' second factors
+        extra = 8 * (sides[k] ** 2 + (sum(sides[j] ** 2 for j in chosen) if keep_factors else 0))
+        if peak_bytes + extra > budget:
+            break
+        chosen.append(k)
+        flops += float(sides[k]) ** 3
+    return chosen
+
+
 def fit_force_model(
     R,
     F,
@@ -600,17 +629,20 @@ def fit_force_model(
         trajectory (MD17, the app's split) make them as typical as any.
     refine_lam : bool
         When the search ran on a subset of the frames, check its λ on all M:
-        the smallest PE set is factored also with λ·LAM_REFINE_FACTOR, and that
-        nugget is used for every set (shared λ, as in method.md) when the exact
-        leave-one-frame-out predictions of the last max(LOO_FRAMES, M/8) frames
-        of that set have a mean absolute error more than LAM_REFINE_MIN_GAIN
-        smaller with it. Why: on nearly
+        the probe sets — the smallest PE sets, up to LAM_REFINE_MAX_SETS of
+        them while their extra factorisations cost at most LAM_REFINE_FLOP_SHARE
+        of the fit's (at least one) — are factored also with
+        λ·LAM_REFINE_FACTOR, and that nugget is used for every set (shared λ,
+        as in method.md) when the exact leave-one-frame-out predictions of the
+        last max(LOO_FRAMES, M/8) frames of the probe sets, pooled, have a mean
+        absolute error more than LAM_REFINE_MIN_GAIN smaller with it. Why: on nearly
         noise-free ab initio forces the subset's likelihood picks λ too large
         for the denser full set (rMD17 uracil, M = 400, 100 search frames:
         λ = 9.4e-10, test MAE 0.589 kcal/mol/Å; λ/16: 0.547; the search on all
         400 frames: 0.545), while on noisy labels (MD17 benzene) the leave-one-
-        out error keeps the search's λ. Cost: one extra Cholesky of the
-        smallest set, and a copy of its kernel while it runs.
+        out error keeps the search's λ. Cost: one extra Cholesky per probe
+        set, and a copy of a probe kernel while it runs (with keep_factors,
+        the probe sets' second factors until the choice is made).
     keep_factors : bool
         Keep the Cholesky factors on the model (default), so predictive
         variances need no refactorisation. False (the CLI's ``train``, which
@@ -759,39 +791,56 @@ def fit_force_model(
 
     lam_refine = {"method": None}
     if refine_lam and search_result is not None and search_result.n_frames < m and m >= 3:
-        p = int(np.argmin([s.size for s in sets]))
         budget = default_budget_bytes() if budget_bytes is None else int(budget_bytes)
-        probe_bytes = 8 * est.matrix_sides[p] ** 2
-        if est.peak_bytes + probe_bytes > budget:
-            lam_refine["skipped"] = (f"a copy of PE set {p}'s kernel ({probe_bytes / 2**30:.2f} GB) would exceed "
-                                     f"the memory budget ({budget / 2**30:.2f} GB)")
+        probes = _probe_sets(est.matrix_sides, keep_factors, est.peak_bytes, budget)
+        if not probes:
+            p = int(np.argmin(est.matrix_sides))
+            lam_refine["skipped"] = (f"a copy of PE set {p}'s kernel ({8 * est.matrix_sides[p] ** 2 / 2**30:.2f} GB) "
+                                     f"would exceed the memory budget ({budget / 2**30:.2f} GB)")
         else:
-            # the subset's λ against λ/16 on all M frames, judged on the smallest set (one extra Cholesky)
+            # the subset's λ against λ/16 on all M frames, judged on the probe sets (one extra Cholesky each)
             tr = time.perf_counter()
-            K = build(p)
-            K_copy = np.array(K)
             lam_search = lam
-            first = factor(p, K)
-            loo_first = loo_of(first, p)
-            lam = lam_search * LAM_REFINE_FACTOR
-            alt = factor(p, K_copy)
-            loo_alt = loo_of(alt, p)
-            errs = [float(np.mean(np.abs(loo_first[0]))), float(np.mean(np.abs(loo_alt[0])))]
-            if errs[1] < (1.0 - LAM_REFINE_MIN_GAIN) * errs[0]:
-                results[p], loo[p] = alt, loo_alt
-            else:
-                results[p], loo[p] = first, loo_first
+            lam_alt = lam_search * LAM_REFINE_FACTOR
+            pair = {}  # probe set -> ((result, loo) at λ, (result, loo) at λ/16)
+            for p in probes:
+                K = build(p)
+                K_copy = np.array(K)
                 lam = lam_search
-            results[p] = finish(p, results[p])
-            del K, K_copy, first, alt, loo_first, loo_alt
-            done[0] -= 1  # the probe set counted twice in the progress
-            lam_refine = {"method": "loo", "probe_set": p, "candidates": [lam_search, lam_search * LAM_REFINE_FACTOR],
+                first = factor(p, K)
+                one = (first, loo_of(first, p))
+                lam = lam_alt
+                alt = factor(p, K_copy)
+                two = (alt, loo_of(alt, p))
+                if not keep_factors:  # the buffer is reused by the next set: keep no factor
+                    one, two = ((None,) + tuple(one[0][1:]), one[1]), ((None,) + tuple(two[0][1:]), two[1])
+                pair[p] = (one, two)
+                del K, K_copy, first, alt
+                done[0] -= 1  # each probe set counts twice in the progress
+            errs = [float(np.mean(np.abs(np.concatenate([pair[p][c][1][0] for p in probes])))) for c in (0, 1)]
+            pick = 1 if errs[1] < (1.0 - LAM_REFINE_MIN_GAIN) * errs[0] else 0
+            lam = (lam_search, lam_alt)[pick]
+            for p in probes:
+                results[p], loo[p] = pair[p][pick]
+            del pair
+            lam_refine = {"method": "loo", "probe_sets": [int(p) for p in probes], "candidates": [lam_search, lam_alt],
                           "loo_mae": errs, "frames": int(q_loo), "chosen": lam, "seconds": time.perf_counter() - tr}
     # one set after another on all BLAS threads: faster than one set per core with one
     # thread each at every side measured on the 2-core machine (300: 6 vs 10 ms;
     # 1200: 0.12 vs 0.16 s; 3000: 1.1 vs 2.3 s for twelve sets)
-    for k in range(len(sets)):
-        if results[k] is None:
+    remaining = [k for k in range(len(sets)) if results[k] is None]
+    if keep_factors and len(remaining) > 1:
+        # every kernel is kept anyway: build them in one pass, then factor them, so the
+        # switch from our assembly threads to BLAS's (whose idle workers spin-wait for a
+        # while after each factorisation, taking a core from the assembly) happens once
+        tb = time.perf_counter()
+        Ks = force_covariance_sets(G, G, gamma, [sets[k] for k in remaining], perms=kperms, mirror=False,
+                                   coef_cache=cache)
+        clock["build"] += time.perf_counter() - tb
+        for k in remaining:
+            results[k] = finish(k, factor(k, Ks.pop(0)))
+    else:
+        for k in remaining:
             results[k] = finish(k, factor(k, build(k)))
     buffer = None
     chol = [r[0] for r in results] if keep_factors else None
