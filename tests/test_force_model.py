@@ -214,6 +214,22 @@ def test_fit_without_kept_factors_equals_the_fit_with_them(shared_data):
     assert all12.peak_bytes - one.peak_bytes >= 11 * 8 * 360**2
 
 
+def test_progress_counts_each_pe_set_once_with_the_lambda_check(benzene):
+    import re
+
+    R, F, z, _ = benzene
+    seen = []
+    for sets in ([np.arange(z.size)], [np.arange(6), np.arange(6, 12)]):  # one set (GDML-like), two sets
+        seen.clear()
+        model = fit_force_model(R[:60], F[:60], z, pe_sets=sets, search_frames=30, search_fraction=0.0,
+                                progress=lambda f, msg: seen.append((f, msg)))
+        assert model.info["lam_refine"]["method"] == "loo"
+        counts = [tuple(map(int, m.groups())) for _, msg in seen if (m := re.search(r"PE set (\d+)/(\d+)", msg))]
+        assert counts and all(k <= n == len(sets) for k, n in counts), counts
+        fractions = [f for f, _ in seen]
+        assert all(0.0 <= f <= 1.0 for f in fractions) and fractions[-1] == 1.0
+
+
 def test_lambda_check_probe_sets_are_the_smallest_within_flops_and_memory():
     from aff_app.models.force import _probe_sets
 

@@ -809,6 +809,7 @@ def fit_force_model(
                 lam = lam_search
                 first = factor(p, K)
                 one = (first, loo_of(first, p))
+                done[0] -= 1  # the second factorisation of the same set is not a further set in the progress
                 lam = lam_alt
                 alt = factor(p, K_copy)
                 two = (alt, loo_of(alt, p))
@@ -816,7 +817,6 @@ def fit_force_model(
                     one, two = ((None,) + tuple(one[0][1:]), one[1]), ((None,) + tuple(two[0][1:]), two[1])
                 pair[p] = (one, two)
                 del K, K_copy, first, alt
-                done[0] -= 1  # each probe set counts twice in the progress
             errs = [float(np.mean(np.abs(np.concatenate([pair[p][c][1][0] for p in probes])))) for c in (0, 1)]
             pick = 1 if errs[1] < (1.0 - LAM_REFINE_MIN_GAIN) * errs[0] else 0
             lam = (lam_search, lam_alt)[pick]
