@@ -853,7 +853,7 @@ def fit_force_model(
         tl = time.perf_counter() - clock["loo"]  # leave-one-out terms already taken count here
         # the latent interval (the one PCI scores) against the reference forces: latent
         # variance = observation variance − nugget (λ + jitter_i), times σ̂_i² (the probe
-        # set's leave-one-out terms are reused from the λ check)
+        # sets' leave-one-out terms are reused from the λ check)
         z_loo = np.concatenate([
             np.abs(r) / np.sqrt(np.maximum(v - (lam + jitter[k]), 0.0) * sigma2[k])
             for k, (r, v) in ((k, loo[k] if k in loo else loo_of(results[k], k)) for k in range(len(sets)))])
