@@ -89,7 +89,7 @@ def _spectra(Ks, ys, *, vectors: bool = True):
     The search matrices are small (side ≤ a few thousand); OpenBLAS threads on
     them were 4× slower than one thread on the 2-core reference machine, so we
     parallelise across PE sets instead (:func:`search` limits BLAS to one
-    thread for its whole run: threadpoolctl costs ~2 ms per entry). ``vectors=False`` returns Q = None
+    thread for its whole run, :func:`aff_app.kernels.single_threaded_blas`). ``vectors=False`` returns Q = None
     (enough for the likelihood; LOO-CV needs Q) and overwrites ``Ks``.
     """
     from .kernels import parallel_map
@@ -240,9 +240,11 @@ def search(
             progress(min(1.0, calls[0] / total_calls), f"γ = {g:.3g}: best λ = {lams[k]:.2e}")
         return score
 
-    from threadpoolctl import threadpool_limits
+    from contextlib import nullcontext
 
-    with threadpool_limits(limits=1 if n_sets > 1 else None, user_api="blas"):
+    from .kernels import single_threaded_blas
+
+    with single_threaded_blas() if n_sets > 1 else nullcontext():
         return _search(evaluate, cache, criterion, gamma, rho_scale, n_grid, n_refine, n_frames)
 
 

@@ -184,7 +184,8 @@ if run:
                    f"{mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}, PCI(95%) {mw.fmt(m.get('pci'), percent=True)}.")
             ref = entry.force.info.get("lam_refine", {})
             if ref.get("method") == "loo" and ref.get("chosen") != ref.get("candidates", [None])[0]:
-                msg += (f" λ lowered 16× from the search's {mw.fmt(ref['candidates'][0], '.2e')}: on all training "
+                factor = ref["candidates"][0] / ref["candidates"][1]
+                msg += (f" λ lowered {factor:.0f}× from the search's {mw.fmt(ref['candidates'][0], '.2e')}: on all training "
                         "frames its leave-one-frame-out force error was "
                         f"{mw.fmt(100 * (1 - ref['loo_mae'][1] / ref['loo_mae'][0]), '.0f')}% smaller.")
             cal = entry.force.info.get("calibration", {})

@@ -162,6 +162,30 @@ def test_over_budget_gdml_is_refused_and_existing_models_stay(monkeypatch):
     assert at.session_state[state.TRAJECTORY].fingerprint == _traj().fingerprint
 
 
+def test_train_notice_says_when_the_lambda_check_lowered_the_nugget(monkeypatch):
+    reg = _registry()
+    at = _open(TRAIN, registry=reg)
+    at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()
+    at.number_input(key=state.TRAIN_M).set_value(20)
+    at.number_input(key=state.TRAIN_N_TEST).set_value(15)
+    at.number_input(key=state.TRAIN_GAMMA).set_value(GAMMA)
+    at.number_input(key=state.TRAIN_LAM).set_value(LAM)
+    at.run()
+    real = training.train_model
+
+    def checked_fit(*args, **kwargs):  # a real fit, recorded as if the λ check had lowered λ 16×
+        model = real(*args, **kwargs)
+        model.info["lam_refine"] = {"method": "loo", "probe_sets": [0], "candidates": [16 * LAM, LAM],
+                                    "loo_mae": [1.0, 0.9], "frames": 5, "chosen": LAM}
+        return model
+
+    monkeypatch.setattr(training, "train_model", checked_fit)
+    at.button(key=state.TRAIN_RUN).click().run()
+    assert not at.exception, at.exception
+    text = _texts(at, "success")
+    assert "λ lowered 16× from the search's" in text and "error was 10% smaller" in text
+
+
 @pytest.mark.parametrize("exc", [
     FactorizationError("Cholesky of PE set 0 (atoms [0, 1], size 360) failed with λ = 1e-12: raise λ"),
     ComputeBudgetError("this AFF fit needs about 9.0 GB but the memory budget is 1.0 GB"),

@@ -75,7 +75,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
-from threadpoolctl import threadpool_limits
 
 from .. import __version__
 from ..hyper import golden_section_max
@@ -85,6 +84,7 @@ from ..kernels import (
     energy_force_covariance,
     force_covariance_self,
     force_covariance_sets,
+    single_threaded_blas,
 )
 from ..kernels import _coefficients  # noqa: PLC2701 - the kernel's own coefficient helper
 from .force import FactorizationError, ForceModel, ForcePrediction, ModelError, Progress, _json_default, _noop
@@ -236,7 +236,7 @@ def _search_energy(G: Geometry, E: np.ndarray, perms, *, gamma=None, n_grid=7, n
         if g not in cache:
             K = energy_covariance(G, G, g, perms=perms)
             # one BLAS thread: on small matrices threaded eigh was several times slower (see hyper.py)
-            with threadpool_limits(limits=1, user_api="blas"):
+            with single_threaded_blas():
                 ev, Q = np.linalg.eigh(K)
             # eigenvalues below ~eps·λ_max are rounding noise: λ must stay above them
             floor = 50 * np.finfo(float).eps * max(float(ev[-1]), 1.0)

@@ -779,15 +779,17 @@ def fit_force_model(
     def loo_of(res, k: int) -> tuple:
         return loo_frame_residuals(res[0], res[1], 3 * sets[k].size, q_loo)
 
+    def lean(res) -> tuple:
+        """The set's result without its factor unless factors are kept (the buffer is reused)."""
+        return res if keep_factors else (None,) + tuple(res[1:])
+
     def finish(k: int, res) -> tuple:
-        """Keep the set's result; without keep_factors take what needs L now (the buffer is reused)."""
-        if not keep_factors:
-            if want_loo and k not in loo:
-                tl = time.perf_counter()
-                loo[k] = loo_of(res, k)
-                clock["loo"] += time.perf_counter() - tl  # counted with the calibration
-            res = (None,) + tuple(res[1:])
-        return res
+        """Keep the set's result; without keep_factors take what needs L now."""
+        if not keep_factors and want_loo and k not in loo:
+            tl = time.perf_counter()
+            loo[k] = loo_of(res, k)
+            clock["loo"] += time.perf_counter() - tl  # counted with the calibration
+        return lean(res)
 
     lam_refine = {"method": None}
     if refine_lam and search_result is not None and search_result.n_frames < m and m >= 3:
@@ -813,9 +815,7 @@ def fit_force_model(
                 lam = lam_alt
                 alt = factor(p, K_copy)
                 two = (alt, loo_of(alt, p))
-                if not keep_factors:  # the buffer is reused by the next set: keep no factor
-                    one, two = ((None,) + tuple(one[0][1:]), one[1]), ((None,) + tuple(two[0][1:]), two[1])
-                pair[p] = (one, two)
+                pair[p] = ((lean(one[0]), one[1]), (lean(two[0]), two[1]))
                 del K, K_copy, first, alt
             errs = [float(np.mean(np.abs(np.concatenate([pair[p][c][1][0] for p in probes])))) for c in (0, 1)]
             pick = 1 if errs[1] < (1.0 - LAM_REFINE_MIN_GAIN) * errs[0] else 0
