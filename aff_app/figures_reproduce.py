@@ -213,12 +213,12 @@ def uncertainty_grid(points: Sequence[dict], *, label_set: str | None = None, le
 # ---------------------------------------------------------------------------
 # PNG without kaleido
 # ---------------------------------------------------------------------------
-def write_png(fig: go.Figure, path, *, dpi: int = 110) -> None:
+def write_png(fig: go.Figure, path, *, dpi: int = 110):
     """Draw a figure of this module (scatter and bar traces on subplots) with matplotlib.
 
     Subplot positions, log/category axes, axis and subplot titles, colours,
     markers and the legend are taken from the plotly figure, so the PNG shows
-    the same data as the HTML.
+    the same data as the HTML. Returns the matplotlib ``Figure``.
     """
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
@@ -268,13 +268,20 @@ def write_png(fig: go.Figure, path, *, dpi: int = 110) -> None:
         return axes[key]
 
     handles: dict[str, Any] = {}
+    categories: dict[int, list[str]] = {}
     for tr in fig.data:
         ax = get_ax(tr.xaxis or "x", tr.yaxis or "y")
         xa = axis_layout(tr.xaxis or "x", "x")
         x = list(tr.x) if tr.x is not None else []
         y = [np.nan if v is None else v for v in (tr.y if tr.y is not None else [])]
         if xa.type == "category":
-            x = [str(v) for v in x]
+            # categories at integer positions with their labels as ticks (matplotlib's own
+            # category units log a warning for every list of number-like strings)
+            cats = categories.setdefault(id(ax), [])
+            for v in map(str, x):
+                if v not in cats:
+                    cats.append(v)
+            x = [cats.index(str(v)) for v in x]
         if tr.type == "bar":
             h = ax.bar(x, y, color=tr.marker.color, width=0.6)
         else:
@@ -283,6 +290,9 @@ def write_png(fig: go.Figure, path, *, dpi: int = 110) -> None:
                          color=color, lw=1.6, ms=5)
         if tr.name and tr.name not in handles and tr.showlegend is not False:
             handles[tr.name] = h
+    for ax in axes.values():
+        if id(ax) in categories:
+            ax.set_xticks(range(len(categories[id(ax)])), categories[id(ax)])
     for ax in axes.values():  # a log axis spanning less than ~3x has no 2x/5x ticks: label every minor tick
         for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
             if axis.get_scale() == "log" and min(lim) > 0 and max(lim) / min(lim) < 3:
@@ -296,4 +306,5 @@ def write_png(fig: go.Figure, path, *, dpi: int = 110) -> None:
         mfig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(len(handles), 4),
                     fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
     mfig.savefig(str(path), dpi=dpi)
+    return mfig
 

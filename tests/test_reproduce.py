@@ -337,6 +337,20 @@ def test_grids_legend_once_per_model_and_titled_axes(tmp_path):
         fr.uncertainty_grid([p for p in pts if p["method"] != METHOD_AFF])
 
 
+def test_png_category_axis_keeps_order_and_logs_nothing(tmp_path, caplog):
+    # the Fig. 5-like grid's M axis is categorical ("50", "100", "200"): drawn at positions
+    # 0, 1, 2 in plotly's order, without matplotlib's category-units message in the run log
+    u = fr.uncertainty_grid(_points(), label_set="md17")
+    with caplog.at_level("DEBUG", logger="matplotlib"):
+        mfig = fr.write_png(u, tmp_path / "u.png")
+    assert not [r for r in caplog.records if "categorical units" in r.getMessage()]
+    bar_axes = [ax for ax in mfig.axes if ax.patches]
+    assert len(bar_axes) == 2
+    for ax in bar_axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["50", "100", "200"]
+        assert sorted(round(p.get_x() + p.get_width() / 2) for p in ax.patches) == [0, 1, 2]
+
+
 def test_format_table_puts_sgdml_in_parentheses():
     row = {"molecule": "benzene", "label_set": "md17", "m_aff": 1200, "m_sgdml": 600, "energy_mae_aff": 0.05,
            "energy_mae_sgdml": 0.08, "force_mae_aff": 0.18, "force_mae_sgdml": 0.2, "train_s_aff": 30.0,
