@@ -1,13 +1,16 @@
-"""Diagnose the λ check of the force fit on one molecule of ../shared/data/md17 (not a test).
+"""Diagnose the λ check (and γ) of the force fit on one molecule of ../shared/data/md17 (not a test).
 
 On the reproduction's split (seed 0, 2,000 test frames, 200 validation frames) it fits AFF at M
 frames with the default search and λ check, then refits at the same γ with the search's λ, λ/16
 and any further divisors, and prints for each: the held-out force MAE and the exact
 leave-one-frame-out MAE of every PE set (last max(40, M/8) training frames), and what a λ check
-pooled over the k smallest sets would conclude. Needs memory for one model at M (naphthalene
-M = 1600: ~12 GB).
+pooled over the k smallest sets would conclude. With ``--gamma-factors`` it also refits at
+γ·f (the fit's λ) and prints the held-out force MAE, overall and per PE set. Needs memory for
+one model at M (naphthalene M = 1600: ~12 GB).
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/diag_lam_check.py uracil --m 1600 --labels md17
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/diag_lam_check.py naphthalene --divisors 1 \
+        --gamma-factors 0.6 0.8 1.25
 """
 
 from __future__ import annotations
@@ -35,27 +38,38 @@ def main(argv=None) -> int:
     ap.add_argument("--m", type=int, default=1600, help="training frames (default 1600)")
     ap.add_argument("--labels", choices=("md17", "rmd17"), default="md17")
     ap.add_argument("--divisors", type=float, nargs="+", default=[1, 16], help="λ = search λ / d (default 1 16)")
+    ap.add_argument("--gamma-factors", type=float, nargs="*", default=[],
+                    help="also refit at γ·f with the fit's λ (held-out MAE per PE set)")
     args = ap.parse_args(argv)
     traj = load_trajectory(ROOT.parent / "shared" / "data" / "md17" / f"{args.molecule}.npz", label_set=args.labels)
     split = make_split(traj.n_frames, 2000, 200, seed=0)
     tr, ev = split.train(args.m), split.eval
     sym = detect_symmetry(traj.R, traj.z, n_samples=200, seed=0)
     kw = dict(pe_sets=list(sym.pe_sets), perms=sym.perms, train_idx=tr, seed=0)
+
+    def held_out(model) -> str:
+        err = np.abs(model.predict(traj.R[ev], return_std=False).mean - traj.F[ev])
+        per_set = [round(float(err[:, s].mean()), 4) for s in model.pe_sets]
+        return f"test MAE {err.mean():.4f} (per PE set {per_set})"
+
     t = time.perf_counter()
     fm = fit_force_model(traj.R[tr], traj.F[tr], traj.z, **kw)
-    mae = float(np.mean(np.abs(fm.predict(traj.R[ev], return_std=False).mean - traj.F[ev])))
-    print(f"default fit {time.perf_counter() - t:.1f} s: γ {fm.gamma:.4g}, λ {fm.lam:.3g}, test MAE {mae:.4f}; "
+    print(f"default fit {time.perf_counter() - t:.1f} s: γ {fm.gamma:.4g}, λ {fm.lam:.3g}, {held_out(fm)}; "
           f"λ check {json.dumps(fm.info['lam_refine'])}", flush=True)
-    gamma, lam_search, sizes = fm.gamma, fm.info["hyper"]["lam"], [s.size for s in fm.pe_sets]
+    gamma, lam, lam_search, sizes = fm.gamma, fm.lam, fm.info["hyper"]["lam"], [s.size for s in fm.pe_sets]
     del fm
+    for f in args.gamma_factors:
+        t = time.perf_counter()
+        m = fit_force_model(traj.R[tr], traj.F[tr], traj.z, gamma=gamma * f, lam=lam, calibrate=None, **kw)
+        print(f"γ·{f:g} = {m.gamma:.4g} (λ {lam:.3g}), fit {time.perf_counter() - t:.0f} s: {held_out(m)}", flush=True)
+        del m
     q = min(args.m, max(LOO_FRAMES, args.m // 8))
     loos = {}
     for d in args.divisors:
         m = fit_force_model(traj.R[tr], traj.F[tr], traj.z, gamma=gamma, lam=lam_search / d, **kw)
         loos[d] = [float(np.mean(np.abs(loo_frame_residuals(L, a, 3 * s.size, q)[0])))
                    for L, a, s in zip(m._factors(), m.alpha, m.pe_sets)]
-        mae = float(np.mean(np.abs(m.predict(traj.R[ev], return_std=False).mean - traj.F[ev])))
-        print(f"λ/{d:g} = {lam_search / d:.3g}: test MAE {mae:.4f}; leave-one-out MAE per set "
+        print(f"λ/{d:g} = {lam_search / d:.3g}: {held_out(m)}; leave-one-out MAE per set "
               f"{[round(x, 4) for x in loos[d]]}", flush=True)
         del m
     order = np.argsort(sizes, kind="stable")
