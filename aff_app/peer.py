@@ -27,6 +27,7 @@ Units: positions Å, energies kcal/mol, forces kcal/mol/Å (sGDML's own).
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import signal
@@ -98,6 +99,10 @@ def require_sgdml(submodule: str = "sgdml") -> Any:
         module level and fails with a NameError without it), with the install
         command.
     """
+    # sgdml's import sets up logging handlers under which torch's import announces each
+    # kernel DSL it registers ("Successfully registered DSL: triton", twice per DSL) at INFO:
+    # chatter in every reproduction log, nothing a user acts on
+    logging.getLogger("torch._native.dsl_registry").setLevel(logging.WARNING)
     try:
         return importlib.import_module(submodule)
     except (ImportError, NameError) as exc:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +186,14 @@ def _need(module: str):
     if os.environ.get("CI") == "true":
         return importlib.import_module(module)
     return pytest.importorskip(module, reason="the optional sgdml package is not installed")
+
+
+def test_importing_the_package_leaves_no_torch_chatter_on_stderr():
+    # sgdml's logging set-up made torch announce each kernel DSL it registers at INFO
+    # ("Successfully registered DSL: triton"): noise at the top of every reproduction log
+    _need("sgdml.predict")
+    code = "from aff_app.peer import require_sgdml; require_sgdml('sgdml.predict')"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "registered DSL" not in run.stderr + run.stdout
