@@ -66,6 +66,13 @@ def load_sample(page, name: str, formula: str) -> None:
     # choosing a sample reruns the page; while it does, the old and new tab panels
     # can both be in the DOM: wait for the rerun to settle on one button
     load = page.locator(".st-key-data_sample_load button")
-    expect(load).to_have_count(1, timeout=30_000)
-    load.click()
+    for attempt in range(20):
+        expect(load).to_have_count(1, timeout=30_000)
+        try:
+            load.click(timeout=10_000)
+            break
+        except Exception as exc:  # playwright's Error: the stale panel came back between count and click
+            if "strict mode violation" not in str(exc) or attempt == 19:
+                raise
+            page.wait_for_timeout(250)
     expect(page.get_by_text(formula).first).to_be_visible()
