@@ -26,11 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aff_app.data import load_trajectory  # noqa: E402
 from aff_app.models.energy import fit_energy_model  # noqa: E402
 from aff_app.models.force import fit_force_model  # noqa: E402
-from aff_app.reproduce import make_split  # noqa: E402
-from aff_app.symmetry import detect_symmetry  # noqa: E402
+from diag_lam_check import reproduction_split  # noqa: E402  (this folder: the script's own)
 
 
 def main(argv=None) -> int:
@@ -42,10 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-test", type=int, default=2000, help="held-out frames predicted (default all 2000)")
     args = ap.parse_args(argv)
     for labels in args.labels:
-        traj = load_trajectory(ROOT.parent / "shared" / "data" / "md17" / f"{args.molecule}.npz", label_set=labels)
-        split = make_split(traj.n_frames, 2000, 200, seed=0)
-        tr, ev = split.train(args.m), split.eval[: args.n_test]
-        sym = detect_symmetry(traj.R, traj.z, n_samples=200, seed=0)
+        traj, tr, ev, sym = reproduction_split(args.molecule, labels, args.m)
+        ev = ev[: args.n_test]
         fm = fit_force_model(traj.R[tr[:50]], traj.F[tr[:50]], traj.z, pe_sets=list(sym.pe_sets), perms=sym.perms)
         t = time.perf_counter()
         em = fit_energy_model(fm, traj.R[tr], traj.E[tr], F=traj.F[tr])

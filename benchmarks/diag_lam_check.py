@@ -28,8 +28,19 @@ sys.path.insert(0, str(ROOT))
 
 from aff_app.data import load_trajectory  # noqa: E402
 from aff_app.models.force import LOO_FRAMES, fit_force_model, loo_frame_residuals  # noqa: E402
-from aff_app.reproduce import make_split  # noqa: E402
+from aff_app.reproduce import DEFAULT_DATA_DIR, make_split  # noqa: E402
 from aff_app.symmetry import detect_symmetry  # noqa: E402
+
+
+def reproduction_split(molecule: str, labels: str, m: int):
+    """The reproduction's frames for one molecule: (trajectory, training indices (m), test indices, symmetry).
+
+    Seed 0, 2,000 test and 200 validation frames, the symmetry search on 200 frames — as
+    ``python -m aff_app reproduce`` draws them, so the diagnostics speak of its numbers.
+    """
+    traj = load_trajectory(DEFAULT_DATA_DIR / f"{molecule}.npz", label_set=labels)
+    split = make_split(traj.n_frames, 2000, 200, seed=0)
+    return traj, split.train(m), split.eval, detect_symmetry(traj.R, traj.z, n_samples=200, seed=0)
 
 
 def main(argv=None) -> int:
@@ -41,10 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gamma-factors", type=float, nargs="*", default=[],
                     help="also refit at γ·f with the fit's λ (held-out MAE per PE set)")
     args = ap.parse_args(argv)
-    traj = load_trajectory(ROOT.parent / "shared" / "data" / "md17" / f"{args.molecule}.npz", label_set=args.labels)
-    split = make_split(traj.n_frames, 2000, 200, seed=0)
-    tr, ev = split.train(args.m), split.eval
-    sym = detect_symmetry(traj.R, traj.z, n_samples=200, seed=0)
+    traj, tr, ev, sym = reproduction_split(args.molecule, args.labels, args.m)
     kw = dict(pe_sets=list(sym.pe_sets), perms=sym.perms, train_idx=tr, seed=0)
 
     def held_out(model) -> str:

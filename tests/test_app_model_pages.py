@@ -54,6 +54,16 @@ def _registry(with_model: bool = True) -> ModelRegistry:
     return reg
 
 
+def _fixed_small(at: AppTest) -> AppTest:
+    """Set the Train form to a small fixed-γ/λ AFF fit (20 frames, 15 test frames) and rerun."""
+    at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()  # γ and λ are enabled only in this mode
+    at.number_input(key=state.TRAIN_M).set_value(20)
+    at.number_input(key=state.TRAIN_N_TEST).set_value(15)
+    at.number_input(key=state.TRAIN_GAMMA).set_value(GAMMA)
+    at.number_input(key=state.TRAIN_LAM).set_value(LAM)
+    return at.run()
+
+
 def _open(page: str, *, traj=True, registry: ModelRegistry | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
     if traj:
@@ -127,12 +137,7 @@ def test_train_page_shows_the_cost_before_training():
 def test_train_button_trains_a_small_model_into_the_session():
     reg = _registry()
     at = _open(TRAIN, registry=reg)
-    at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()  # γ and λ are enabled only in this mode
-    at.number_input(key=state.TRAIN_M).set_value(20)
-    at.number_input(key=state.TRAIN_N_TEST).set_value(15)
-    at.number_input(key=state.TRAIN_GAMMA).set_value(GAMMA)
-    at.number_input(key=state.TRAIN_LAM).set_value(LAM)
-    at.run()
+    _fixed_small(at)
     at.button(key=state.TRAIN_RUN).click().run()
     assert not at.exception, at.exception
     reg = at.session_state[state.MODELS]
@@ -165,12 +170,7 @@ def test_over_budget_gdml_is_refused_and_existing_models_stay(monkeypatch):
 def test_train_notice_says_when_the_lambda_check_lowered_the_nugget(monkeypatch):
     reg = _registry()
     at = _open(TRAIN, registry=reg)
-    at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()
-    at.number_input(key=state.TRAIN_M).set_value(20)
-    at.number_input(key=state.TRAIN_N_TEST).set_value(15)
-    at.number_input(key=state.TRAIN_GAMMA).set_value(GAMMA)
-    at.number_input(key=state.TRAIN_LAM).set_value(LAM)
-    at.run()
+    _fixed_small(at)
     real = training.train_model
 
     def checked_fit(*args, **kwargs):  # a real fit, recorded as if the λ check had lowered λ 16×
