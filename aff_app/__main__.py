@@ -9,7 +9,7 @@ import sys
 # whole `train` process 2.1 s -> 1.9 s); back-to-back BLAS calls still find their workers awake.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
-from .cli import main  # noqa: E402
+from aff_app.cli import main  # noqa: E402
 
 code = main()
 # Everything is written, closed and printed by now; the exit handlers run as usual, but

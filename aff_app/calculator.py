@@ -4,7 +4,7 @@ ASE works in eV and Å; the models work in kcal/mol and Å (``aff_app.units``).
 The calculator converts at this edge and nowhere else::
 
     from aff_app.calculator import AFFCalculator
-    from aff_app.models import ForceModel
+    from aff_app.gp import ForceModel
 
     atoms.calc = AFFCalculator(ForceModel.load("uracil_aff.npz"))
     atoms.get_forces()                                  # eV/Å, posterior mean
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from . import units
-from .training import AtomsMismatchError, check_atoms_match
+from aff_app import units
+from aff_app.workflows.training import AtomsMismatchError, check_atoms_match
 
 __all__ = ["AFFCalculator", "AtomsMismatchError", "PeriodicSystemError"]
 
@@ -42,7 +42,7 @@ class AFFCalculator(Calculator):
 
     Parameters
     ----------
-    force_model : aff_app.models.force.ForceModel
+    force_model : aff_app.gp.force.ForceModel
         Any object with ``z`` (N,) and ``predict(R) -> ForcePrediction`` whose
         ``mean``/``std`` are (B, N, 3) arrays in kcal/mol/Å.
     energy_model : object, optional

@@ -2,9 +2,9 @@
 
 The library's long functions report through a ``progress(fraction, message)``
 callback. A caller that wants to stop one early makes that callback raise
-:class:`Cancelled`: :func:`aff_app.models.force.fit_force_model`,
-:func:`aff_app.training.train_model`, :func:`aff_app.learning.learning_curve` and
-:func:`aff_app.simulate.simulate_trajectory` catch only their own specific
+:class:`Cancelled`: :func:`aff_app.gp.force.fit_force_model`,
+:func:`aff_app.workflows.training.train_model`, :func:`aff_app.workflows.learning.learning_curve` and
+:func:`aff_app.io.simulate.simulate_trajectory` catch only their own specific
 errors, so the exception leaves them untouched and nothing half-made is
 returned. :class:`CancelToken` is the flag such a callback checks;
 :func:`cancellable` wraps a callback so that it checks one.

@@ -45,10 +45,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aff_app.budget import estimate_cost  # noqa: E402
-from aff_app.models import fit_force_model  # noqa: E402
-from aff_app.models.force import _cholesky_inplace  # noqa: E402
-from aff_app.peer import check_sgdml_fits, run_sgdml, sgdml_predict, write_sgdml_dataset  # noqa: E402
+from aff_app.gp.budget import estimate_cost  # noqa: E402
+from aff_app.gp import fit_force_model  # noqa: E402
+from aff_app.gp.force import _cholesky_inplace  # noqa: E402
+from aff_app.peers.sgdml import check_sgdml_fits, run_sgdml, sgdml_predict, write_sgdml_dataset  # noqa: E402
 from aff_app.symmetry import detect_symmetry  # noqa: E402
 
 MD17 = ROOT.parent / "shared" / "data" / "md17"
@@ -71,7 +71,7 @@ def _time_inplace_cholesky(mats, parallel: bool, repeats: int = 1) -> float:
     """
     from threadpoolctl import threadpool_limits
 
-    from aff_app.kernels import parallel_map
+    from aff_app.gp.kernels import parallel_map
 
     bufs = [np.empty_like(A) for A in mats]
     best = np.inf

@@ -26,8 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aff_app.models.energy import fit_energy_model  # noqa: E402
-from aff_app.models.force import fit_force_model  # noqa: E402
+from aff_app.gp.energy import fit_energy_model  # noqa: E402
+from aff_app.gp.force import fit_force_model  # noqa: E402
 from diag_lam_check import reproduction_split  # noqa: E402  (this folder: the script's own)
 
 

@@ -7,10 +7,10 @@ the memory budget first, and refused points are listed with a note.
 
 import streamlit as st
 
-from aff_app import figures_compare as figc
-from aff_app import learning
+from aff_app.figures import compare as figc
+from aff_app.workflows import learning
 from aff_app.cancel import Cancelled
-from aff_app.session_models import MODE_LABELS
+from aff_app.workflows.registry import MODE_LABELS
 from aff_app.ui import data_widgets as dw
 from aff_app.ui import jobs
 from aff_app.ui import model_widgets as mw

@@ -1,13 +1,13 @@
 """Covariance page (the paper's Fig. 1): the force covariance the kernel implies, per PE set, and in the data.
 
-Thin: widgets -> aff_app.covariance (cached) -> aff_app.figures_covariance -> render.
+Thin: widgets -> aff_app.gp.covariance (cached) -> aff_app.figures.covariance -> render.
 """
 
 import streamlit as st
 
-from aff_app import covariance as cov
-from aff_app import figures_covariance as fc
-from aff_app.figures_symmetry import set_rows
+from aff_app.gp import covariance as cov
+from aff_app.figures import covariance as fc
+from aff_app.figures.symmetry import set_rows
 from aff_app.ui import state
 from aff_app.ui import symmetry_widgets as sw
 

@@ -6,8 +6,8 @@ Thin: widgets -> aff_app library -> render. The loaded trajectory lives in
 
 import streamlit as st
 
-from aff_app import data as data_lib
-from aff_app import simulate
+from aff_app.io import files as data_lib
+from aff_app.io import simulate
 from aff_app.cancel import Cancelled
 from aff_app.ui import data_widgets as dw
 from aff_app.ui import jobs, state

@@ -9,8 +9,8 @@ import numpy as np
 import streamlit as st
 from ase.data import chemical_symbols
 
-from aff_app import figures_predictions as figp
-from aff_app.predictions import energy_csv, predictions_csv, predictions_extxyz
+from aff_app.figures import predictions as figp
+from aff_app.workflows.predictions import energy_csv, predictions_csv, predictions_extxyz
 from aff_app.ui import data_widgets as dw
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
@@ -61,7 +61,7 @@ if recorded:
     n_test, seed = len(recorded), int(entry.seed or 0)
     frames_note = f"the {n_test} test frames drawn when it was trained (never used for training)"
 else:
-    from aff_app.training import training_positions_mask
+    from aff_app.workflows.training import training_positions_mask
 
     pool = int((~training_positions_mask(entry.force, traj)).sum())
     if pool == 0:

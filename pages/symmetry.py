@@ -7,8 +7,8 @@ the Covariance and Train pages use.
 
 import streamlit as st
 
-from aff_app import covariance as cov
-from aff_app import figures_symmetry as fs
+from aff_app.gp import covariance as cov
+from aff_app.figures import symmetry as fs
 from aff_app.symmetry import SymmetryError, cycle_notation
 from aff_app.ui import data_widgets as dw
 from aff_app.ui import state

@@ -8,12 +8,12 @@ the memory budget is refused there. Trained models live in the session's
 
 import streamlit as st
 
-from aff_app import covariance as cov
-from aff_app import learning
-from aff_app.budget import ComputeBudgetError, check_budget, default_budget_bytes
+from aff_app.gp import covariance as cov
+from aff_app.workflows import learning
+from aff_app.gp.budget import ComputeBudgetError, check_budget, default_budget_bytes
 from aff_app.cancel import Cancelled
-from aff_app.session_models import MODE_LABELS, default_name, load_model_bytes, model_bytes
-from aff_app.training import check_atoms_match
+from aff_app.workflows.registry import MODE_LABELS, default_name, load_model_bytes, model_bytes
+from aff_app.workflows.training import check_atoms_match
 from aff_app.ui import data_widgets as dw
 from aff_app.ui import jobs
 from aff_app.ui import model_widgets as mw

@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aff_app.simulate import simulate_trajectory, write_sample  # noqa: E402
+from aff_app.io.simulate import simulate_trajectory, write_sample  # noqa: E402
 
 #: The committed samples: file stem -> keyword arguments of simulate_trajectory.
 SAMPLES = {
@@ -36,7 +36,7 @@ COMMON = dict(temperature_K=300.0, timestep_fs=0.5)
 
 def _fd_check(traj, frame: int = -1, h: float = 1e-3) -> float:
     """Largest |F + dE/dR| (kcal/mol/Å) on one frame, central differences with the same calculator."""
-    from aff_app.simulate import _make_calculator
+    from aff_app.io.simulate import _make_calculator
     from aff_app.units import energy_factor
     from ase import Atoms
 

@@ -3,7 +3,7 @@ cancellation, and shared caches that hold only immutable, content-keyed objects.
 
 Every failing case starts from a session holding the benzene sample and one trained model (M = 20, fixed γ
 and λ) and checks that both are still there afterwards. Expected messages are the library's own: each test
-asks ``aff_app.data.load_trajectory`` for the error of the same bytes and looks for that text in the page.
+asks ``aff_app.io.files.load_trajectory`` for the error of the same bytes and looks for that text in the page.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from aff_app import data as data_lib
-from aff_app import learning, training
-from aff_app.budget import estimate_cost
+from aff_app.io import files as data_lib
+from aff_app.workflows import learning
+from aff_app.workflows import training
+from aff_app.gp.budget import estimate_cost
 from aff_app.cancel import Cancelled, CancelToken, cancellable
-from aff_app.models.energy import fit_energy_model
-from aff_app.session_models import ModelRegistry
+from aff_app.gp.energy import fit_energy_model
+from aff_app.workflows.registry import ModelRegistry
 from aff_app.ui import jobs, state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -486,7 +487,7 @@ def test_shared_caches_hold_only_immutable_content_keyed_objects():
 
 
 def test_cancelled_simulation_keeps_the_loaded_data(monkeypatch):
-    from aff_app import simulate
+    from aff_app.io import simulate
 
     def fake_simulation(*args, progress=None, **kwargs):
         progress(0.1, "relaxing")

@@ -195,10 +195,10 @@ def test_simulate_water_replaces_the_data_set():
 
 
 def test_upload_over_the_size_limit_is_refused_with_the_numbers(monkeypatch):
-    import aff_app.data
+    import aff_app.io.files
 
     at = _app()  # opens the default sample before the limit shrinks
-    monkeypatch.setattr(aff_app.data, "MAX_UPLOAD_MB", 1)
+    monkeypatch.setattr(aff_app.io.files, "MAX_UPLOAD_MB", 1)
     at.run()  # the uploader is rebuilt with the new limit (a new max_upload_size resets it)
     raw, _, _ = _water_extxyz(2)
     big = raw + b" " * (1024 * 1024)  # 1.x MB of otherwise valid extxyz
@@ -211,7 +211,7 @@ def test_upload_over_the_size_limit_is_refused_with_the_numbers(monkeypatch):
 
 @pytest.mark.parametrize("fmt", ["extxyz", "npz"])
 def test_downloads_round_trip_through_the_loader(fmt):
-    from aff_app.data import load_trajectory
+    from aff_app.io.files import load_trajectory
     from aff_app.ui import data_widgets
 
     at = _app()

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from aff_app import training
-from aff_app.budget import ComputeBudgetError, estimate_cost
-from aff_app.covariance import format_flops
-from aff_app.models.energy import fit_energy_model
-from aff_app.models.force import FactorizationError
-from aff_app.session_models import ModelRegistry, model_bytes
+from aff_app.workflows import training
+from aff_app.gp.budget import ComputeBudgetError, estimate_cost
+from aff_app.gp.covariance import format_flops
+from aff_app.gp.energy import fit_energy_model
+from aff_app.gp.force import FactorizationError
+from aff_app.workflows.registry import ModelRegistry, model_bytes
 from aff_app.ui import state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("fresh_streamlit_cache")
 
 @lru_cache(maxsize=None)
 def _traj(name: str = "benzene"):
-    from aff_app.data import load_trajectory
+    from aff_app.io.files import load_trajectory
 
     return load_trajectory(REPO / "sample_data" / f"{name}.npz")
 

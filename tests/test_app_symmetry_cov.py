@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from aff_app import figures_symmetry as fs
+from aff_app.figures import symmetry as fs
 from aff_app.symmetry import SymmetryInfo
 from aff_app.ui import state
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("fresh_streamlit_cache")
 @lru_cache(maxsize=1)
 def _benzene():
     """The bundled benzene sample (as the Data page opens it), or the shared rMD17 file when it is absent."""
-    from aff_app.data import load_trajectory
+    from aff_app.io.files import load_trajectory
 
     path = REPO / "sample_data" / "benzene.npz"
     if not path.is_file():
@@ -224,7 +224,7 @@ def test_covariance_page_renders_three_symmetric_heatmaps():
     F = _benzene().F.reshape(_benzene().n_frames, -1)
     np.testing.assert_allclose(_z(empirical["data"][0]), np.corrcoef(F.T), atol=1e-9)
     # default γ: the median descriptor distance
-    from aff_app.covariance import default_gamma
+    from aff_app.gp.covariance import default_gamma
 
     assert at.number_input(key=state.COV_GAMMA).value == pytest.approx(default_gamma(_benzene().R))
     assert not at.error

@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 from ase import units as aseu
 
-from aff_app import cli, data, units
-from aff_app.data import DataError, load_trajectory
-from aff_app.models.force import ForceModel, ModelError, fit_force_model
-from aff_app.trajectory import Trajectory
-from aff_app.validation import (
+from aff_app import cli, units
+from aff_app.io import files as data
+from aff_app.io.files import DataError, load_trajectory
+from aff_app.gp.force import ForceModel, ModelError, fit_force_model
+from aff_app.io.trajectory import Trajectory
+from aff_app.io.validation import (
     MAX_ATOMS,
     UNIT_RATIO_TOLERANCE,
     check_unit_consistency,
@@ -210,7 +211,7 @@ def test_nonfinite_drop_keeps_the_rest_and_records_them(tmp_path, shared_data):
 
 
 def test_single_frame_refused_at_training_with_a_message(shared_data, tmp_path, capsys):
-    from aff_app.training import SplitError, train_model
+    from aff_app.workflows.training import SplitError, train_model
 
     one = load_trajectory(shared_data / "uracil.npz", frames="0")
     with pytest.raises(SplitError, match=r"1"):
@@ -350,7 +351,7 @@ def test_cli_json_never_holds_nan(monkeypatch, capsys):
 
 
 def test_search_not_converged_warning():
-    from aff_app.commands_model import _search_warnings
+    from aff_app.cli.model import _search_warnings
 
     hyper = {"converged": False, "history": [[0.1, 1e-6, -5.0], [0.3, 1e-6, -3.0], [0.9, 1e-7, -1.0]]}
     (w,) = _search_warnings(hyper, 0.9, 1e-7)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from aff_app import cli
-from aff_app.data import load_trajectory
+from aff_app.io.files import load_trajectory
 
 
 def _run(args, cwd):
@@ -100,7 +100,7 @@ def test_register_adds_a_command(capsys, monkeypatch):
 
 
 def test_simulate_tiny_benzene_run(repo_root, tmp_path):
-    """Five GFN2-xTB steps of benzene written as an sGDML file (needs aff_app.simulate and tblite)."""
+    """Five GFN2-xTB steps of benzene written as an sGDML file (needs aff_app.io.simulate and tblite)."""
     dest = tmp_path / "benzene.npz"
     proc = _run(["simulate", "benzene", "--steps", "5", "--equilibration", "0", "--seed", "1",
                  "--out", str(dest), "--json"], repo_root)

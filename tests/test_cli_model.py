@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from aff_app import cli
-from aff_app.data import load_trajectory
-from aff_app.models import ForceModel
+from aff_app.io.files import load_trajectory
+from aff_app.gp import ForceModel
 
 # uracil hyperparameters near the profile-likelihood optimum at M ≈ 50 (fixed: the search is not the point here)
 FIXED = ["--gamma", "4.5", "--lam", "1e-8"]

@@ -1,12 +1,12 @@
-"""aff_app.covariance: Fig. 1 matrices (kernel, per PE set, empirical) and the cost comparison."""
+"""aff_app.gp.covariance: Fig. 1 matrices (kernel, per PE set, empirical) and the cost comparison."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from aff_app import covariance as cov
-from aff_app.kernels import force_covariance
+from aff_app.gp import covariance as cov
+from aff_app.gp.kernels import force_covariance
 
 
 def _molecule(n_frames: int = 6, seed: int = 0):
@@ -106,7 +106,7 @@ def test_empirical_correlation_of_a_constant_component_is_zero():
 
 
 def test_default_gamma_is_the_median_descriptor_distance():
-    from aff_app.descriptors import inverse_distances
+    from aff_app.gp.descriptors import inverse_distances
 
     R, _ = _molecule(n_frames=12)
     D = inverse_distances(R)

@@ -12,8 +12,8 @@ from ase import units as aseu
 from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from aff_app import data
-from aff_app.data import (
+from aff_app.io import files as data
+from aff_app.io.files import (
     DataError,
     FrameSelectionError,
     LabelSetError,
@@ -30,7 +30,7 @@ from aff_app.data import (
     write_sgdml_npz,
     write_trajectory,
 )
-from aff_app.trajectory import Trajectory
+from aff_app.io.trajectory import Trajectory
 from aff_app.units import UnitError
 
 KCAL_MOL_IN_EV = aseu.kcal / aseu.mol  # 1 kcal/mol in eV (≈ 0.0434)
@@ -200,7 +200,7 @@ def test_unknown_unit_in_file_names_the_file(tmp_path, small):
 
 
 def test_missing_force_key_loads_view_only(tmp_path, small):
-    # issue 6: half a label set loads for viewing (aff_app.validation's report says it cannot train)
+    # issue 6: half a label set loads for viewing (aff_app.io.validation's report says it cannot train)
     path = tmp_path / "x.npz"
     np.savez(path, z=small["z"], R=small["R"], E=small["E"])
     t = load_trajectory(path)
@@ -461,7 +461,7 @@ def test_supported_extensions_are_all_loadable():
 
 
 def test_sgdml_npz_keeps_generation_settings(tmp_path):
-    from aff_app.trajectory import Provenance
+    from aff_app.io.trajectory import Provenance
 
     rng = np.random.default_rng(3)
     traj = Trajectory(

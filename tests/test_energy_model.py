@@ -8,8 +8,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 from scipy.stats import binom, chi2
 
-from aff_app.kernels import energy_covariance, energy_force_covariance, force_covariance
-from aff_app.models import (
+from aff_app.gp.kernels import energy_covariance, energy_force_covariance, force_covariance
+from aff_app.gp import (
     EnergyModel,
     IntegratedEnergyModel,
     ModelError,
@@ -18,7 +18,7 @@ from aff_app.models import (
     fit_integrated_energy,
     load_energy_model,
 )
-from aff_app.models.energy import self_covariances
+from aff_app.gp.energy import self_covariances
 from aff_app.symmetry import find_permutations, pe_sets_from_permutations
 
 GAMMA, LAM, M_TRUE, S2_TRUE = 0.3, 1e-6, -50.0, 4.0

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from aff_app import figures
+from aff_app.figures import data as figures
 
 
 def _layout(fig) -> dict:

@@ -8,8 +8,8 @@ import numpy as np
 import plotly.io as pio
 import pytest
 
-from aff_app import figures_compare as figc
-from aff_app import figures_predictions as figp
+from aff_app.figures import compare as figc
+from aff_app.figures import predictions as figp
 
 
 def _spec(fig) -> dict:
@@ -139,7 +139,7 @@ def test_atom_colors_sequential_and_range():
 
 
 def test_force_comparison_html_two_arrow_colours_legend_and_offline():
-    pytest.importorskip("aff_app.viewer").threedmol_js()  # needs vendor/3dmol (scripts/setup.sh)
+    pytest.importorskip("aff_app.figures.viewer").threedmol_js()  # needs vendor/3dmol (scripts/setup.sh)
     z = np.array([8, 1, 1])
     R = np.array([[0.0, 0.0, 0.1], [0.0, 0.76, -0.48], [0.0, -0.76, -0.48]])
     Fr = np.array([[0.0, 0.0, 10.0], [0.0, 5.0, 0.0], [0.0, -5.0, 0.0]])

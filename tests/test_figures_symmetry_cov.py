@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from aff_app import figures_covariance as fc
-from aff_app import figures_symmetry as fs
+from aff_app.figures import covariance as fc
+from aff_app.figures import symmetry as fs
 
 BENZENE_Z = np.array([6] * 6 + [1] * 6)
 

@@ -7,10 +7,10 @@ import pytest
 from scipy.spatial.transform import Rotation
 from scipy.stats import binom
 
-from aff_app.budget import ComputeBudgetError
-from aff_app.kernels import force_covariance_sets
-from aff_app.models import FactorizationError, ForceModel, ModelError, fit_force_model
-from aff_app.models.force import loo_frame_residuals
+from aff_app.gp.budget import ComputeBudgetError
+from aff_app.gp.kernels import force_covariance_sets
+from aff_app.gp import FactorizationError, ForceModel, ModelError, fit_force_model
+from aff_app.gp.force import loo_frame_residuals
 from aff_app.symmetry import find_permutations, pe_sets_from_permutations
 
 
@@ -181,7 +181,7 @@ def test_lambda_refinement_is_a_full_fit_at_the_nugget_with_the_smaller_loo_erro
     off = fit_force_model(R, F, z, search_frames=50, search_fraction=0.0, refine_lam=False)
     assert off.lam == lam_search and off.info["lam_refine"] == {"method": None}
     # no room for the probe's kernel copy: the search's λ, and the reason
-    from aff_app.budget import estimate_cost
+    from aff_app.gp.budget import estimate_cost
     tight = estimate_cost(200, [1] * 12).peak_bytes + 1000
     squeezed = fit_force_model(R, F, z, search_frames=50, search_fraction=0.0, budget_bytes=tight)
     assert squeezed.lam == lam_search and "memory budget" in squeezed.info["lam_refine"]["skipped"]
@@ -209,7 +209,7 @@ def test_fit_without_kept_factors_equals_the_fit_with_them(shared_data):
     np.testing.assert_allclose(a.mean, b.mean, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(a.std, b.std, rtol=1e-8, atol=1e-10)
     # and the budget counts one kernel, not twelve
-    from aff_app.budget import estimate_cost
+    from aff_app.gp.budget import estimate_cost
     one, all12 = estimate_cost(120, [1] * 12, keep_factors=False), estimate_cost(120, [1] * 12)
     assert all12.peak_bytes - one.peak_bytes >= 11 * 8 * 360**2
 
@@ -231,7 +231,7 @@ def test_progress_counts_each_pe_set_once_with_the_lambda_check(benzene):
 
 
 def test_lambda_check_probe_sets_are_the_smallest_within_flops_and_memory():
-    from aff_app.models.force import _probe_sets
+    from aff_app.gp.force import _probe_sets
 
     big = 10**15
     assert _probe_sets([300] * 12, True, 0, big) == [0, 1, 2]  # uracil: 3 of 12 equal sets, 25% of the flops
@@ -338,7 +338,7 @@ def test_bad_inputs_raise_model_errors(benzene):
 def test_blocked_cholesky_matches_lapack_and_restores_on_failure():
     import scipy.linalg
 
-    from aff_app.models.force import _blocked_cholesky, _cholesky_inplace
+    from aff_app.gp.force import _blocked_cholesky, _cholesky_inplace
 
     rng = np.random.default_rng(0)
     A = rng.normal(size=(700, 40))
@@ -363,7 +363,7 @@ def test_cholesky_reads_only_the_lower_triangle():
     """The fit builds only the lower triangle (mirror=False): garbage above must not matter."""
     import scipy.linalg
 
-    from aff_app.models.force import _blocked_cholesky, _cholesky_inplace
+    from aff_app.gp.force import _blocked_cholesky, _cholesky_inplace
 
     rng = np.random.default_rng(1)
     A = rng.normal(size=(500, 30))
@@ -378,7 +378,7 @@ def test_cholesky_reads_only_the_lower_triangle():
 
 
 def test_kernel_built_without_mirror_has_the_same_lower_triangle(benzene):
-    from aff_app.kernels import force_covariance_sets
+    from aff_app.gp.kernels import force_covariance_sets
 
     R, _, _, _ = benzene
     sets = [np.arange(6), np.arange(6, 12)]

@@ -22,8 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aff_app import cli, data, units
-from aff_app.trajectory import Trajectory
+from aff_app import cli, units
+from aff_app.io import files as data
+from aff_app.io.trajectory import Trajectory
 
 SETTINGS = dict(
     max_examples=500,
@@ -241,7 +242,7 @@ def cli_files(tmp_path_factory, valid_files) -> dict[str, str]:
     files["junk"] = str(folder / "junk.npz")
     (folder / "empty.extxyz").write_bytes(b"")
     files["empty"] = str(folder / "empty.extxyz")
-    from aff_app.models.force import fit_force_model
+    from aff_app.gp.force import fit_force_model
 
     t = _water_frames()
     fit_force_model(t.R, t.F, t.z, mode="gdml", gamma=0.5, lam=1e-6).save(folder / "model.npz")

@@ -5,9 +5,9 @@ import threading
 import numpy as np
 import pytest
 
-from aff_app._lapack_nogil import eig_projected
-from aff_app.hyper import LAMBDA_GRID_REL, _spectra, parabolic_refine_max, profile_loglik
-from aff_app.kernels import force_covariance_sets, parallel_map
+from aff_app.gp._lapack_nogil import eig_projected
+from aff_app.gp.hyper import LAMBDA_GRID_REL, _spectra, parabolic_refine_max, profile_loglik
+from aff_app.gp.kernels import force_covariance_sets, parallel_map
 
 
 def _kernel_and_labels(n_frames=40, seed=0):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from aff_app.descriptors import descriptor_jacobian, inverse_distances, pair_indices
-from aff_app.kernels import (
+from aff_app.gp.descriptors import descriptor_jacobian, inverse_distances, pair_indices
+from aff_app.gp.kernels import (
     force_covariance_sets,
     energy_covariance,
     energy_force_covariance,
@@ -155,7 +155,7 @@ def test_matern_value_at_zero_and_decay():
 
 
 def test_fused_assembly_equals_numpy_reference(monkeypatch):
-    import aff_app.kernels as kern
+    import aff_app.gp.kernels as kern
 
     if kern._assemble is None:
         pytest.fail("numba is a pinned requirement: the fused assembly must be available")
@@ -171,7 +171,7 @@ def test_fused_assembly_equals_numpy_reference(monkeypatch):
 
 @pytest.mark.parametrize("chunk_bytes", [1, 2**30])
 def test_symmetric_half_build_equals_full_build(chunk_bytes):
-    from aff_app.kernels import Geometry
+    from aff_app.gp.kernels import Geometry
 
     R = _frames(9, 6, seed=10)
     perms = np.array([[0, 1, 2, 3, 4, 5], [1, 0, 2, 3, 5, 4]])
@@ -188,8 +188,8 @@ def test_symmetric_half_build_equals_full_build(chunk_bytes):
 def test_one_set_at_a_time_into_a_reused_buffer_equals_the_one_pass_build(monkeypatch, numpy_path):
     # the fit's lean path: each set built alone into the front of one stale buffer (the first
     # permutation writes, the others add: nothing is zeroed), the pair coefficients shared
-    import aff_app.kernels as kern
-    from aff_app.kernels import CoefficientCache, Geometry
+    import aff_app.gp.kernels as kern
+    from aff_app.gp.kernels import CoefficientCache, Geometry
 
     monkeypatch.setattr(kern, "_FORCE_NUMPY", numpy_path)
     R = _frames(9, 6, seed=12)
@@ -216,7 +216,7 @@ def test_one_set_at_a_time_into_a_reused_buffer_equals_the_one_pass_build(monkey
 
 
 def test_out_buffers_are_checked():
-    from aff_app.kernels import Geometry
+    from aff_app.gp.kernels import Geometry
 
     G = Geometry.from_positions(_frames(3, 4, seed=13))
     with pytest.raises(ValueError, match="C-ordered float64 with 81 elements"):

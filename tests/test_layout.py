@@ -64,7 +64,7 @@ def test_app_routes_with_st_navigation_to_existing_pages():
 
 
 def test_upload_limit_in_config_matches_library():
-    from aff_app.data import MAX_UPLOAD_MB
+    from aff_app.io.files import MAX_UPLOAD_MB
 
     config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
     assert config["server"]["maxUploadSize"] == MAX_UPLOAD_MB

@@ -1,4 +1,4 @@
-"""Held-out predictions (aff_app.predictions) and learning curves (aff_app.learning) on real rMD17 uracil.
+"""Held-out predictions (aff_app.workflows.predictions) and learning curves (aff_app.workflows.learning) on real rMD17 uracil.
 
 Tiny sizes (M = 20, 40) and fixed γ, λ keep every fit well under a second.
 """
@@ -11,10 +11,12 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from aff_app import learning, metrics, training
-from aff_app.budget import estimate_cost
-from aff_app.models.energy import fit_energy_model
-from aff_app.predictions import (
+from aff_app.workflows import learning
+from aff_app.workflows import metrics
+from aff_app.workflows import training
+from aff_app.gp.budget import estimate_cost
+from aff_app.gp.energy import fit_energy_model
+from aff_app.workflows.predictions import (
     CALIBRATION_LEVELS,
     energy_csv,
     predict_held_out,
@@ -29,7 +31,7 @@ GAMMA, LAM = 4.0, 1e-8
 
 @lru_cache(maxsize=1)
 def _uracil(path: str):
-    from aff_app.data import load_trajectory
+    from aff_app.io.files import load_trajectory
 
     return load_trajectory(path, frames=":1000")
 
@@ -135,7 +137,7 @@ def test_calibration_is_monotone_and_equals_the_metric(uracil, fitted):
 
 def test_other_data_draws_seeded_frames_outside_training(uracil, fitted, shared_data):
     m, _ = fitted
-    from aff_app.data import load_trajectory
+    from aff_app.io.files import load_trajectory
 
     # the same file with another frame selection: another fingerprint, so no recorded test frames apply
     sub = load_trajectory(shared_data / "uracil.npz", frames=":400")
@@ -217,7 +219,7 @@ def test_learning_curve_points_match_a_direct_fit(uracil, trivial_sym):
     rows = learning.learning_curve(uracil, ["aff"], [20], n_test=15, seed=2, symmetry=trivial_sym,
                                    gamma=GAMMA, lam=LAM, with_energy=False)
     test, train = learning.learning_split(uracil.n_frames, [20], 15, seed=2)
-    from aff_app.models.force import fit_force_model
+    from aff_app.gp.force import fit_force_model
 
     fm = fit_force_model(uracil.R[train[20]], uracil.F[train[20]], uracil.z, mode="aff",
                          pe_sets=list(trivial_sym.pe_sets), perms=trivial_sym.perms, gamma=GAMMA, lam=LAM)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from aff_app.metrics import (
+from aff_app.workflows.metrics import (
     MetricError,
     breakdown,
     coverage,
@@ -20,8 +20,8 @@ from aff_app.metrics import (
     pci,
     rmse,
 )
-from aff_app.models import ForcePrediction
-from aff_app.models.energy import EnergyPrediction
+from aff_app.gp import ForcePrediction
+from aff_app.gp.energy import EnergyPrediction
 
 
 def test_mae_and_rmse_by_hand():

@@ -1,4 +1,4 @@
-"""The peer helpers (aff_app.peer): sGDML datasets, memory/time pre-checks, log parsing, a missing package.
+"""The peer helpers (aff_app.peers.sgdml): sGDML datasets, memory/time pre-checks, log parsing, a missing package.
 
 The package itself (sgdml 1.0.3, requirements-peer.txt) is optional: the tests
 that need it skip when it is not installed; the others run everywhere.
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aff_app import peer
-from aff_app.peer import (
+from aff_app.peers import sgdml as peer
+from aff_app.peers.sgdml import (
     PeerError,
     PeerRun,
     PeerUnavailableError,
@@ -192,7 +192,7 @@ def test_importing_the_package_leaves_no_torch_chatter_on_stderr():
     # sgdml's logging set-up made torch announce each kernel DSL it registers at INFO
     # ("Successfully registered DSL: triton"): noise at the top of every reproduction log
     _need("sgdml.predict")
-    code = "from aff_app.peer import require_sgdml; require_sgdml('sgdml.predict')"
+    code = "from aff_app.peers.sgdml import require_sgdml; require_sgdml('sgdml.predict')"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parents[1])
     assert run.returncode == 0, run.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""The reproduction (aff_app.reproduce), its figures (aff_app.figures_reproduce) and the `reproduce` command.
+"""The reproduction (aff_app.reproduce.run), its figures (aff_app.figures.reproduce) and the `reproduce` command.
 
 One tiny real run is shared by most tests: uracil from ../shared/data/md17,
 both label sets, AFF at M = 30 and 60, our GDML at M = 30, fixed force γ/λ
@@ -14,12 +14,12 @@ import plotly.graph_objects as go
 import pytest
 
 from aff_app import cli
-from aff_app import figures_reproduce as fr
-from aff_app import peer
-from aff_app.data import load_trajectory
-from aff_app.metrics import force_report
-from aff_app.models import fit_force_model
-from aff_app.reproduce import (
+from aff_app.figures import reproduce as fr
+from aff_app.peers import sgdml as peer
+from aff_app.io.files import load_trajectory
+from aff_app.workflows.metrics import force_report
+from aff_app.gp import fit_force_model
+from aff_app.reproduce.run import (
     METHOD_AFF,
     METHOD_GDML,
     METHOD_PEER,

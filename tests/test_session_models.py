@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aff_app import training
-from aff_app.models.energy import EnergyModel, IntegratedEnergyModel, fit_energy_model, fit_integrated_energy
-from aff_app.models.force import ForceModel, ModelError
-from aff_app.session_models import (
+from aff_app.workflows import training
+from aff_app.gp.energy import EnergyModel, IntegratedEnergyModel, fit_energy_model, fit_integrated_energy
+from aff_app.gp.force import ForceModel, ModelError
+from aff_app.workflows.registry import (
     ROW_COLUMNS,
     ModelRegistry,
     RegistryError,
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @lru_cache(maxsize=1)
 def _benzene():
-    from aff_app.data import load_trajectory
+    from aff_app.io.files import load_trajectory
 
     return load_trajectory(REPO / "sample_data" / "benzene.npz")
 
@@ -153,7 +153,7 @@ def test_integrated_energy_bytes_round_trip():
 
 
 def test_energy_model_of_another_molecule_is_refused():
-    from aff_app.data import load_trajectory
+    from aff_app.io.files import load_trajectory
 
     eth = load_trajectory(REPO / "sample_data" / "ethanol.npz")
     me = training.train_model(eth, model="aff", n_train=5, n_test=2, gamma=4.0, lam=1e-8)

@@ -1,4 +1,4 @@
-"""GFN2-xTB sample trajectories (aff_app.simulate) and the committed sample_data/ files."""
+"""GFN2-xTB sample trajectories (aff_app.io.simulate) and the committed sample_data/ files."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from aff_app import simulate
-from aff_app.simulate import (
+from aff_app.io import simulate
+from aff_app.io.simulate import (
     CalculatorError,
     SimulationError,
     list_molecules,
     simulate_trajectory,
     write_sample,
 )
-from aff_app.trajectory import Trajectory
+from aff_app.io.trajectory import Trajectory
 from aff_app.units import energy_factor
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from aff_app.data import load_trajectory
-from aff_app.session_models import ModelRegistry
+from aff_app.io.files import load_trajectory
+from aff_app.workflows.registry import ModelRegistry
 from aff_app.ui import state
 
 REPO = Path(__file__).resolve().parents[1]

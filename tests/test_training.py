@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aff_app.budget import ComputeBudgetError
-from aff_app.data import load_trajectory
+from aff_app.gp.budget import ComputeBudgetError
+from aff_app.io.files import load_trajectory
 from aff_app.symmetry import SymmetryInfo
-from aff_app.trajectory import Trajectory
-from aff_app.training import (
+from aff_app.io.trajectory import Trajectory
+from aff_app.workflows.training import (
     AtomsMismatchError,
     SplitError,
     TrainTestOverlapError,

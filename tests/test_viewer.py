@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from aff_app import viewer
+from aff_app.figures import viewer
 
 # water, Å
 Z = np.array([8, 1, 1])

@@ -33,7 +33,7 @@ import streamlit as st
 
 from aff_app.cancel import Cancelled, CancelToken
 
-from . import state
+from aff_app.ui import state
 
 Progress = Callable[[float, str], None]
 

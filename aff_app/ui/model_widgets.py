@@ -1,6 +1,6 @@
 """Streamlit helpers of the Train, Predictions and Compare pages: the session's models and their predictions.
 
-* :func:`get_registry` — the session's :class:`aff_app.session_models.ModelRegistry`.
+* :func:`get_registry` — the session's :class:`aff_app.workflows.registry.ModelRegistry`.
 * :func:`require_models` — like ``state.require_trajectory``: the models that
   fit the loaded molecule, or a pointer to the Train page and ``st.stop()``.
 * :func:`train_and_register` — train (force, energy), evaluate on the held-out
@@ -23,18 +23,19 @@ from typing import Any, Callable
 import numpy as np
 import streamlit as st
 
-from aff_app import metrics, training
-from aff_app.budget import ComputeBudgetError
+from aff_app.workflows import metrics
+from aff_app.workflows import training
+from aff_app.gp.budget import ComputeBudgetError
 from aff_app.cancel import CancelToken
-from aff_app.metrics import MetricError
-from aff_app.models.energy import fit_energy_model, fit_integrated_energy
-from aff_app.models.force import FactorizationError, ModelError
-from aff_app.predictions import HeldOut, predict_held_out
-from aff_app.session_models import ModelRegistry, RegistryError, TrainedModel
+from aff_app.workflows.metrics import MetricError
+from aff_app.gp.energy import fit_energy_model, fit_integrated_energy
+from aff_app.gp.force import FactorizationError, ModelError
+from aff_app.workflows.predictions import HeldOut, predict_held_out
+from aff_app.workflows.registry import ModelRegistry, RegistryError, TrainedModel
 from aff_app.symmetry import SymmetryError, SymmetryInfo
-from aff_app.trajectory import Trajectory
+from aff_app.io.trajectory import Trajectory
 
-from . import jobs, state
+from aff_app.ui import jobs, state
 
 #: Failures of a training or evaluation request that the pages turn into ``st.error``.
 EXPECTED_ERRORS = (
@@ -227,7 +228,7 @@ def band_chart(x, ref, mean, lo, hi, *, key: str, **kwargs) -> None:
     Frames with a NaN/inf prediction are left out (the figure refuses them) and
     a caption says how many; with none left, an info box instead of the chart.
     """
-    from aff_app import figures_predictions as figp
+    from aff_app.figures import predictions as figp
 
     arrays = [np.asarray(a, dtype=float) for a in (ref, mean, lo, hi)]
     ok = np.logical_and.reduce([np.isfinite(a) for a in arrays])
@@ -245,7 +246,7 @@ def held_calibration(held: HeldOut, kind: str = "latent") -> dict:
     try:
         return held.calibration(kind=kind)
     except MetricError:
-        from aff_app.predictions import CALIBRATION_LEVELS
+        from aff_app.workflows.predictions import CALIBRATION_LEVELS
 
         levels = [float(x) for x in CALIBRATION_LEVELS]
         return {"levels": levels, "force": [float("nan")] * len(levels), "energy": None}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from aff_app.trajectory import Trajectory
+from aff_app.io.trajectory import Trajectory
 
 # -- app-wide state -------------------------------------------------------------------
 #: The loaded ``Trajectory`` (replaced only when a new load succeeds).
@@ -160,9 +160,9 @@ TRAIN_PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "train.py")
 PREDICTIONS_PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "predictions.py")
 COMPARE_PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "compare.py")
 # -- shared model state ----------------------------------------------------------------------------
-#: The session's ``aff_app.session_models.ModelRegistry`` (read with ``model_widgets.get_registry()``).
+#: The session's ``aff_app.workflows.registry.ModelRegistry`` (read with ``model_widgets.get_registry()``).
 MODELS = "models"
-#: ``{(model uid, data fingerprint, n_test, seed): aff_app.predictions.HeldOut}`` (read-only arrays).
+#: ``{(model uid, data fingerprint, n_test, seed): aff_app.workflows.predictions.HeldOut}`` (read-only arrays).
 HELD_OUT = "held_out"
 #: ``(level, message)`` or a list of them: the last train/upload/rename outcome, shown after the rerun it triggers.
 TRAIN_NOTICE = "train_notice"

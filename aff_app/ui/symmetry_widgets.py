@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from aff_app import covariance as cov
+from aff_app.gp import covariance as cov
 from aff_app.symmetry import SymmetryError, SymmetryInfo, detect_symmetry, parse_pe_sets, user_symmetry
-from aff_app.trajectory import Trajectory
+from aff_app.io.trajectory import Trajectory
 
-from . import state
+from aff_app.ui import state
 
 #: Defaults of the detection (the Symmetry page's initial settings).
 DEFAULT_METHOD = "data"

@@ -1,0 +1,134 @@
+"""Figures comparing models (Compare page; the paper's Fig. 3 and Fig. 5): pure builders, no Streamlit.
+
+Input: the rows of ``aff_app.workflows.learning.learning_curve`` (one dict per model and
+training size M). Rows whose status is not 'ok', and values that are None or
+not finite, are left out of the plots (the page lists them in a table with a
+note instead).
+
+* :func:`learning_curve_figure` — Fig. 3: force MAE and training time against
+  M, both log–log, one colour per model; a third panel with the energy MAE
+  when any row has one.
+* :func:`uncertainty_figure` — Fig. 5: L_norm (mean 95% interval length over
+  the range of the held-out forces, bars) and Δp = 0.95 − PCI (lines, right
+  axis) against M.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from aff_app.units import ENERGY_UNIT, FORCE_UNIT
+
+__all__ = ["MODEL_COLORS", "MODEL_SYMBOLS", "usable_rows", "learning_curve_figure", "uncertainty_figure"]
+
+#: Okabe–Ito colours, one per model (colour-blind safe), and marker symbols as a second cue.
+MODEL_COLORS = {"AFF": "#0072B2", "GDML": "#E69F00", "sGDML": "#009E73"}
+MODEL_SYMBOLS = {"AFF": "circle", "GDML": "square", "sGDML": "diamond"}
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def usable_rows(rows: Sequence[dict], key: str, *, positive: bool = False) -> dict[str, tuple[list, list]]:
+    """``{model: (Ms, values)}`` of the 'ok' rows with a finite ``key`` (and > 0 when ``positive``), M ascending."""
+    out: dict[str, list] = {}
+    for r in rows:
+        if r.get("status", "ok") != "ok" or not _finite(r.get(key)):
+            continue
+        v = float(r[key])
+        if positive and v <= 0:
+            continue
+        out.setdefault(r["model"], []).append((int(r["M"]), v))
+    return {m: ([p[0] for p in sorted(pts)], [p[1] for p in sorted(pts)]) for m, pts in out.items()}
+
+
+def _color(model: str) -> str:
+    return MODEL_COLORS.get(model, "#555555")
+
+
+def learning_curve_figure(rows: Sequence[dict], *, title: str | None = None, height: int = 400) -> go.Figure:
+    """Fig. 3: force MAE, training time (and energy MAE) against M, log–log.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        ``learning_curve`` rows (keys ``model``, ``M``, ``status``,
+        ``force_mae``, ``train_s``, ``energy_mae``).
+
+    Returns
+    -------
+    go.Figure
+        One panel per quantity; one trace per model and panel; legend shows
+        each model once.
+    """
+    panels = [("force_mae", f"force MAE ({FORCE_UNIT})", "Force error"),
+              ("train_s", "training time (s)", "Training time")]
+    if usable_rows(rows, "energy_mae", positive=True):
+        panels.insert(1, ("energy_mae", f"energy MAE ({ENERGY_UNIT})", "Energy error"))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[2] for p in panels],
+                        horizontal_spacing=0.09)
+    seen: set[str] = set()
+    for col, (key, ytitle, _) in enumerate(panels, start=1):
+        for model, (ms, vals) in usable_rows(rows, key, positive=True).items():
+            fig.add_trace(go.Scatter(
+                x=ms, y=vals, mode="lines+markers", name=model, legendgroup=model, showlegend=model not in seen,
+                line={"color": _color(model)}, marker={"symbol": MODEL_SYMBOLS.get(model, "circle"), "size": 8},
+                hovertemplate=f"{model}<br>M = %{{x}}<br>%{{y:.4g}} {ytitle.split('(')[-1].rstrip(')')}<extra></extra>",
+            ), row=1, col=col)
+            seen.add(model)
+        fig.update_xaxes(type="log", title_text="training frames M", row=1, col=col)
+        fig.update_yaxes(type="log", title_text=ytitle, dtick="D2", row=1, col=col)  # 1, 2, 5 per decade
+    fig.update_layout(
+        title={"text": title or "Learning curves: held-out error and training time against M (log–log)",
+               "x": 0.0, "xanchor": "left"},
+        height=height, margin={"l": 70, "r": 15, "t": 80, "b": 50},
+        legend={"title": {"text": "model"}, "orientation": "h", "yanchor": "bottom", "y": 1.08,
+                "xanchor": "right", "x": 1.0},
+    )
+    return fig
+
+
+def uncertainty_figure(rows: Sequence[dict], *, level: float = 0.95, title: str | None = None,
+                       height: int = 380) -> go.Figure:
+    """Fig. 5: L_norm (bars, left axis) and Δp = level − PCI (lines, right axis) against M.
+
+    M is drawn as categories (bars cannot sit on a log axis); each model has
+    its own colour, bars and lines alike.
+    """
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    pct = f"{level:.0%}"
+    ms_all = sorted({int(r["M"]) for r in rows if r.get("status", "ok") == "ok"})
+    cats = [str(m) for m in ms_all]
+    for model, (ms, vals) in usable_rows(rows, "l_norm").items():
+        fig.add_trace(go.Bar(
+            x=[str(m) for m in ms], y=vals, name=f"{model}: L_norm", legendgroup=model,
+            marker={"color": _color(model), "opacity": 0.55},
+            hovertemplate=f"{model}<br>M = %{{x}}<br>L_norm = %{{y:.3g}}<extra></extra>",
+        ), secondary_y=False)
+    for model, (ms, vals) in usable_rows(rows, "delta_p").items():
+        fig.add_trace(go.Scatter(
+            x=[str(m) for m in ms], y=vals, mode="lines+markers", name=f"{model}: Δp", legendgroup=model,
+            line={"color": _color(model), "width": 2}, marker={"symbol": MODEL_SYMBOLS.get(model, "circle"), "size": 8},
+            hovertemplate=f"{model}<br>M = %{{x}}<br>Δp = %{{y:.3f}}<extra></extra>",
+        ), secondary_y=True)
+    fig.add_hline(y=0.0, line={"color": "#444444", "width": 1, "dash": "dot"}, secondary_y=True)
+    fig.update_xaxes(title_text="training frames M", type="category", categoryorder="array", categoryarray=cats)
+    fig.update_yaxes(title_text=f"L_norm = LCI({pct}) / force range (fraction)", secondary_y=False, rangemode="tozero")
+    # own ticks (not synced to the bars' grid), zero marked: Δp < 0 means the intervals cover more than nominal
+    fig.update_yaxes(title_text=f"Δp = {level:.2f} − PCI({pct}) (fraction)", secondary_y=True, tickmode="auto",
+                     showgrid=False, tickformat="+.3f", zeroline=True)
+    fig.update_layout(
+        title={"text": title or f"Uncertainty: interval length relative to the force range (bars) and coverage gap (lines)",
+               "x": 0.0, "xanchor": "left"},
+        height=height, barmode="group", margin={"l": 70, "r": 70, "t": 80, "b": 50},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1.0},
+    )
+    return fig

@@ -1,0 +1,891 @@
+"""Force GPs: AFF (one GP per PE set) and GDML/sGDML (one set of all atoms).
+
+method.md "AFF force model": PE set i with l_i atoms stacks the forces of its
+atoms over the M training frames, F_i (3·M·l_i values, ordered frame, atom,
+component) and
+
+    F_i ~ N(0, σ_i² (R_i + λ I)),   σ̂_i² = F_iᵀ (R_i + λI)⁻¹ F_i / (3 M l_i)
+    mean at x*:  F̂_i(x*) = R_{*,i}ᵀ (R_i + λI)⁻¹ F_i
+    covariance:  σ̂_i² ( R_i(x*, x*) − R_{*,i}ᵀ (R_i + λI)⁻¹ R_{*,i} )
+
+γ and λ are shared by the sets. GDML = one set holding all atoms with the plain
+kernel; sGDML = the same with the PS kernel over the detected permutation group
+(method.md "Modes that fall out of the same code"). AFF uses the PS kernel over
+the group too (that is what makes predictions equivariant under swapping atoms
+of one PE set); with a trivial group it is the plain kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import scipy.linalg
+import scipy.special
+
+from aff_app import __version__
+from aff_app.gp.budget import check_budget, default_budget_bytes, estimate_cost
+from aff_app.gp.hyper import SearchResult, search
+from aff_app.gp.kernels import CoefficientCache, Geometry, force_covariance_sets, force_covariance_self
+
+MODES = ("aff", "gdml", "sgdml")
+#: Largest relative jitter tried when a Cholesky factorisation fails.
+MAX_JITTER_STEPS = 4
+#: Largest kernel side eigendecomposed during the hyperparameter search.
+MAX_SEARCH_SIDE = 2400
+#: Fewest frames the search uses when the permutation group is large.
+MIN_SEARCH_FRAMES = 30
+#: Fewest training frames whose exact leave-one-frame-out predictions calibrate σ̂² (calibrate='loo').
+LOO_FRAMES = 40
+#: The one smaller nugget the λ refinement tries (refine_lam=True): λ/16, 1.2 decades below the search's λ.
+LAM_REFINE_FACTOR = 1.0 / 16.0
+#: ... and uses it only when it lowers the leave-one-out error by more than this fraction (a
+#: finite-sample tie keeps the likelihood's λ: noisy labels gave differences of ±0.5%).
+LAM_REFINE_MIN_GAIN = 0.02
+#: The λ check judges on the smallest PE sets, at most this many ...
+LAM_REFINE_MAX_SETS = 3
+#: ... while their second factorisations cost at most this share of the fit's (at least one set).
+#: One set was a noisy judge: MD17 uracil, M = 1600, its smallest set showed a 0.1% gain with
+#: λ/16 while 11 of the 12 sets gained 1-10% and the test force MAE fell from 0.250 to 0.235.
+LAM_REFINE_FLOP_SHARE = 0.25
+
+Progress = Callable[[float, str], None]
+
+
+class ModelError(ValueError):
+    """Invalid model input or model file (the message says what and where)."""
+
+
+class FactorizationError(np.linalg.LinAlgError):
+    """Cholesky failed even after raising the jitter (message gives set, size and λ)."""
+
+
+def _noop(fraction: float, message: str) -> None:
+    return None
+
+
+@dataclass
+class ForcePrediction:
+    """Predicted forces with their uncertainty, in kcal/mol/Å.
+
+    Attributes
+    ----------
+    mean : ndarray, shape (B, N, 3)
+        Posterior mean force.
+    std : ndarray, shape (B, N, 3)
+        Posterior standard deviation of the *latent* (noise-free) force.
+    noise_var : ndarray, shape (N,)
+        σ̂_i² λ of each atom's set: the variance a new noisy observation adds.
+    cov : ndarray, shape (B, N, 3, 3) or None
+        Posterior 3×3 covariance of each atom's latent force.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    noise_var: np.ndarray
+    cov: np.ndarray | None = None
+
+    def std_observation(self) -> np.ndarray:
+        """Standard deviation of a new noisy observation, shape (B, N, 3)."""
+        return np.sqrt(self.std**2 + self.noise_var[None, :, None])
+
+    def interval(self, level: float = 0.95, *, kind: str = "latent") -> tuple[np.ndarray, np.ndarray]:
+        """Central interval at ``level`` (e.g. 0.95 → mean ± 1.96 sd).
+
+        kind : 'latent' (the force itself) or 'observation' (a new noisy label).
+        """
+        from scipy.special import ndtri  # Φ⁻¹; scipy.stats costs ~0.45 s to import
+
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must lie in (0, 1), got {level}")
+        if kind not in ("latent", "observation"):
+            raise ValueError(f"kind must be 'latent' or 'observation', got {kind!r}")
+        sd = self.std if kind == "latent" else self.std_observation()
+        h = ndtri(0.5 + level / 2.0) * sd
+        return self.mean - h, self.mean + h
+
+
+@dataclass
+class ForceModel:
+    """A fitted force GP (AFF, GDML or sGDML).
+
+    Attributes
+    ----------
+    mode : {'aff', 'gdml', 'sgdml'}
+    z : (N,) atomic numbers
+    R_train : (M, N, 3) training positions, Å
+    F_train : (M, N, 3) training forces, kcal/mol/Å
+    train_idx : (M,) frame indices in the source trajectory
+    pe_sets : list of int arrays (each set's atoms)
+    perms : (S, N) permutations averaged in the kernel (identity only = plain)
+    gamma : float, range in descriptor units (1/Å)
+    lam : float, nugget
+    sigma2 : (n_sets,) per-set variance σ̂_i², (kcal/mol)²
+    alpha : list of (3 M l_i,) arrays, (R_i + λI)⁻¹ F_i
+    jitter : list of float, extra diagonal added when a factorisation needed it
+    info : dict, provenance (data fingerprint, source, label set, version,
+        search result, timings)
+    """
+
+    mode: str
+    z: np.ndarray
+    R_train: np.ndarray
+    F_train: np.ndarray
+    train_idx: np.ndarray
+    pe_sets: list
+    perms: np.ndarray
+    gamma: float
+    lam: float
+    sigma2: np.ndarray
+    alpha: list
+    jitter: list
+    info: dict = field(default_factory=dict)
+    _chol: list | None = field(default=None, repr=False)
+    _geom: Geometry | None = field(default=None, repr=False)
+
+    # -- sizes -------------------------------------------------------------------
+    @property
+    def n_train(self) -> int:
+        return int(self.R_train.shape[0])
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.z.size)
+
+    @property
+    def atom_to_set(self) -> np.ndarray:
+        out = np.empty(self.n_atoms, dtype=np.int64)
+        for k, s in enumerate(self.pe_sets):
+            out[s] = k
+        return out
+
+    def _geometry(self) -> Geometry:
+        if self._geom is None:
+            self._geom = Geometry.from_positions(self.R_train)
+        return self._geom
+
+    def _factors(self) -> list:
+        """Cholesky factors of R_i + (λ + jitter_i) I (recomputed after load)."""
+        if self._chol is None:
+            Ks = force_covariance_sets(self._geometry(), self._geometry(), self.gamma, self.pe_sets, perms=self.perms,
+                                       mirror=False)
+            chol = []
+            for k, K in enumerate(Ks):
+                L = _cholesky_inplace(K, self.lam + self.jitter[k], restorable=False)
+                if L is None:
+                    raise FactorizationError(
+                        f"re-factorising PE set {k} (size {K.shape[0]}) failed with λ = {self.lam:.3g} + "
+                        f"jitter {self.jitter[k]:.3g}: the model file does not match its training data"
+                    )
+                chol.append(L)
+            self._chol = chol
+        return self._chol
+
+    # -- prediction ---------------------------------------------------------------
+    def predict(self, R, *, return_std: bool = True, batch_size: int = 64, progress: Progress | None = None) -> ForcePrediction:
+        """Predict forces at new configurations.
+
+        Parameters
+        ----------
+        R : ndarray, shape (B, N, 3) or (N, 3), Å
+        return_std : bool
+            Compute the posterior standard deviations (needs the Cholesky factors).
+
+        Returns
+        -------
+        ForcePrediction
+        """
+        R = np.asarray(R, dtype=np.float64)
+        if R.ndim == 2:
+            R = R[None]
+        if R.ndim != 3 or R.shape[1:] != (self.n_atoms, 3):
+            raise ModelError(f"positions must have shape (B, {self.n_atoms}, 3) for this model, got {R.shape}")
+        if not np.all(np.isfinite(R)):
+            raise ModelError("positions contain NaN or infinite values")
+        progress = progress or _noop
+        B, N = R.shape[0], self.n_atoms
+        mean = np.zeros((B, N, 3))
+        std = np.zeros((B, N, 3))
+        cov = np.zeros((B, N, 3, 3)) if return_std else None
+        chol = self._factors() if return_std else None
+        Gt = self._geometry()
+        for start in range(0, B, batch_size):
+            sl = slice(start, min(start + batch_size, B))
+            Gb = Geometry.from_positions(R[sl])
+            b = sl.stop - sl.start
+            Kstars = force_covariance_sets(Gb, Gt, self.gamma, self.pe_sets, perms=self.perms)
+            priors = force_covariance_self(Gb, self.gamma, self.pe_sets, perms=self.perms) if return_std else None
+            for k, (s, Ks) in enumerate(zip(self.pe_sets, Kstars)):
+                l = s.size
+                mean[sl, s, :] = (Ks @ self.alpha[k]).reshape(b, l, 3)
+                if return_std:
+                    v = scipy.linalg.solve_triangular(chol[k], Ks.T, lower=True, check_finite=False)
+                    v = v.reshape(-1, b, l, 3)
+                    # per-atom 3×3 posterior covariance: prior − vᵀv (method.md), times σ̂_i²
+                    P = priors[k]  # (b, l, 3, l, 3)
+                    idx = np.arange(l)
+                    prior_blocks = P[:, idx, :, idx, :].transpose(1, 0, 2, 3)  # (b, l, 3, 3)
+                    post = prior_blocks - np.einsum("nfic,nfid->ficd", v, v)
+                    post *= self.sigma2[k]
+                    cov[sl, s] = post
+                    std[sl, s] = np.sqrt(np.maximum(np.einsum("ficc->fic", post), 0.0))
+            progress(sl.stop / B, f"predicted {sl.stop}/{B} frames")
+        noise = np.array([self.sigma2[k] * (self.lam + self.jitter[k]) for k in self.atom_to_set])
+        return ForcePrediction(mean=mean, std=std, noise_var=noise, cov=cov)
+
+    def predict_forces(self, R) -> np.ndarray:
+        """Posterior mean forces only, shape (B, N, 3), kcal/mol/Å."""
+        return self.predict(R, return_std=False).mean
+
+    # -- persistence -------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the model to ``.npz`` (plain arrays only, no pickle)."""
+        sizes = np.array([s.size for s in self.pe_sets], dtype=np.int64)
+        np.savez_compressed(
+            path,
+            format=np.array(FORCE_FORMAT),
+            version=np.array(__version__),
+            mode=np.array(self.mode),
+            z=self.z,
+            R_train=self.R_train,
+            F_train=self.F_train,
+            train_idx=self.train_idx,
+            set_atoms=np.concatenate(self.pe_sets).astype(np.int64),
+            set_sizes=sizes,
+            perms=self.perms,
+            gamma=np.array(self.gamma),
+            lam=np.array(self.lam),
+            sigma2=self.sigma2,
+            alpha=np.concatenate(self.alpha),
+            jitter=np.array(self.jitter, dtype=np.float64),
+            info=np.array(json.dumps(self.info, default=_json_default)),
+        )
+
+    @classmethod
+    def load(cls, path) -> "ForceModel":
+        """Read and validate a model written by :meth:`save`."""
+        return cls.from_arrays(read_model_npz(path), where=str(path))
+
+    @classmethod
+    def from_arrays(cls, d: dict, *, where: str = "model") -> "ForceModel":
+        """Validate the arrays of a saved model (any malformed content raises :class:`ModelError`)."""
+        try:
+            return cls._from_arrays(d, where)
+        except ModelError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
+            raise ModelError(f"{where}: malformed model data ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_arrays(cls, d: dict, where: str) -> "ForceModel":
+        need = ["format", "mode", "z", "R_train", "F_train", "train_idx", "set_atoms", "set_sizes", "perms",
+                "gamma", "lam", "sigma2", "alpha", "jitter", "info"]
+        missing = [k for k in need if k not in d]
+        if missing:
+            raise ModelError(f"{where}: missing keys {missing}; is this an aff_app force model?")
+        check_model_format(d, FORCE_FORMAT, where)
+        z = np.asarray(d["z"], dtype=np.int64)
+        n = z.size
+        R, F = np.asarray(d["R_train"], float), np.asarray(d["F_train"], float)
+        m = R.shape[0] if R.ndim == 3 else -1
+        if R.shape != (m, n, 3) or F.shape != R.shape:
+            raise ModelError(f"{where}: R_train {R.shape} / F_train {F.shape} do not match {n} atoms")
+        sizes = np.asarray(d["set_sizes"], dtype=np.int64)
+        atoms = np.asarray(d["set_atoms"], dtype=np.int64)
+        if sizes.sum() != n or np.sort(atoms).tolist() != list(range(n)):
+            raise ModelError(f"{where}: PE sets do not partition the {n} atoms")
+        sets = np.split(atoms, np.cumsum(sizes)[:-1])
+        alpha_all = np.asarray(d["alpha"], float)
+        if alpha_all.size != 3 * m * n:
+            raise ModelError(f"{where}: alpha has {alpha_all.size} values, expected 3·M·N = {3 * m * n}")
+        alpha = np.split(alpha_all, np.cumsum(3 * m * sizes)[:-1])
+        perms = np.asarray(d["perms"], dtype=np.int64)
+        if perms.ndim != 2 or perms.shape[1] != n or any(sorted(p) != list(range(n)) for p in perms.tolist()):
+            raise ModelError(f"{where}: perms must be permutations of {n} atoms, got shape {perms.shape}")
+        mode = str(d["mode"])
+        if mode not in MODES:
+            raise ModelError(f"{where}: unknown mode {mode!r}")
+        sigma2 = np.asarray(d["sigma2"], float)
+        jitter = np.asarray(d["jitter"], float)
+        if sigma2.shape != (len(sets),) or jitter.shape != (len(sets),):
+            raise ModelError(f"{where}: sigma2/jitter must have one value per set ({len(sets)})")
+        gamma, lam = float(d["gamma"]), float(d["lam"])
+        if not (gamma > 0 and lam >= 0 and np.all(sigma2 > 0) and np.all(np.isfinite(alpha_all))):
+            raise ModelError(f"{where}: invalid hyperparameters (γ={gamma}, λ={lam}, σ²={sigma2})")
+        try:
+            info = json.loads(str(d["info"]))
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{where}: provenance is not valid JSON: {exc}") from exc
+        return cls(mode=mode, z=z, R_train=R, F_train=F, train_idx=np.asarray(d["train_idx"], np.int64),
+                   pe_sets=sets, perms=perms, gamma=gamma, lam=lam, sigma2=sigma2, alpha=alpha,
+                   jitter=list(jitter), info=info)
+
+
+#: Format string written into every force-model file.
+FORCE_FORMAT = "aff_app.ForceModel/1"
+
+
+def read_model_npz(path) -> dict:
+    """The arrays of a model file; never unpickles, and any damage raises :class:`ModelError`."""
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            return {k: d[k] for k in d.files}
+    except FileNotFoundError:
+        raise
+    except MemoryError:
+        raise ModelError(f"cannot read {path} as a model: it declares arrays too large for memory (damaged file)") from None
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib.error, EOFError, ValueError (pickle refused) ...
+        # numpy tries pickle on anything that is not a zip: refused, never executed
+        if isinstance(exc, ValueError) and "pickle" in str(exc).lower():
+            raise ModelError(
+                f"cannot read {path} as a model: it is not an .npz archive of plain arrays: it holds pickled "
+                "(object) data, which is refused (unpickling can run arbitrary code)"
+            ) from None
+        detail = str(exc)[:200] or type(exc).__name__
+        raise ModelError(
+            f"cannot read {path} as a model: it is not an .npz archive of plain arrays, or it is truncated or "
+            f"damaged [{type(exc).__name__}: {detail}]"
+        ) from None
+
+
+def check_model_format(d: dict, expected: str, where: str) -> None:
+    """Refuse a model file of another kind or of a newer format version, saying which."""
+    try:
+        found = str(np.asarray(d["format"]).reshape(-1)[0]) if np.size(d["format"]) == 1 else repr(d["format"])
+    except Exception:  # noqa: BLE001 - whatever the array holds, it is not our format
+        found = "?"
+    if found == expected:
+        return
+    kind, _, ver = expected.rpartition("/")
+    fkind, _, fver = found.rpartition("/")
+    if fkind == kind and fver.isdigit() and ver.isdigit() and int(fver) > int(ver):
+        written = d.get("version")
+        by = f" by aff_app {str(written)}" if written is not None else ""
+        raise ModelError(
+            f"{where}: this model was written{by} in format {found!r}, newer than the {expected!r} this aff_app "
+            f"{__version__} reads: upgrade aff_app to load it, or retrain the model with this version"
+        )
+    raise ModelError(f"{where}: expected model format {expected!r}, found {found!r}; is this an aff_app model file?")
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+#: Above this side the factorisation is blocked here (left-looking, GEMM-based):
+#: OpenBLAS 0.3.30's threaded dpotrf (the one numpy/scipy wheels ship) crashed
+#: with a segmentation fault on some 17000-18000 sided matrices (benzene, M=1000).
+BLOCKED_CHOLESKY_SIDE = 8192
+CHOLESKY_BLOCK = 2048
+
+
+def _copy_lower_to_upper(K: np.ndarray, strip: int = 1024) -> None:
+    """K[i, j] = K[j, i] for j > i, in row strips (no n²-sized index arrays)."""
+    n = K.shape[0]
+    for r0 in range(0, n, strip):
+        r1 = min(n, r0 + strip)
+        K[r0:r1, r1:] = K[r1:, r0:r1].T
+        B = K[r0:r1, r0:r1]
+        iu = np.triu_indices(r1 - r0, 1)
+        B[iu] = B.T[iu]
+
+
+def _cholesky_inplace(K: np.ndarray, shift: float, *, restorable: bool = True) -> np.ndarray | None:
+    """Factor K + shift·I in place, no n×n copy; returns L (read its lower triangle) or None.
+
+    Only K's lower triangle (C order) is read, and L is written over it: the
+    fit builds just that triangle (``force_covariance_sets(mirror=False)``).
+    Small kernels: K.T is the same memory in Fortran order and LAPACK's dpotrf
+    on its upper triangle (= K's lower triangle) gives U = Lᵀ in place. Large
+    ones go through :func:`_blocked_cholesky`.
+
+    On failure, with ``restorable`` (K complete and symmetric), K is restored
+    from its intact upper triangle, so a retry needs no second n×n copy (for
+    benzene at M = 1600 one copy is 6.6 GB); without it K is left overwritten
+    and the caller rebuilds it.
+    """
+    from scipy.linalg.lapack import dpotrf
+
+    if K.shape[0] > BLOCKED_CHOLESKY_SIDE:
+        return _blocked_cholesky(K, shift, restorable=restorable)
+    d0 = K.diagonal().copy()
+    K[np.diag_indices_from(K)] += shift
+    c, info = dpotrf(K.T, lower=0, clean=0, overwrite_a=1)
+    if info == 0:
+        if not np.shares_memory(c, K):  # dpotrf copied (should not happen for F-ordered input)
+            return np.ascontiguousarray(np.asarray(c).T)
+        return K
+    if restorable:
+        _copy_lower_to_upper(K.T)  # K's lower triangle from its untouched upper triangle
+        K[np.diag_indices_from(K)] = d0
+    return None
+
+
+def _blocked_cholesky(K: np.ndarray, shift: float, nb: int = CHOLESKY_BLOCK, *,
+                      restorable: bool = True) -> np.ndarray | None:
+    """Left-looking blocked Cholesky of K + shift·I into K's lower triangle (C order).
+
+    Per block column j: A11 −= L10 L10ᵀ, L11 = chol(A11) (LAPACK on an nb×nb
+    copy), A21 −= L20 L10ᵀ, L21 = A21 L11⁻ᵀ. The flops (n³/3) are GEMMs on
+    strided views. K's strictly upper triangle outside the diagonal blocks is
+    never written; the diagonal blocks are saved, so a failure restores K.
+    """
+    n = K.shape[0]
+    d0 = K.diagonal().copy()
+    K[np.diag_indices(n)] += shift
+    saved = []
+    try:
+        for j in range(0, n, nb):
+            e = min(j + nb, n)
+            saved.append(K[j:e, j:e].copy())
+            A11 = K[j:e, j:e]
+            if j > 0:
+                A11 -= K[j:e, :j] @ K[j:e, :j].T
+            L11 = scipy.linalg.cholesky(A11, lower=True, check_finite=False)
+            K[j:e, j:e] = L11
+            if e < n:
+                A21 = K[e:, j:e]
+                if j > 0:
+                    A21 -= K[e:, :j] @ K[j:e, :j].T
+                K[e:, j:e] = scipy.linalg.solve_triangular(L11, A21.T, lower=True, check_finite=False).T
+        return K
+    except np.linalg.LinAlgError:
+        if not restorable:
+            return None
+        for k, B in enumerate(saved):
+            j, e = k * nb, min(k * nb + nb, n)
+            K[j:e, j:e] = B
+            K[e:, j:e] = K[j:e, e:].T  # lower panel from the untouched upper triangle
+        K[np.diag_indices(n)] = d0
+        return None
+
+
+def _cholesky_with_jitter(K: np.ndarray, lam: float, set_index: int, set_atoms, rebuild=None) -> tuple[np.ndarray, float]:
+    """Factor K + λI in place, escalating a jitter a bounded number of times (ill-conditioned kernels).
+
+    ``rebuild``: callable returning a fresh K, for a K holding only its lower
+    triangle (a failed factorisation cannot be undone then); None: K is
+    complete and is restored in place after a failure.
+    """
+    base = float(np.mean(np.diag(K)))
+    jitter = 0.0
+    for step in range(MAX_JITTER_STEPS + 1):
+        L = _cholesky_inplace(K, lam + jitter, restorable=rebuild is None)
+        if L is not None:
+            return L, jitter
+        jitter = base * 10.0 ** (-10 + 2 * step)
+        if rebuild is not None and step < MAX_JITTER_STEPS:
+            K = rebuild()
+    raise FactorizationError(
+        f"Cholesky of PE set {set_index} (atoms {list(map(int, set_atoms))}, size {K.shape[0]}) failed with "
+        f"λ = {lam:.3g} even after adding jitter up to {jitter:.3g}: raise λ, or drop duplicate frames."
+    )
+
+
+def select_training_frames(n_frames: int, n_train: int, *, seed: int = 0, exclude=None) -> np.ndarray:
+    """``n_train`` distinct frame indices drawn at random (sorted), avoiding ``exclude``."""
+    pool = np.setdiff1d(np.arange(n_frames), np.asarray([] if exclude is None else exclude, dtype=np.int64))
+    if n_train < 1 or n_train > pool.size:
+        raise ModelError(f"cannot draw {n_train} training frames from {pool.size} available frames")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(pool, size=n_train, replace=False))
+
+
+def loo_frame_residuals(L: np.ndarray, alpha: np.ndarray, w: int, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact leave-one-frame-out residuals of the last ``q`` frames of one GP, from its Cholesky factor.
+
+    With K = L Lᵀ the kernel plus nugget (unit variance), α = K⁻¹y and B the w
+    rows of one frame (frame-major layout), the prediction of y_B from all
+    other rows has (Rasmussen & Williams eq. 5.12, for a block)::
+
+        y_B − μ_{−B} = [(K⁻¹)_BB]⁻¹ α_B,   cov = [(K⁻¹)_BB]⁻¹   (observation, ×σ²)
+
+    For the trailing block T of the last q frames, L⁻¹ being lower triangular,
+    (K⁻¹)_TT = (L_TT L_TTᵀ)⁻¹: one inverse of a (q·w)² triangle, (q/M)³ of the
+    fit's Cholesky, instead of a solve against the whole factor per frame.
+
+    Parameters
+    ----------
+    L : (n, n), factor in its lower triangle;  alpha : (n,);  w : rows per frame;  q : frames
+
+    Returns
+    -------
+    r, var : ndarrays, shape (q·w,) — residuals (units of y) and their
+        observation variances (kernel units; multiply by σ²), frames in order
+    """
+    n = L.shape[0]
+    t = q * w
+    if q < 1 or t > n:
+        raise ModelError(f"need 1 <= q <= {n // w} frames for leave-one-out, got q = {q}")
+    Y, info = scipy.linalg.lapack.dtrtri(np.array(L[n - t:, n - t:], order="F"), lower=1)  # L_TT⁻¹
+    if info != 0:
+        raise FactorizationError(f"the leave-one-out triangle (size {t}) is singular (dtrtri info {info})")
+    Y = np.tril(Y)  # dtrtri leaves the (unused) upper triangle of its input as it was
+    a = alpha[n - t:]
+    r = np.empty(t)
+    var = np.empty(t)
+    for j in range(q):
+        c = slice(j * w, (j + 1) * w)
+        Yj = Y[j * w:, c]  # L_TT⁻¹ is lower triangular: zero above the frame's rows
+        C = np.linalg.inv(Yj.T @ Yj)  # [(K⁻¹)_BB]⁻¹
+        r[c] = C @ a[c]
+        var[c] = np.diag(C)
+    return r, var
+
+
+def _probe_sets(sides, keep_factors: bool, peak_bytes: int, budget: int) -> list[int]:
+    """The PE sets the λ check factors twice: the smallest, within LAM_REFINE_MAX_SETS, flop share and memory.
+
+    ``sides``: kernel sides of the sets (3·M·l_i). Extra memory: a copy of the
+    probe kernel being factored, and with ``keep_factors`` the probe sets'
+    second factors until the choice. Returns [] when not even one fits.
+    """
+    order = sorted(range(len(sides)), key=lambda k: (sides[k], k))
+    total = sum(float(n) ** 3 for n in sides)
+    chosen: list[int] = []
+    flops = 0.0
+    for k in order[:LAM_REFINE_MAX_SETS]:
+        if chosen and flops + float(sides[k]) ** 3 > LAM_REFINE_FLOP_SHARE * total:
+            break
+        # the copy of this set's kernel; with keep_factors also the chosen sets' second factors
+        extra = 8 * (sides[k] ** 2 + (sum(sides[j] ** 2 for j in chosen) if keep_factors else 0))
+        if peak_bytes + extra > budget:
+            break
+        chosen.append(k)
+        flops += float(sides[k]) ** 3
+    return chosen
+
+
+def fit_force_model(
+    R,
+    F,
+    z,
+    *,
+    mode: str = "aff",
+    pe_sets=None,
+    perms=None,
+    gamma: float | None = None,
+    lam: float | None = None,
+    criterion: str = "likelihood",
+    search_frames: int = 100,
+    search_fraction: float = 0.25,
+    calibrate: str | None = "loo",
+    refine_lam: bool = True,
+    keep_factors: bool = True,
+    train_idx=None,
+    budget_bytes: int | None = None,
+    progress: Progress | None = None,
+    info: dict | None = None,
+    seed: int = 0,
+) -> ForceModel:
+    """Fit a force GP on training frames.
+
+    Parameters
+    ----------
+    R : (M, N, 3) Å; F : (M, N, 3) kcal/mol/Å; z : (N,)
+    mode : 'aff' (one GP per PE set), 'gdml' (all atoms, plain kernel) or
+        'sgdml' (all atoms, PS kernel).
+    pe_sets : list of int arrays
+        The PE sets (AFF); ignored by gdml/sgdml (one set of all atoms).
+    perms : (S, N) int array
+        Permutation group for the PS kernel (aff, sgdml); ignored by gdml.
+    gamma, lam : float, optional
+        Fix the hyperparameters (both given: no search). Otherwise γ and λ are
+        chosen by ``criterion`` ('likelihood' or 'cv') on a random subset of
+        the training frames (the search eigendecomposes dense kernels):
+        max(``search_frames``, ``search_fraction``·M) frames, fewer for large
+        permutation groups and capped so no search kernel exceeds
+        MAX_SEARCH_SIDE rows. The fraction matters: the likelihood's γ grows and
+        its λ shrinks with the density of the frames it sees (uracil, M = 400:
+        100 frames give γ = 11, λ/scale = 2e-7, MAE 0.59 kcal/mol/Å; all 400
+        give γ = 33, 2e-9, MAE 0.54), so a fixed-size subset under-fits and
+        under-covers at large M; with a fixed fraction the search costs about
+        one fit.
+    calibrate : {'loo', None}
+        'loo' (default): after the fit, scale every σ̂_i² by one factor s² so
+        that the latent 95% intervals of the exact leave-one-frame-out
+        predictions (:func:`loo_frame_residuals`) of the last
+        max(LOO_FRAMES, M/8) training frames hold 95% of their reference force
+        components: s = q95(|r| / sd) / 1.96, pooled over PE sets. The latent
+        interval because it is the one PCI scores (the paper's definition)
+        against reference forces that carry noise. None: method.md's
+        profile-likelihood σ̂², which assumes the kernel is right; on rMD17 it
+        gave 98–99% coverage for benzene and aspirin at small M (too wide) and
+        94% for uracil. On draws from the GP itself with little label noise
+        s ≈ 1; with noticeable noise the latent interval widens to cover the
+        reference forces and the observation interval adds the nugget on top.
+        Cost: (q/M)³ of the Cholesky (q/M ≤ 1/8 once M ≥ 320). The last
+        frames, not random ones, because their block of L⁻¹ is the inverse of
+        L's trailing triangle; frames drawn at random from a stationary
+        trajectory (MD17, the app's split) make them as typical as any.
+    refine_lam : bool
+        When the search ran on a subset of the frames, check its λ on all M:
+        the probe sets — the smallest PE sets, up to LAM_REFINE_MAX_SETS of
+        them while their extra factorisations cost at most LAM_REFINE_FLOP_SHARE
+        of the fit's (at least one) — are factored also with
+        λ·LAM_REFINE_FACTOR, and that nugget is used for every set (shared λ,
+        as in method.md) when the exact leave-one-frame-out predictions of the
+        last max(LOO_FRAMES, M/8) frames of the probe sets, pooled, have a mean
+        absolute error more than LAM_REFINE_MIN_GAIN smaller with it. Why: on nearly
+        noise-free ab initio forces the subset's likelihood picks λ too large
+        for the denser full set (rMD17 uracil, M = 400, 100 search frames:
+        λ = 9.4e-10, test MAE 0.589 kcal/mol/Å; λ/16: 0.547; the search on all
+        400 frames: 0.545), while on noisy labels (MD17 benzene) the leave-one-
+        out error keeps the search's λ. Cost: one extra Cholesky per probe
+        set, and a copy of a probe kernel while it runs (with keep_factors,
+        the probe sets' second factors until the choice is made).
+    keep_factors : bool
+        Keep the Cholesky factors on the model (default), so predictive
+        variances need no refactorisation. False (the CLI's ``train``, which
+        writes the model and exits): the factors are dropped as soon as each
+        set's weights and leave-one-out terms are taken, one kernel buffer is
+        reused by every set (peak memory one kernel, not the sum; no page
+        faults per set), and a later ``predict`` with intervals rebuilds them.
+    budget_bytes : int, optional
+        Memory budget; the fit is refused before any kernel is built when its
+        estimate exceeds it.
+    progress : callable(fraction, message), optional
+
+    Returns
+    -------
+    ForceModel
+    """
+    t0 = time.perf_counter()
+    progress = progress or _noop
+    if mode not in MODES:
+        raise ModelError(f"mode must be one of {MODES}, got {mode!r}")
+    if calibrate not in ("loo", None):
+        raise ModelError(f"calibrate must be 'loo' or None, got {calibrate!r}")
+    # fixed hyperparameters are checked before any search uses them (γ = 0 divides by zero in the kernel)
+    if gamma is not None and not (np.isfinite(gamma) and gamma > 0):
+        raise ModelError(f"γ must be a finite number > 0 (1/Å), got γ = {gamma}")
+    if lam is not None and not (np.isfinite(lam) and lam >= 0):
+        raise ModelError(f"λ must be a finite number >= 0, got λ = {lam}")
+    R = np.asarray(R, dtype=np.float64)
+    F = np.asarray(F, dtype=np.float64)
+    z = np.asarray(z, dtype=np.int64)
+    n = z.size
+    if R.ndim != 3 or R.shape[1:] != (n, 3) or F.shape != R.shape:
+        raise ModelError(f"R {R.shape} and F {F.shape} must both have shape (M, {n}, 3)")
+    if not (np.all(np.isfinite(R)) and np.all(np.isfinite(F))):
+        raise ModelError("training positions or forces contain NaN or infinite values")
+    m = R.shape[0]
+    if m < 2:
+        raise ModelError(f"need at least 2 training frames, got {m}")
+    identity = np.arange(n)[None]
+    if mode == "aff":
+        sets = [np.arange(n)[i : i + 1] for i in range(n)] if pe_sets is None else [np.sort(np.asarray(s, np.int64)) for s in pe_sets]
+        allatoms = np.sort(np.concatenate(sets)) if sets else np.array([])
+        if allatoms.tolist() != list(range(n)):
+            raise ModelError(f"PE sets must partition the {n} atoms exactly once each")
+        kperms = identity if perms is None else np.asarray(perms, np.int64)
+    else:
+        sets = [np.arange(n)]
+        kperms = identity if (mode == "gdml" or perms is None) else np.asarray(perms, np.int64)
+    for p in kperms:
+        if sorted(p.tolist()) != list(range(n)) or np.any(z[p] != z):
+            raise ModelError("every permutation must map atoms onto atoms of the same element")
+    for s in sets:
+        for p in kperms:
+            if not np.array_equal(np.sort(p[s]), s):
+                raise ModelError(f"permutation {p.tolist()} does not map PE set {s.tolist()} onto itself")
+    sets.sort(key=lambda s: int(s[0]))
+
+    est = estimate_cost(m, [s.size for s in sets], n_perms=len(kperms), keep_factors=keep_factors)
+    check_budget(est, budget_bytes, what=f"{mode.upper()} fit")
+
+    G = Geometry.from_positions(R)
+    ys_full = [F[:, s, :].reshape(-1) for s in sets]
+    search_result: SearchResult | None = None
+    t_search = 0.0
+    if gamma is None or lam is None:
+        ts = time.perf_counter()
+        # the search eigendecomposes each kernel (≈ 10 n³ flops): keep sides ≤ MAX_SEARCH_SIDE
+        lmax = max(s.size for s in sets)
+        # and the PS kernel costs S plain kernels per evaluation: fewer frames for large groups
+        target = max(int(search_frames), int(np.ceil(search_fraction * m)))
+        per_perm = max(MIN_SEARCH_FRAMES, int(target / np.sqrt(len(kperms))))
+        ms = max(2, min(m, target, per_perm, MAX_SEARCH_SIDE // (3 * lmax)))
+        sub = np.sort(np.random.default_rng(seed).choice(m, size=ms, replace=False)) if ms < m else np.arange(m)
+        Gs = G.take(sub)
+        ys = [F[sub][:, s, :].reshape(-1) for s in sets]
+        d = Gs.D
+        rho = np.sqrt(np.maximum(np.sum(d**2, 1)[:, None] + np.sum(d**2, 1)[None] - 2 * d @ d.T, 0))
+        rho_scale = float(np.median(rho[np.triu_indices(ms, 1)])) if ms > 1 else 1.0
+        search_result = search(
+            lambda g: force_covariance_sets(Gs, Gs, g, sets, perms=kperms),
+            ys,
+            rho_scale=rho_scale,
+            criterion=criterion,
+            gamma=gamma,
+            block=[3 * s.size for s in sets],
+            progress=lambda f, msg: progress(0.7 * f, "hyperparameter search: " + msg),
+            n_frames=ms,
+        )
+        gamma = search_result.gamma if gamma is None else gamma
+        if lam is None:
+            lam = search_result.lam
+        t_search = time.perf_counter() - ts
+    if not (gamma > 0 and lam >= 0):
+        raise ModelError(f"γ must be > 0 and λ >= 0, got γ = {gamma}, λ = {lam}")
+
+    progress(0.72, f"building and factorising {len(sets)} kernel matrices (largest {max(est.matrix_sides)}²)")
+    # one PE set at a time: build its kernel's lower triangle, factor it in place, solve.
+    # The pair coefficients (c1, c2) are shared by the sets (CoefficientCache). Without
+    # keep_factors one buffer the size of the largest kernel serves every set: its pages
+    # are faulted in once and the peak memory is one kernel, not their sum (uracil, M = 1000,
+    # 2-core VM: building twelve fresh 72 MB kernels took 0.9 s, into one reused buffer 0.4 s).
+    cache = CoefficientCache(max(s.size for s in sets)) if len(sets) > 1 else None
+    buffer = None if keep_factors else np.empty(max(est.matrix_sides) ** 2)
+    clock = {"build": 0.0, "factor": 0.0, "loo": 0.0}
+    done = [0]
+
+    def build(k: int) -> np.ndarray:
+        tb = time.perf_counter()
+        side = est.matrix_sides[k]
+        out = None if buffer is None else [buffer[: side * side]]
+        K = force_covariance_sets(G, G, gamma, [sets[k]], perms=kperms, mirror=False, out=out, coef_cache=cache)[0]
+        clock["build"] += time.perf_counter() - tb
+        return K
+
+    def factor(k: int, K: np.ndarray):
+        tc, built = time.perf_counter(), clock["build"]
+        L, jit = _cholesky_with_jitter(K, lam, k, sets[k], rebuild=lambda: build(k))
+        y = ys_full[k]
+        # L is C-ordered with the factor in its lower triangle; cho_solve would copy it to
+        # Fortran order first (70 ms at side 3000), solve_triangular reads it in place
+        a = scipy.linalg.solve_triangular(L, y, lower=True, check_finite=False)
+        a = scipy.linalg.solve_triangular(L, a, lower=True, trans="T", check_finite=False)
+        clock["factor"] += time.perf_counter() - tc - (clock["build"] - built)  # a rebuild counts as build
+        done[0] += 1
+        progress(0.75 + 0.25 * done[0] / len(sets), f"factorised PE set {done[0]}/{len(sets)}")
+        # σ̂_i² = F_iᵀ(R_i+λI)⁻¹F_i / (3 M l_i)   (method.md)
+        return L, a, float(y @ a) / y.size, jit
+
+    q_loo = min(m, max(LOO_FRAMES, m // 8))
+    results: list = [None] * len(sets)
+    loo: dict[int, tuple] = {}  # set -> its leave-one-frame-out (residuals, variances) at the final λ
+    want_loo = calibrate == "loo" and m >= 3
+
+    def loo_of(res, k: int) -> tuple:
+        return loo_frame_residuals(res[0], res[1], 3 * sets[k].size, q_loo)
+
+    def lean(res) -> tuple:
+        """The set's result without its factor unless factors are kept (the buffer is reused)."""
+        return res if keep_factors else (None,) + tuple(res[1:])
+
+    def finish(k: int, res) -> tuple:
+        """Keep the set's result; without keep_factors take what needs L now."""
+        if not keep_factors and want_loo and k not in loo:
+            tl = time.perf_counter()
+            loo[k] = loo_of(res, k)
+            clock["loo"] += time.perf_counter() - tl  # counted with the calibration
+        return lean(res)
+
+    lam_refine = {"method": None}
+    if refine_lam and search_result is not None and search_result.n_frames < m and m >= 3:
+        budget = default_budget_bytes() if budget_bytes is None else int(budget_bytes)
+        probes = _probe_sets(est.matrix_sides, keep_factors, est.peak_bytes, budget)
+        if not probes:
+            p = int(np.argmin(est.matrix_sides))
+            lam_refine["skipped"] = (f"a copy of PE set {p}'s kernel ({8 * est.matrix_sides[p] ** 2 / 2**30:.2f} GB) "
+                                     f"would exceed the memory budget ({budget / 2**30:.2f} GB)")
+        else:
+            # the subset's λ against λ/16 on all M frames, judged on the probe sets (one extra Cholesky each)
+            tr = time.perf_counter()
+            lam_search = lam
+            lam_alt = lam_search * LAM_REFINE_FACTOR
+            pair = {}  # probe set -> ((result, loo) at λ, (result, loo) at λ/16)
+            for p in probes:
+                K = build(p)
+                K_copy = np.array(K)
+                lam = lam_search
+                first = factor(p, K)
+                one = (first, loo_of(first, p))
+                done[0] -= 1  # the second factorisation of the same set is not a further set in the progress
+                lam = lam_alt
+                alt = factor(p, K_copy)
+                two = (alt, loo_of(alt, p))
+                pair[p] = ((lean(one[0]), one[1]), (lean(two[0]), two[1]))
+                del K, K_copy, first, alt
+            errs = [float(np.mean(np.abs(np.concatenate([pair[p][c][1][0] for p in probes])))) for c in (0, 1)]
+            pick = 1 if errs[1] < (1.0 - LAM_REFINE_MIN_GAIN) * errs[0] else 0
+            lam = (lam_search, lam_alt)[pick]
+            for p in probes:
+                results[p], loo[p] = pair[p][pick]
+            del pair
+            lam_refine = {"method": "loo", "probe_sets": [int(p) for p in probes], "candidates": [lam_search, lam_alt],
+                          "loo_mae": errs, "frames": int(q_loo), "chosen": lam, "seconds": time.perf_counter() - tr}
+    # one set after another on all BLAS threads: faster than one set per core with one
+    # thread each at every side measured on the 2-core machine (300: 6 vs 10 ms;
+    # 1200: 0.12 vs 0.16 s; 3000: 1.1 vs 2.3 s for twelve sets)
+    remaining = [k for k in range(len(sets)) if results[k] is None]
+    if keep_factors and len(remaining) > 1:
+        # every kernel is kept anyway: build them in one pass, then factor them, so the
+        # switch from our assembly threads to BLAS's (whose idle workers spin-wait for a
+        # while after each factorisation, taking a core from the assembly) happens once
+        tb = time.perf_counter()
+        Ks = force_covariance_sets(G, G, gamma, [sets[k] for k in remaining], perms=kperms, mirror=False,
+                                   coef_cache=cache)
+        clock["build"] += time.perf_counter() - tb
+        for k in remaining:
+            results[k] = finish(k, factor(k, Ks.pop(0)))
+    else:
+        for k in remaining:
+            results[k] = finish(k, factor(k, build(k)))
+    buffer = None
+    chol = [r[0] for r in results] if keep_factors else None
+    alpha = [r[1] for r in results]
+    sigma2 = [r[2] for r in results]
+    jitter = [r[3] for r in results]
+    t_build, t_chol = clock["build"], clock["factor"]
+    calibration = {"method": None, "scale": 1.0}
+    if want_loo:
+        tl = time.perf_counter() - clock["loo"]  # leave-one-out terms already taken count here
+        # the latent interval (the one PCI scores) against the reference forces: latent
+        # variance = observation variance − nugget (λ + jitter_i), times σ̂_i² (the probe
+        # sets' leave-one-out terms are reused from the λ check)
+        z_loo = np.concatenate([
+            np.abs(r) / np.sqrt(np.maximum(v - (lam + jitter[k]), 0.0) * sigma2[k])
+            for k, (r, v) in ((k, loo[k] if k in loo else loo_of(results[k], k)) for k in range(len(sets)))])
+        z_loo = z_loo[np.isfinite(z_loo)]
+        z95 = float(scipy.special.ndtri(0.975))
+        if z_loo.size:
+            scale = float(np.quantile(z_loo, 0.95) / z95)
+            if np.isfinite(scale) and scale > 0:
+                sigma2 = [s2 * scale**2 for s2 in sigma2]
+                calibration = {"method": "loo", "scale": scale, "frames": int(q_loo),
+                               "loo_coverage_before": float(np.mean(z_loo <= z95)),
+                               "seconds": time.perf_counter() - tl}
+    progress(1.0, "done")
+    meta = dict(info or {})
+    meta.update(
+        {
+            "version": __version__,
+            "mode": mode,
+            "n_train": m,
+            "hyper": search_result.to_dict() if search_result else {"fixed": True},
+            "criterion": criterion if search_result else "fixed",
+            "calibration": calibration,
+            "lam_refine": lam_refine,
+            "timings": {"search_s": t_search, "build_s": t_build, "cholesky_s": t_chol,
+                        "total_s": time.perf_counter() - t0},
+            "cholesky_flops": est.cholesky_flops,
+        }
+    )
+    model = ForceModel(
+        mode=mode, z=z, R_train=R, F_train=F,
+        train_idx=np.arange(m) if train_idx is None else np.asarray(train_idx, np.int64),
+        pe_sets=sets, perms=kperms, gamma=float(gamma), lam=float(lam), sigma2=np.array(sigma2),
+        alpha=alpha, jitter=jitter, info=meta, _chol=chol, _geom=G,
+    )
+    return model

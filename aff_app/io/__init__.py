@@ -1,0 +1,1 @@
+"""Trajectories in and out: file formats, the Trajectory record, validation, sample simulation."""

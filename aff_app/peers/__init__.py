@@ -1,0 +1,1 @@
+"""Other force-field methods run on our data and splits (the reference sgdml package)."""

@@ -1,0 +1,298 @@
+"""Learning curves (the paper's Fig. 3 and Fig. 5): accuracy, cost and interval quality against M.
+
+For each chosen model (AFF, GDML, sGDML) and training size M, a force model is
+fitted on the first M frames of one seeded training pool and evaluated on one
+fixed set of test frames, so that every point of every curve is tested on
+the same held-out frames and the training sets are nested (the M = 400 set
+contains the M = 200 set) — the protocol of the paper ("under the same
+training, validation and testing set").
+
+Before anything is fitted, :func:`plan_learning_curve` checks every (model,
+M) against the memory budget with ``aff_app.gp.budget.estimate_cost``; refused
+points become rows with ``status='over budget'`` and a note, never a crash.
+
+No Streamlit here; a ``progress(fraction, message)`` callback reports on the
+whole run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from aff_app.gp.budget import ComputeBudgetError, CostEstimate, check_budget, default_budget_bytes, estimate_cost
+from aff_app.gp.energy import fit_energy_model, fit_integrated_energy
+from aff_app.gp.force import MODES, FactorizationError, ModelError, fit_force_model
+from aff_app.workflows.predictions import predict_held_out
+from aff_app.workflows.registry import MODE_LABELS
+from aff_app.symmetry import SymmetryInfo
+from aff_app.io.trajectory import Trajectory
+from aff_app.workflows.training import SplitError, TrainingError, UnlabelledDataError
+
+__all__ = [
+    "LearningCurveError",
+    "CurvePoint",
+    "set_sizes_for",
+    "cost_for",
+    "learning_split",
+    "plan_learning_curve",
+    "learning_curve",
+    "ROW_KEYS",
+]
+
+Progress = Callable[[float, str], None]
+
+#: Keys of every row :func:`learning_curve` returns.
+ROW_KEYS = (
+    "model", "mode", "M", "status", "note", "force_mae", "force_rmse", "energy_mae", "train_s", "energy_train_s",
+    "pci", "lci", "l_norm", "delta_p", "gamma", "lam", "n_test", "estimate_GB", "estimate_s",
+)
+
+
+class LearningCurveError(TrainingError):
+    """A learning-curve request that cannot run at all (bad sizes, models or data)."""
+
+
+def _noop(fraction: float, message: str) -> None:
+    return None
+
+
+def set_sizes_for(mode: str, n_atoms: int, symmetry: SymmetryInfo | None) -> tuple[list[int], int]:
+    """PE-set sizes l_i and number of permutations S a fit of ``mode`` uses.
+
+    AFF: the symmetry's PE sets (one set per atom without a symmetry) and its
+    group; GDML: one set of all atoms, no permutations; sGDML: one set of all
+    atoms and the group (method.md "Modes that fall out of the same code").
+    """
+    if mode not in MODES:
+        raise LearningCurveError(f"model must be one of {', '.join(MODES)}, got {mode!r}")
+    n_perms = 1 if symmetry is None else int(len(symmetry.perms))
+    if mode == "aff":
+        sizes = [1] * n_atoms if symmetry is None else [int(len(s)) for s in symmetry.pe_sets]
+        return sizes, n_perms
+    if mode == "gdml":
+        return [n_atoms], 1
+    return [n_atoms], n_perms
+
+
+def cost_for(mode: str, n_train: int, n_atoms: int, symmetry: SymmetryInfo | None) -> CostEstimate:
+    """``estimate_cost`` of one fit: Σ(3 M l_i)³/3 flops, peak memory, rough seconds."""
+    sizes, n_perms = set_sizes_for(mode, n_atoms, symmetry)
+    return estimate_cost(int(n_train), sizes, n_perms=n_perms)
+
+
+@dataclass(frozen=True, eq=False)
+class CurvePoint:
+    """One planned (model, M) point: its cost and whether the budget allows it."""
+
+    mode: str
+    n_train: int
+    estimate: CostEstimate
+    allowed: bool
+    note: str
+
+    @property
+    def label(self) -> str:
+        return MODE_LABELS[self.mode]
+
+
+def learning_split(n_frames: int, sizes: Sequence[int], n_test: int, *, seed: int = 0) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Fixed test frames and nested training sets from one seeded permutation.
+
+    The permutation of ``numpy.random.default_rng(seed)`` gives the test frames
+    first (its first ``n_test`` entries) and then the training pool; the
+    training set of size M is the first M frames of the pool.
+
+    Returns
+    -------
+    test : ndarray of int, shape (n_test,), sorted
+    train : dict M -> sorted ndarray of int, shape (M,)
+
+    Raises
+    ------
+    LearningCurveError
+        Sizes below 2, or the largest size plus the test frames exceed the trajectory.
+    """
+    sizes = sorted({int(m) for m in sizes})
+    if not sizes:
+        raise LearningCurveError("choose at least one training size M")
+    if sizes[0] < 2:
+        raise LearningCurveError(f"training sizes must be at least 2, got {sizes[0]}")
+    if int(n_test) < 1:
+        raise LearningCurveError(f"the number of test frames must be at least 1, got {n_test}")
+    if sizes[-1] + int(n_test) > n_frames:
+        raise LearningCurveError(
+            f"M = {sizes[-1]} training frames plus {n_test} test frames exceed the {n_frames} frames of the data: "
+            f"use M ≤ {n_frames - int(n_test)} or fewer test frames"
+        )
+    perm = np.random.default_rng(seed).permutation(n_frames).astype(np.int64)
+    test = np.sort(perm[: int(n_test)])
+    pool = perm[int(n_test):]
+    return test, {m: np.sort(pool[:m]) for m in sizes}
+
+
+def plan_learning_curve(
+    n_atoms: int,
+    models: Sequence[str],
+    sizes: Sequence[int],
+    *,
+    symmetry: SymmetryInfo | None = None,
+    budget_bytes: int | None = None,
+) -> list[CurvePoint]:
+    """Every (model, M) point with its cost, ``allowed=False`` when it exceeds the memory budget."""
+    budget = default_budget_bytes() if budget_bytes is None else int(budget_bytes)
+    if not models:
+        raise LearningCurveError("choose at least one model")
+    points = []
+    for mode in models:
+        for m in sorted({int(s) for s in sizes}):
+            est = cost_for(mode, m, n_atoms, symmetry)
+            try:
+                check_budget(est, budget, what=f"{MODE_LABELS.get(mode, mode)} fit")
+            except ComputeBudgetError:
+                note = (f"refused: needs about {est.peak_bytes / 2**30:.2f} GB, the budget is "
+                        f"{budget / 2**30:.2f} GB")
+                points.append(CurvePoint(mode, m, est, False, note))
+                continue
+            points.append(CurvePoint(mode, m, est, True, ""))
+    return points
+
+
+def _empty_row(point: CurvePoint, n_test: int) -> dict[str, Any]:
+    row = {k: None for k in ROW_KEYS}
+    row.update(model=point.label, mode=point.mode, M=point.n_train, n_test=int(n_test),
+               estimate_GB=point.estimate.peak_bytes / 2**30, estimate_s=point.estimate.seconds,
+               status="over budget" if not point.allowed else "pending", note=point.note)
+    return row
+
+
+def learning_curve(
+    traj: Trajectory,
+    models: Sequence[str],
+    sizes: Sequence[int],
+    *,
+    n_test: int = 200,
+    seed: int = 0,
+    symmetry: SymmetryInfo | None = None,
+    gamma: float | None = None,
+    lam: float | None = None,
+    criterion: str = "likelihood",
+    with_energy: bool = True,
+    level: float = 0.95,
+    kind: str = "latent",
+    budget_bytes: int | None = None,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Fit and evaluate every (model, M); one row per point.
+
+    Parameters
+    ----------
+    traj : Trajectory
+        Labelled data (Å, kcal/mol, kcal/mol/Å).
+    models : sequence of {'aff', 'gdml', 'sgdml'}
+    sizes : sequence of int
+        Training sizes M.
+    n_test : int
+        Test frames, the same for every point (see :func:`learning_split`).
+    seed : int
+        Seed of the split and of the hyperparameter-search subsets.
+    symmetry : SymmetryInfo, optional
+        PE sets and permutation group for AFF and sGDML (None: each atom its
+        own set, plain kernel).
+    gamma, lam : float, optional
+        Fix γ (1/Å) and/or λ; the others are searched by ``criterion``
+        ('likelihood' or 'cv') at every point.
+    with_energy : bool
+        Also fit an energy model (the energy GP for AFF, the integrated force GP
+        for GDML/sGDML) on the training frames' energies when the data has them.
+    level, kind : interval level and kind ('latent' or 'observation') of PCI, LCI.
+    budget_bytes : int, optional
+        Memory budget (default ``aff_app.gp.budget.default_budget_bytes()``).
+    progress : callable(fraction, message), optional
+
+    Returns
+    -------
+    list of dict
+        Keys :data:`ROW_KEYS`: ``model`` (label), ``mode``, ``M``, ``status``
+        ('ok', 'over budget' or 'failed'), ``note``, ``force_mae``,
+        ``force_rmse`` (kcal/mol/Å), ``energy_mae`` (kcal/mol or None),
+        ``train_s`` (force fit, hyperparameter search included),
+        ``energy_train_s``, ``pci``, ``lci`` (kcal/mol/Å), ``l_norm``,
+        ``delta_p`` (= level − PCI), ``gamma``, ``lam``, ``n_test``,
+        ``estimate_GB``, ``estimate_s``. Models in the order given, M ascending.
+
+    Raises
+    ------
+    LearningCurveError
+        No models, bad sizes, or sizes that do not fit the data.
+    UnlabelledDataError
+        The trajectory has no forces.
+    """
+    progress = progress or _noop
+    if not traj.has_labels:
+        raise UnlabelledDataError("learning curves need a trajectory with energies and forces")
+    models = list(dict.fromkeys(models))
+    for mode in models:
+        if mode not in MODES:
+            raise LearningCurveError(f"model must be one of {', '.join(MODES)}, got {mode!r}")
+    if symmetry is not None and symmetry.n_atoms != traj.n_atoms:
+        raise LearningCurveError(f"the symmetry is for {symmetry.n_atoms} atoms but the data has {traj.n_atoms}")
+    test, train_sets = learning_split(traj.n_frames, sizes, n_test, seed=seed)
+    points = plan_learning_curve(traj.n_atoms, models, sizes, symmetry=symmetry, budget_bytes=budget_bytes)
+    # weight each job by its estimated cost so the bar moves evenly
+    weights = np.array([max(p.estimate.seconds, 1e-3) if p.allowed else 0.0 for p in points])
+    total = float(weights.sum()) or 1.0
+    done = 0.0
+    rows = []
+    for p, w in zip(points, weights):
+        row = _empty_row(p, test.size)
+        rows.append(row)
+        if not p.allowed:
+            continue
+        base, share = done / total, w / total
+        tag = f"{p.label} M={p.n_train}"
+
+        def job_progress(f: float, msg: str, base=base, share=share, tag=tag) -> None:
+            progress(min(base + share * float(f), 1.0), f"{tag}: {msg}")
+
+        idx = train_sets[p.n_train]
+        kwargs: dict[str, Any] = {}
+        if p.mode == "aff" and symmetry is not None:
+            kwargs.update(pe_sets=[np.asarray(s) for s in symmetry.pe_sets], perms=symmetry.perms)
+        elif p.mode == "sgdml" and symmetry is not None:
+            kwargs.update(perms=symmetry.perms)
+        try:
+            t0 = time.perf_counter()
+            fm = fit_force_model(
+                traj.R[idx], traj.F[idx], traj.z, mode=p.mode, gamma=gamma, lam=lam, criterion=criterion,
+                train_idx=idx, budget_bytes=budget_bytes, seed=seed,
+                progress=lambda f, m: job_progress(0.6 * f, m), **kwargs,
+            )
+            train_s = time.perf_counter() - t0
+            em, e_s = None, None
+            if with_energy and traj.E is not None:
+                te = time.perf_counter()
+                if p.mode == "aff":
+                    em = fit_energy_model(fm, traj.R[idx], traj.E[idx], F=traj.F[idx], train_idx=idx, seed=seed)
+                else:
+                    em = fit_integrated_energy(fm, traj.R[idx], traj.E[idx])
+                e_s = time.perf_counter() - te
+            held = predict_held_out(fm, traj, energy_model=em, test_idx=test,
+                                    progress=lambda f, m: job_progress(0.6 + 0.4 * f, m))
+            rep = held.report(level, kind)
+        except (ComputeBudgetError, FactorizationError, ModelError, SplitError, np.linalg.LinAlgError) as exc:
+            row.update(status="failed", note=str(exc))
+            done += w
+            continue
+        row.update(
+            status="ok", force_mae=rep["force_mae"], force_rmse=rep["force_rmse"], energy_mae=rep["energy_mae"],
+            train_s=train_s, energy_train_s=e_s, pci=rep["pci"], lci=rep["lci"], l_norm=rep["l_norm"],
+            delta_p=rep["delta_p"], gamma=float(fm.gamma), lam=float(fm.lam),
+        )
+        done += w
+        progress(min(done / total, 1.0), f"{tag}: done")
+    progress(1.0, "learning curve done")
+    return rows

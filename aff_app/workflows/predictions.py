@@ -1,0 +1,383 @@
+"""Held-out predictions of a trained model, their metrics, and files to download.
+
+What the Predictions page and the learning curves share (no Streamlit here):
+
+* :func:`select_test_frames` — the held-out frames, by the same rule as
+  ``aff_app.workflows.training.evaluate_model`` (the test frames recorded at training
+  when the data is the training data, else frames that are not training
+  frames, drawn with a seed);
+* :func:`predict_held_out` — force predictions (mean, latent and observation
+  standard deviations) and, with an energy model, energy predictions on those
+  frames, as a :class:`HeldOut` record;
+* :meth:`HeldOut.report` — the paper's metrics (method.md "What the paper
+  reports"): force MAE/RMSE, PCI, LCI, L_norm, Δp = level − PCI, energy
+  MAE/RMSE and energy PCI/LCI when the energy model gives intervals;
+* :func:`predictions_csv`, :func:`predictions_extxyz` — downloads.
+
+Units: positions Å, forces kcal/mol/Å, energies kcal/mol (the extended XYZ
+file uses ASE's eV and eV/Å, and says so in every comment line).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy.special import ndtri  # Φ⁻¹; scipy.stats costs ~0.45 s to import
+
+from aff_app import units
+from aff_app.workflows import metrics
+from aff_app.gp.energy import EnergyModel, IntegratedEnergyModel
+from aff_app.gp.force import ForceModel
+from aff_app.io.trajectory import Trajectory
+from aff_app.workflows.training import SplitError, TrainTestOverlapError, UnlabelledDataError, check_atoms_match, training_positions_mask
+
+__all__ = [
+    "HeldOut",
+    "select_test_frames",
+    "predict_held_out",
+    "predictions_csv",
+    "energy_csv",
+    "predictions_extxyz",
+    "CALIBRATION_LEVELS",
+]
+
+Progress = Callable[[float, str], None]
+
+#: Nominal levels of the calibration curve (coverage against level).
+CALIBRATION_LEVELS = tuple(np.round(np.linspace(0.05, 0.99, 48), 4).tolist())
+KINDS = ("latent", "observation")
+
+
+def _noop(fraction: float, message: str) -> None:
+    return None
+
+
+def _half_width(level: float) -> float:
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    return float(ndtri(0.5 + float(level) / 2.0))
+
+
+@dataclass(frozen=True, eq=False)
+class HeldOut:
+    """Predictions on held-out frames.
+
+    Attributes
+    ----------
+    test_idx : ndarray of int, shape (B,)
+        Frame indices into the trajectory, sorted.
+    selection : str
+        How they were chosen, in words.
+    z : ndarray, shape (N,)
+    R : ndarray, shape (B, N, 3), Å
+    F_ref, F_mean : ndarray, shape (B, N, 3), kcal/mol/Å
+    F_std : ndarray, shape (B, N, 3), kcal/mol/Å
+        Standard deviation of the latent (noise-free) force.
+    F_std_obs : ndarray, shape (B, N, 3), kcal/mol/Å
+        Standard deviation of a new noisy observation (adds σ̂_i² λ).
+    E_ref, E_mean, E_std : ndarray, shape (B,), kcal/mol, or None
+        Reference and predicted energies (None without an energy model or
+        without reference energies); ``E_std`` may be None when the energy
+        model gives no interval.
+    energy_model : str or None
+        'energy GP' (conditioned on predicted forces, method.md) or
+        'integrated force GP' (GDML recipe).
+    predict_s : float
+        Wall time of the predictions, s.
+    """
+
+    test_idx: np.ndarray
+    selection: str
+    z: np.ndarray
+    R: np.ndarray
+    F_ref: np.ndarray
+    F_mean: np.ndarray
+    F_std: np.ndarray
+    F_std_obs: np.ndarray
+    E_ref: np.ndarray | None = None
+    E_mean: np.ndarray | None = None
+    E_std: np.ndarray | None = None
+    energy_model: str | None = None
+    predict_s: float = 0.0
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.test_idx.size)
+
+    @property
+    def has_energy(self) -> bool:
+        return self.E_mean is not None and self.E_ref is not None
+
+    @property
+    def has_energy_interval(self) -> bool:
+        return self.has_energy and self.E_std is not None and bool(np.all(np.isfinite(self.E_std)))
+
+    def force_std(self, kind: str = "latent") -> np.ndarray:
+        """The standard deviation of ``kind`` ('latent' or 'observation'), (B, N, 3) kcal/mol/Å."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be 'latent' or 'observation', got {kind!r}")
+        return self.F_std if kind == "latent" else self.F_std_obs
+
+    def force_interval(self, level: float = 0.95, kind: str = "latent") -> tuple[np.ndarray, np.ndarray]:
+        """Central interval mean ± z·sd of each force component, each (B, N, 3) kcal/mol/Å."""
+        h = _half_width(level) * self.force_std(kind)
+        return self.F_mean - h, self.F_mean + h
+
+    def energy_interval(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Central interval of each energy, each (B,) kcal/mol (needs :attr:`has_energy_interval`)."""
+        if not self.has_energy_interval:
+            raise ValueError("these predictions have no energy intervals")
+        h = _half_width(level) * self.E_std
+        return self.E_mean - h, self.E_mean + h
+
+    def force_errors(self) -> np.ndarray:
+        """|F̂ − F| per atom (Euclidean norm of the error vector), (B, N) kcal/mol/Å."""
+        return np.linalg.norm(self.F_mean - self.F_ref, axis=-1)
+
+    def calibration(self, levels: Sequence[float] = CALIBRATION_LEVELS, kind: str = "latent") -> dict:
+        """Empirical coverage at nominal ``levels``: forces (kind's intervals) and, when possible, energies.
+
+        Returns
+        -------
+        dict with ``levels`` (list), ``force`` (list of fractions) and
+        ``energy`` (list, or None).
+        """
+        lv = [float(x) for x in levels]
+        out = {"levels": lv, "force": metrics.coverage(self.F_ref, self.F_mean, self.force_std(kind), lv).tolist(),
+               "energy": None}
+        if self.has_energy_interval:
+            out["energy"] = metrics.coverage(self.E_ref, self.E_mean, self.E_std, lv).tolist()
+        return out
+
+    def report(self, level: float = 0.95, kind: str = "latent") -> dict:
+        """The paper's held-out metrics (Table I, Fig. 5) as a JSON-ready dict.
+
+        Keys: ``n_test``, ``level``, ``kind``, ``force_mae``, ``force_rmse``,
+        ``pci``, ``lci`` (kcal/mol/Å), ``l_norm``, ``delta_p``, and
+        ``energy_mae``, ``energy_rmse`` (kcal/mol; None without energies),
+        ``energy_pci``, ``energy_lci`` (None without energy intervals).
+        """
+        lo, hi = self.force_interval(level, kind)
+        out = {
+            "n_test": self.n_frames,
+            "level": float(level),
+            "kind": kind,
+            "force_mae": metrics.mae(self.F_ref, self.F_mean),
+            "force_rmse": metrics.rmse(self.F_ref, self.F_mean),
+            "pci": metrics.pci(self.F_ref, lo, hi),
+            "lci": metrics.lci(lo, hi),
+            "delta_p": metrics.delta_p(self.F_ref, lo, hi, level=level),
+            "energy_mae": None,
+            "energy_rmse": None,
+            "energy_pci": None,
+            "energy_lci": None,
+        }
+        try:
+            out["l_norm"] = metrics.l_norm(lo, hi, self.F_ref)
+        except metrics.MetricError:  # zero force range: undefined, never a number
+            out["l_norm"] = None
+        if self.has_energy:
+            out["energy_mae"] = metrics.mae(self.E_ref, self.E_mean)
+            out["energy_rmse"] = metrics.rmse(self.E_ref, self.E_mean)
+            if self.has_energy_interval:
+                elo, ehi = self.energy_interval(level)
+                out["energy_pci"] = metrics.pci(self.E_ref, elo, ehi)
+                out["energy_lci"] = metrics.lci(elo, ehi)
+        return out
+
+
+def select_test_frames(model: ForceModel, traj: Trajectory, *, n_test: int | None = None, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Held-out frames of ``traj`` for ``model``: ``(sorted indices, description)``.
+
+    The rule of ``aff_app.workflows.training.evaluate_model``: the test frames recorded
+    at training when ``traj`` is the training data (same fingerprint) and
+    ``n_test`` is None or their number; otherwise ``n_test`` frames (all when
+    None) drawn with ``seed`` among the frames that are not training frames.
+
+    Raises
+    ------
+    SplitError
+        No held-out frame left, or more asked for than there are.
+    """
+    in_train = training_positions_mask(model, traj)
+    same_data = model.info.get("data", {}).get("fingerprint") == traj.fingerprint
+    recorded = model.info.get("split", {}).get("test") if same_data else None
+    if recorded and (n_test is None or int(n_test) == len(recorded)):
+        return np.asarray(recorded, dtype=np.int64), f"the {len(recorded)} test frames drawn at training"
+    pool = np.flatnonzero(~in_train)
+    if pool.size == 0:
+        raise SplitError("every frame of the data is a training frame: there is nothing to test on")
+    if n_test is None:
+        return pool, f"all {pool.size} frames not used for training"
+    n_test = int(n_test)
+    if n_test < 1 or n_test > pool.size:
+        raise SplitError(
+            f"cannot draw {n_test} test frames: {traj.n_frames} frames minus {int(in_train.sum())} training "
+            f"frames leaves {pool.size}; ask for between 1 and {pool.size}"
+        )
+    idx = np.sort(np.random.default_rng(seed).choice(pool, size=n_test, replace=False))
+    return idx, f"{n_test} random frames not used for training (seed {seed})"
+
+
+def predict_held_out(
+    force_model: ForceModel,
+    traj: Trajectory,
+    *,
+    energy_model: EnergyModel | IntegratedEnergyModel | None = None,
+    n_test: int | None = None,
+    test_idx: Sequence[int] | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> HeldOut:
+    """Predict forces (and energies) on held-out frames of a labelled trajectory.
+
+    Parameters
+    ----------
+    force_model : ForceModel
+    traj : Trajectory
+        Labelled data of the same molecule (same atoms, same order).
+    energy_model : EnergyModel or IntegratedEnergyModel, optional
+        Its energies are predicted too when ``traj`` has energies. An
+        ``EnergyModel`` conditions on the force prediction just made (not a
+        second one).
+    n_test, seed : see :func:`select_test_frames`.
+    test_idx : sequence of int, optional
+        Explicit test frames (refused when any is a training frame).
+    progress : callable(fraction, message), optional
+
+    Returns
+    -------
+    HeldOut
+
+    Raises
+    ------
+    UnlabelledDataError, AtomsMismatchError, SplitError, TrainTestOverlapError
+    """
+    import time
+
+    progress = progress or _noop
+    if not traj.has_labels:
+        raise UnlabelledDataError(
+            f"predictions on held-out frames need reference forces, but {traj.name or 'this trajectory'!r} has none"
+        )
+    check_atoms_match(force_model.z, traj.z, what="the loaded data")
+    if test_idx is not None:
+        idx = np.unique(np.asarray(test_idx, dtype=np.int64))
+        if idx.size == 0 or idx.min() < 0 or idx.max() >= traj.n_frames:
+            raise SplitError(f"test frames must be non-empty and lie in 0..{traj.n_frames - 1}")
+        overlap = idx[training_positions_mask(force_model, traj)[idx]]
+        if overlap.size:
+            raise TrainTestOverlapError(
+                f"{overlap.size} of the {idx.size} test frames were used for training (first: {overlap[:10].tolist()})"
+            )
+        selection = f"{idx.size} given frames"
+    else:
+        idx, selection = select_test_frames(force_model, traj, n_test=n_test, seed=seed)
+    t0 = time.perf_counter()
+    has_e = energy_model is not None and traj.E is not None
+    share = 0.6 if has_e and isinstance(energy_model, EnergyModel) else (0.8 if has_e else 1.0)
+    R = traj.R[idx]
+    fp = force_model.predict(R, progress=lambda f, m: progress(share * f, "forces: " + m))
+    E_mean = E_std = E_ref = None
+    kind = None
+    if has_e:
+        if isinstance(energy_model, EnergyModel):
+            ep = energy_model.predict(R, forces=fp, progress=lambda f, m: progress(share + (1 - share) * f, "energies: " + m))
+            kind = "energy GP"
+        else:
+            ep = energy_model.predict(R, progress=lambda f, m: progress(share + (1 - share) * f, "energies: " + m))
+            kind = "integrated force GP"
+        E_ref = np.asarray(traj.E[idx], dtype=np.float64)
+        E_mean = np.asarray(ep.mean, dtype=np.float64)
+        E_std = None if ep.std is None or not np.all(np.isfinite(ep.std)) else np.asarray(ep.std, dtype=np.float64)
+    progress(1.0, "done")
+    arrays = [idx, R, traj.F[idx], fp.mean, fp.std, fp.std_observation(), E_ref, E_mean, E_std]
+    for a in arrays:
+        if a is not None:
+            a.setflags(write=False)
+    return HeldOut(
+        test_idx=idx, selection=selection, z=np.asarray(traj.z), R=R, F_ref=traj.F[idx], F_mean=fp.mean,
+        F_std=fp.std, F_std_obs=fp.std_observation(), E_ref=E_ref, E_mean=E_mean, E_std=E_std,
+        energy_model=kind, predict_s=time.perf_counter() - t0,
+    )
+
+
+# -- downloads ------------------------------------------------------------------------------------
+
+
+def predictions_csv(held: HeldOut, *, kind: str = "latent") -> str:
+    """One row per held-out frame, atom and force component (internal units in the header).
+
+    Columns: ``frame, atom, element, component, F_ref [kcal/mol/Å], F_pred
+    [kcal/mol/Å], F_std [kcal/mol/Å]`` (the std of ``kind``, named in the
+    header).
+    """
+    from ase.data import chemical_symbols
+
+    B, N = held.F_ref.shape[:2]
+    fu = units.FORCE_UNIT
+    std = held.force_std(kind)
+    frames = np.repeat(held.test_idx, N * 3)
+    atoms = np.tile(np.repeat(np.arange(N), 3), B)
+    comps = np.tile(np.array(["x", "y", "z"]), B * N)
+    symbols = np.array([chemical_symbols[int(a)] for a in held.z])[atoms]
+    out = io.StringIO()
+    out.write(f"frame,atom,element,component,F_ref [{fu}],F_pred [{fu}],F_std_{kind} [{fu}]\n")
+    ref, pred, sd = held.F_ref.reshape(-1), held.F_mean.reshape(-1), std.reshape(-1)
+    for row in zip(frames, atoms, symbols, comps, ref, pred, sd):
+        out.write(f"{row[0]},{row[1]},{row[2]},{row[3]},{row[4]:.10g},{row[5]:.10g},{row[6]:.10g}\n")
+    return out.getvalue()
+
+
+def energy_csv(held: HeldOut) -> str:
+    """One row per held-out frame: reference, predicted energy and its std (kcal/mol; std empty when none)."""
+    if not held.has_energy:
+        raise ValueError("these predictions have no energies")
+    eu = units.ENERGY_UNIT
+    out = io.StringIO()
+    out.write(f"frame,E_ref [{eu}],E_pred [{eu}],E_std [{eu}]\n")
+    for i, k in enumerate(held.test_idx):
+        sd = "" if held.E_std is None else f"{held.E_std[i]:.10g}"
+        out.write(f"{k},{held.E_ref[i]:.10g},{held.E_mean[i]:.10g},{sd}\n")
+    return out.getvalue()
+
+
+def predictions_extxyz(held: HeldOut, *, kind: str = "latent") -> bytes:
+    """Extended XYZ of the held-out frames with reference and predicted labels, in eV and eV/Å.
+
+    Per frame: reference ``energy`` and ``forces`` (ASE reads them as
+    calculator results), arrays ``pred_forces`` and ``pred_forces_std``
+    (the std of ``kind``), and info ``frame``, ``pred_energy``,
+    ``pred_energy_std`` (when predicted), ``energy_unit='eV'``,
+    ``interval_kind``.
+    """
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    ef = units.energy_factor(units.ENERGY_UNIT, "eV")
+    ff = units.force_factor(units.ENERGY_UNIT, units.LENGTH_UNIT, "eV", "Å")
+    std = held.force_std(kind)
+    images = []
+    for i, k in enumerate(held.test_idx):
+        at = Atoms(numbers=held.z, positions=held.R[i])
+        at.info["frame"] = int(k)
+        at.info["energy_unit"] = "eV"
+        at.info["interval_kind"] = kind
+        at.arrays["pred_forces"] = held.F_mean[i] * ff
+        at.arrays["pred_forces_std"] = std[i] * ff
+        results = {"forces": held.F_ref[i] * ff}
+        if held.E_ref is not None:
+            results["energy"] = float(held.E_ref[i] * ef)
+        if held.E_mean is not None:
+            at.info["pred_energy"] = float(held.E_mean[i] * ef)
+            if held.E_std is not None:
+                at.info["pred_energy_std"] = float(held.E_std[i] * ef)
+        at.calc = SinglePointCalculator(at, **results)
+        images.append(at)
+    buf = io.StringIO()
+    write(buf, images, format="extxyz")
+    return buf.getvalue().encode()

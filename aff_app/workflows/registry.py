@@ -1,0 +1,351 @@
+"""A registry of named trained models: what the Train, Predictions and Compare pages share.
+
+Pure library (no Streamlit): the app keeps one :class:`ModelRegistry` in its
+session state, but nothing here knows about that. An entry
+(:class:`TrainedModel`) holds a force model, its optional energy model, the
+fingerprint of the data it belongs to, and — once evaluated — its held-out
+metrics (the paper's Table I columns).
+
+Models travel as ``.npz`` files of plain arrays: :func:`model_bytes` writes
+the energy model when there is one (its file embeds the force model, keys
+``force__*``) else the force model; :func:`load_model_bytes` reads either
+kind back, refusing anything that is not an aff_app model.
+
+Units: γ in 1/Å (descriptor units), λ dimensionless, times in s, force
+metrics in kcal/mol/Å, energy metrics in kcal/mol.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from aff_app.gp.energy import (
+    ENERGY_FORMAT,
+    INTEGRATED_FORMAT,
+    EnergyModel,
+    IntegratedEnergyModel,
+)
+from aff_app.gp.force import ForceModel, ModelError
+
+__all__ = [
+    "RegistryError",
+    "TrainedModel",
+    "ModelRegistry",
+    "MODE_LABELS",
+    "default_name",
+    "model_bytes",
+    "load_model_bytes",
+    "ROW_COLUMNS",
+]
+
+#: How each force-model mode is named to users.
+MODE_LABELS = {"aff": "AFF", "gdml": "GDML", "sgdml": "sGDML"}
+#: Longest accepted model name.
+MAX_NAME_LENGTH = 80
+#: Columns of :meth:`ModelRegistry.rows`, with their units.
+ROW_COLUMNS = (
+    "name", "model", "M", "seed", "gamma (1/Å)", "lambda", "train time (s)",
+    "force MAE (kcal/mol/Å)", "energy MAE (kcal/mol)", "PCI(95%)", "LCI(95%) (kcal/mol/Å)", "source",
+)
+
+_FORCE_FORMAT = "aff_app.ForceModel/1"
+
+
+class RegistryError(ValueError):
+    """An invalid registry operation (unknown name, duplicate or empty name)."""
+
+
+def default_name(mode: str, n_train: int, seed: int | None) -> str:
+    """The name a freshly trained model gets, e.g. ``'AFF M=200 seed 0'``."""
+    label = MODE_LABELS.get(mode, str(mode).upper())
+    return f"{label} M={int(n_train)}" + ("" if seed is None else f" seed {int(seed)}")
+
+
+def _finite_or_none(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+@dataclass(eq=False)
+class TrainedModel:
+    """One named model of the session.
+
+    Attributes
+    ----------
+    name : str
+        Unique within its registry.
+    force : ForceModel
+    energy : EnergyModel or IntegratedEnergyModel or None
+        Fitted when the training data had energies.
+    data_fingerprint : str or None
+        ``Trajectory.fingerprint`` of the data it was trained on (from the
+        model's provenance for an uploaded model; None when unknown).
+    source : {'trained', 'uploaded'}
+    uid : str
+        Random identity that survives renaming (memo keys use it; unique across sessions).
+    metrics : dict or None
+        Held-out metrics once evaluated: ``force_mae``, ``force_rmse``, ``pci``,
+        ``lci``, ``l_norm``, ``delta_p`` (forces, kcal/mol/Å and fractions),
+        ``energy_mae`` (kcal/mol, or None), ``n_test``, ``kind``, ``level``.
+    """
+
+    name: str
+    force: ForceModel
+    energy: EnergyModel | IntegratedEnergyModel | None = None
+    data_fingerprint: str | None = None
+    source: str = "trained"
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    metrics: dict | None = None
+
+    # -- the numbers users know ---------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self.force.mode
+
+    @property
+    def mode_label(self) -> str:
+        return MODE_LABELS.get(self.force.mode, self.force.mode)
+
+    @property
+    def n_train(self) -> int:
+        return self.force.n_train
+
+    @property
+    def seed(self) -> int | None:
+        seed = self.force.info.get("split", {}).get("seed")
+        return None if seed is None else int(seed)
+
+    @property
+    def gamma(self) -> float:
+        return float(self.force.gamma)
+
+    @property
+    def lam(self) -> float:
+        return float(self.force.lam)
+
+    @property
+    def train_time_s(self) -> float | None:
+        """Wall time of the force fit (hyperparameter search included), s."""
+        t = self.force.info.get("timings", {})
+        return _finite_or_none(t.get("total_s", t.get("fit_s")))
+
+    @property
+    def test_idx(self) -> list[int] | None:
+        """Test frames recorded at training (None when none were)."""
+        test = self.force.info.get("split", {}).get("test")
+        return None if test is None else [int(i) for i in test]
+
+    def row(self) -> dict[str, Any]:
+        """One table row (keys :data:`ROW_COLUMNS`); unknown or non-finite values are None."""
+        m = self.metrics or {}
+        pci = _finite_or_none(m.get("pci"))
+        return {
+            "name": self.name,
+            "model": self.mode_label,
+            "M": self.n_train,
+            "seed": self.seed,
+            "gamma (1/Å)": _finite_or_none(self.gamma),
+            "lambda": _finite_or_none(self.lam),
+            "train time (s)": self.train_time_s,
+            "force MAE (kcal/mol/Å)": _finite_or_none(m.get("force_mae")),
+            "energy MAE (kcal/mol)": _finite_or_none(m.get("energy_mae")),
+            "PCI(95%)": pci,
+            "LCI(95%) (kcal/mol/Å)": _finite_or_none(m.get("lci")),
+            "source": self.source,
+        }
+
+
+class ModelRegistry:
+    """Named trained models, in the order they were added.
+
+    Names are unique; :meth:`add` makes a clash unique with a ``' (2)'`` suffix
+    unless ``unique=False`` asks for an error instead.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, TrainedModel] = {}
+
+    # -- container protocol --------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[TrainedModel]:
+        return iter(list(self._entries.values()))
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def get(self, name: str) -> TrainedModel:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise RegistryError(
+                f"no model named {name!r}; the session has: {', '.join(self._entries) or 'none'}"
+            ) from None
+
+    # -- changes -----------------------------------------------------------------------------
+    @staticmethod
+    def _clean(name: Any) -> str:
+        if not isinstance(name, str):
+            raise RegistryError(f"a model name must be text, got {type(name).__name__}")
+        clean = re.sub(r"\s+", " ", name).strip()
+        if not clean:
+            raise RegistryError("a model name cannot be empty")
+        if len(clean) > MAX_NAME_LENGTH:
+            raise RegistryError(f"a model name may have at most {MAX_NAME_LENGTH} characters, got {len(clean)}")
+        return clean
+
+    def unique_name(self, base: str) -> str:
+        """``base`` itself when free, else ``'base (2)'``, ``'base (3)'``…"""
+        base = self._clean(base)
+        if base not in self._entries:
+            return base
+        for k in itertools.count(2):
+            cand = f"{base} ({k})"
+            if cand not in self._entries:
+                return cand
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def add(
+        self,
+        force: ForceModel,
+        *,
+        name: str | None = None,
+        energy: EnergyModel | IntegratedEnergyModel | None = None,
+        data_fingerprint: str | None = None,
+        source: str = "trained",
+        metrics: dict | None = None,
+        unique: bool = True,
+        uid: str | None = None,
+    ) -> TrainedModel:
+        """Add a model under ``name`` (default :func:`default_name`); return its entry.
+
+        Raises
+        ------
+        RegistryError
+            Not a ForceModel, an energy model of another force model, an
+            empty name, or (``unique=False``) a name already taken.
+        """
+        if not isinstance(force, ForceModel):
+            raise RegistryError(f"expected a ForceModel, got {type(force).__name__}")
+        if energy is not None:
+            if not isinstance(energy, (EnergyModel, IntegratedEnergyModel)):
+                raise RegistryError(f"expected an energy model or None, got {type(energy).__name__}")
+            if energy.n_atoms != force.n_atoms:
+                raise RegistryError(
+                    f"the energy model is for {energy.n_atoms} atoms but the force model for {force.n_atoms}"
+                )
+        if source not in ("trained", "uploaded"):
+            raise RegistryError(f"source must be 'trained' or 'uploaded', got {source!r}")
+        if name is None:
+            seed = force.info.get("split", {}).get("seed")
+            name = default_name(force.mode, force.n_train, seed)
+        clean = self._clean(name)
+        if clean in self._entries and not unique:
+            raise RegistryError(f"a model named {clean!r} exists already: choose another name")
+        clean = self.unique_name(clean)
+        if data_fingerprint is None:
+            data_fingerprint = force.info.get("data", {}).get("fingerprint")
+        entry = TrainedModel(name=clean, force=force, energy=energy, data_fingerprint=data_fingerprint,
+                             source=source, metrics=None if metrics is None else dict(metrics))
+        if uid is not None:
+            entry.uid = str(uid)
+        self._entries[clean] = entry
+        return entry
+
+    def rename(self, old: str, new: str) -> TrainedModel:
+        """Rename ``old`` to ``new`` (kept at its place in the order)."""
+        entry = self.get(old)
+        clean = self._clean(new)
+        if clean == old:
+            return entry
+        if clean in self._entries:
+            raise RegistryError(f"a model named {clean!r} exists already: choose another name")
+        self._entries = {(clean if k == old else k): v for k, v in self._entries.items()}
+        entry.name = clean
+        return entry
+
+    def remove(self, name: str) -> TrainedModel:
+        """Remove and return the entry ``name``."""
+        entry = self.get(name)
+        del self._entries[name]
+        return entry
+
+    def set_metrics(self, name: str, metrics: dict) -> None:
+        """Record the held-out metrics of ``name`` (see :attr:`TrainedModel.metrics`)."""
+        self.get(name).metrics = dict(metrics)
+
+    def for_data(self, fingerprint: str | None, n_atoms: int | None = None) -> list[TrainedModel]:
+        """Entries trained on data with this fingerprint, or (``n_atoms`` given) of that size when unknown."""
+        out = []
+        for e in self:
+            if e.data_fingerprint == fingerprint:
+                out.append(e)
+            elif n_atoms is not None and e.data_fingerprint is None and e.force.n_atoms == n_atoms:
+                out.append(e)
+        return out
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One :meth:`TrainedModel.row` per entry, in order."""
+        return [e.row() for e in self]
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+def model_bytes(entry: TrainedModel) -> bytes:
+    """The entry as ``.npz`` bytes: its energy model (force model embedded) when it has one, else the force model."""
+    buf = io.BytesIO()
+    (entry.energy if entry.energy is not None else entry.force).save(buf)
+    return buf.getvalue()
+
+
+def load_model_bytes(data: bytes, *, where: str = "uploaded file") -> tuple[ForceModel, EnergyModel | IntegratedEnergyModel | None]:
+    """Read a force model, or an energy model with its force model, from ``.npz`` bytes.
+
+    Returns
+    -------
+    (ForceModel, energy model or None)
+
+    Raises
+    ------
+    ModelError
+        Not an ``.npz`` of plain arrays (pickles are refused, never executed),
+        or not an aff_app model, or invalid arrays.
+    """
+    if not isinstance(data, (bytes, bytearray)) or len(data) == 0:
+        raise ModelError(f"{where}: the file is empty")
+    try:
+        with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as d:
+            arrays = {k: d[k] for k in d.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise ModelError(
+            f"{where}: not an .npz archive of plain arrays (pickled/object data is refused) [{type(exc).__name__}]"
+        ) from exc
+    fmt = str(arrays.get("format", ""))
+    if fmt == _FORCE_FORMAT:
+        return ForceModel.from_arrays(arrays, where=where), None
+    if fmt == ENERGY_FORMAT:
+        em = EnergyModel.from_arrays(arrays, where=where)
+        return em.force_model, em
+    if fmt == INTEGRATED_FORMAT:
+        im = IntegratedEnergyModel.from_arrays(arrays, where=where)
+        return im.force_model, im
+    raise ModelError(
+        f"{where}: not an aff_app model (format {fmt!r}); expected a file downloaded from the Train page "
+        "or written by `python -m aff_app train`"
+    )
