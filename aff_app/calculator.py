@@ -4,9 +4,9 @@ ASE works in eV and Å; the models work in kcal/mol and Å (``aff_app.units``).
 The calculator converts at this edge and nowhere else::
 
     from aff_app.calculator import AFFCalculator
-    from aff_app.gp import ForceModel
+    from aff_app.gp.persistence import load_model
 
-    atoms.calc = AFFCalculator(ForceModel.load("uracil_aff.npz"))
+    atoms.calc = AFFCalculator(*load_model("uracil_aff.npz"))   # force model, energy model (or None)
     atoms.get_forces()                                  # eV/Å, posterior mean
     atoms.calc.get_property("forces_std", atoms)        # eV/Å, latent posterior sd
 

@@ -10,7 +10,7 @@ import streamlit as st
 from ase.data import chemical_symbols
 
 from aff_app.figures import predictions as figp
-from aff_app.workflows.predictions import energy_csv, predictions_csv, predictions_extxyz
+from aff_app.workflows.predictions import Predicted, energy_csv, predictions_file
 from aff_app.ui import data_widgets as dw
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
@@ -229,15 +229,19 @@ with c_tab:
 st.markdown("##### Download the predictions")
 stem = entry.name.replace(" ", "_").replace("/", "_").replace("=", "")
 d1, d2, d3 = st.columns(3)
-d1.download_button(f"Forces CSV ({FORCE_UNIT})", data=lambda: predictions_csv(held, kind=kind),
+d1.download_button(f"Predictions CSV ({FORCE_UNIT})",
+                   data=lambda: predictions_file(Predicted.from_held_out(held, kind), "csv"),
                    file_name=f"{stem}_forces.csv", mime="text/csv", key=state.PRED_DOWNLOAD_CSV, on_click="ignore",
-                   help="One row per frame, atom and component: reference, predicted, std (of the interval kind shown).")
+                   help="One row per frame and atom: position, predicted force, its sd (of the interval kind "
+                        "shown), reference force; the frame's predicted energy, its sd and reference (kcal/mol). "
+                        "The same file as `python -m aff_app predict … --out FILE.csv`.")
 d2.download_button(f"Energies CSV ({ENERGY_UNIT})", data=lambda: energy_csv(held) if held.has_energy else "",
                    file_name=f"{stem}_energies.csv", mime="text/csv", key=state.PRED_DOWNLOAD_ENERGY_CSV,
                    on_click="ignore", disabled=not held.has_energy,
                    help="One row per frame: reference, predicted, std." if held.has_energy else "No energy predictions.")
-d3.download_button("Extended XYZ (eV, Å)", data=lambda: predictions_extxyz(held, kind=kind),
+d3.download_button("Extended XYZ (eV, Å)",
+                   data=lambda: predictions_file(Predicted.from_held_out(held, kind), "extxyz"),
                    file_name=f"{stem}_predictions.extxyz", mime="text/plain", key=state.PRED_DOWNLOAD_EXTXYZ,
                    on_click="ignore",
-                   help="Reference energy/forces as ASE calculator results; arrays pred_forces, pred_forces_std; "
-                        "info pred_energy, pred_energy_std (eV, eV/Å).")
+                   help="Reference energy/forces as ASE calculator results; arrays forces_pred, forces_std; "
+                        "info energy_pred, energy_std (eV, eV/Å). The same file as `python -m aff_app predict`.")

@@ -12,7 +12,8 @@ from aff_app.gp import covariance as cov
 from aff_app.workflows import learning
 from aff_app.gp.budget import ComputeBudgetError, check_budget, default_budget_bytes
 from aff_app.cancel import Cancelled
-from aff_app.workflows.registry import MODE_LABELS, default_name, load_model_bytes, model_bytes
+from aff_app.gp.persistence import load_model, model_bytes
+from aff_app.workflows.registry import MODE_LABELS, default_name
 from aff_app.workflows.training import check_atoms_match
 from aff_app.ui import data_widgets as dw
 from aff_app.ui import jobs
@@ -132,9 +133,9 @@ with st.container(border=True):
         st.warning(f"This fit may take several minutes (≈ {est.seconds:,.0f} s for the factorisation alone).")
     if not fixed:
         st.caption(
-            f"The hyperparameter search comes on top of this (about 10 evaluations, roughly the cost of the fit "
-            f"itself): it builds and eigendecomposes the kernels of max(100, M/4) training frames (fewer for "
-            f"large PE sets) for each γ tried"
+            "The hyperparameter search comes on top of this (about 10 evaluations, roughly the cost of the fit "
+            "itself): it builds and eigendecomposes the kernels of max(100, M/4) training frames (fewer for "
+            "large PE sets) for each γ tried"
             + (f", averaging {len(symmetry.perms)} permutations in each" if symmetry is not None and mode != "gdml"
                and len(symmetry.perms) > 1 else "")
             + ". Set γ and λ by hand for a fit that takes about the estimate."
@@ -170,28 +171,26 @@ if run:
             st.error(f"Training failed: {mw.error_text(exc)}\n\nThe session's models and the data are unchanged.")
         else:
             jobs.end(token)
-            status.update(label=f"Trained {entry.name} in {mw.fmt(entry.train_time_s, '.3g')} s",
+            record = entry.force.record
+            status.update(label=f"Trained {entry.name} in {mw.fmt(record.timings.total_s, '.3g')} s",
                           state="complete", expanded=False)
-            hyper_info = entry.force.info.get("hyper", {})
-            if hyper_info.get("converged") is False:
-                warnings.append(
-                    "The hyperparameter search ended on the edge of its grid (γ or λ at a limit): the model may "
-                    "improve with γ and λ set by hand, or with more frames in the search."
-                )
             m = entry.metrics or {}
             msg = (f"Trained **{entry.name}**: γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; "
                    "held-out force MAE "
                    f"{mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}, PCI(95%) {mw.fmt(m.get('pci'), percent=True)}.")
-            ref = entry.force.info.get("lam_refine", {})
-            if ref.get("method") == "loo" and ref.get("chosen") != ref.get("candidates", [None])[0]:
-                factor = ref["candidates"][0] / ref["candidates"][1]
-                msg += (f" λ lowered {factor:.0f}× from the search's {mw.fmt(ref['candidates'][0], '.2e')}: on all training "
-                        "frames its leave-one-frame-out force error was "
-                        f"{mw.fmt(100 * (1 - ref['loo_mae'][1] / ref['loo_mae'][0]), '.0f')}% smaller.")
-            cal = entry.force.info.get("calibration", {})
-            if cal.get("method") == "loo":
-                msg += (f" Interval widths scaled by {mw.fmt(cal.get('scale'), '.3g')} so that 95% of the "
-                        f"leave-one-frame-out forces of {cal.get('frames')} training frames fall inside them.")
+            check = record.lam_check
+            if check.lowered:
+                msg += (f" λ lowered {check.factor:.0f}× from the search's {mw.fmt(check.candidates[0], '.2e')}: on "
+                        "all training frames its leave-one-frame-out force error was "
+                        f"{mw.fmt(100 * check.gain, '.0f')}% smaller.")
+            cal = record.calibration
+            if cal.method == "loo":
+                msg += (f" Interval widths scaled by {mw.fmt(cal.scale, '.3g')} so that 95% of the "
+                        f"leave-one-frame-out forces of {cal.frames} training frames fall inside them.")
+            t = record.timings
+            msg += (f" Time {mw.fmt(t.total_s, '.3g')} s: symmetry {mw.fmt(t.symmetry_s, '.2g')} s, force fit "
+                    f"{mw.fmt(t.force_s, '.3g')} s (search {mw.fmt(t.search_s, '.2g')} s), energy fit "
+                    f"{mw.fmt(t.energy_s, '.2g')} s, held-out predictions {mw.fmt(t.evaluation_s, '.2g')} s.")
             st.session_state[state.TRAIN_NOTICE] = [("success", msg)] + [("warning", w) for w in warnings]
             st.session_state.pop(state.TRAIN_NAME, None)
             st.rerun()
@@ -239,7 +238,7 @@ else:
         entry = registry.get(picked)
         what = "force and energy model" if entry.energy is not None else "force model"
         st.download_button(
-            f"Download {picked} ({what}, .npz)", data=lambda e=entry: model_bytes(e),
+            f"Download {picked} ({what}, .npz)", data=lambda e=entry: model_bytes(e.force, e.energy),
             file_name=picked.replace(" ", "_").replace("/", "_").replace("=", "") + ".npz",
             mime="application/octet-stream", key=state.TRAIN_DOWNLOAD, on_click="ignore",
             help="Plain arrays (no pickle): upload it here later, or use it with `python -m aff_app`.",
@@ -251,7 +250,7 @@ with st.expander("Upload a saved model (.npz)"):
                           type=["npz"], key=state.TRAIN_UPLOAD)
     if st.button("Add uploaded model", key=state.TRAIN_UPLOAD_ADD, disabled=up is None):
         try:
-            force, energy = load_model_bytes(up.getvalue(), where=up.name)
+            force, energy = load_model(up.getvalue(), where=up.name)
             check_atoms_match(force.z, traj.z, what=f"the loaded data ({traj.name or traj.formula})")
             base = up.name.rsplit(".", 1)[0] + " (uploaded)"
             entry = registry.add(force, name=base, energy=energy, source="uploaded")

@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from aff_app.io import files as data_lib
 from aff_app.workflows import learning
-from aff_app.workflows import training
+from aff_app.workflows import pipeline
 from aff_app.gp.budget import estimate_cost
 from aff_app.cancel import Cancelled, CancelToken, cancellable
 from aff_app.gp.energy import fit_energy_model
@@ -45,7 +45,7 @@ def _traj(name: str = "benzene"):
 @lru_cache(maxsize=None)
 def _fitted():
     traj = _traj()
-    m = training.train_model(traj, model="aff", n_train=20, n_test=30, gamma=GAMMA, lam=LAM)
+    m = pipeline.train_model(traj, model="aff", n_train=20, n_test=30, gamma=GAMMA, lam=LAM)
     em = fit_energy_model(m, traj.R[m.train_idx], traj.E[m.train_idx], gamma=GAMMA, lam=LAM)
     return m, em
 
@@ -292,9 +292,7 @@ def test_nan_metrics_show_a_dash_on_train_and_compare():
 def test_nan_predictions_show_a_dash_on_the_predictions_page(monkeypatch):
     import dataclasses
 
-    from aff_app.ui import model_widgets
-
-    real = model_widgets.predict_held_out
+    real = pipeline.evaluate
 
     def nan_predictions(*args, **kwargs):
         held = real(*args, **kwargs)
@@ -305,7 +303,7 @@ def test_nan_predictions_show_a_dash_on_the_predictions_page(monkeypatch):
         E[1] = np.nan
         return dataclasses.replace(held, F_mean=F, E_mean=E)
 
-    monkeypatch.setattr(model_widgets, "predict_held_out", nan_predictions)
+    monkeypatch.setattr(pipeline, "evaluate", nan_predictions)
     at = _open(PREDICTIONS)
     m = {x.label: x.value for x in at.metric}
     assert m["Force MAE (kcal/mol/Å)"] == "—" and m["Energy MAE (kcal/mol)"] == "—"
@@ -348,7 +346,7 @@ def _fixed_small(at: AppTest) -> AppTest:
 
 def test_cancel_during_training_keeps_the_session(monkeypatch):
     """The Cancel button's callback sets the job's token; the library's next progress report raises Cancelled."""
-    real = training.train_model
+    real = pipeline.train
     seen = {}
 
     def train_then_cancel(*args, **kwargs):
@@ -362,7 +360,7 @@ def test_cancel_during_training_keeps_the_session(monkeypatch):
 
         return real(*args, **{**kwargs, "progress": clicking_progress})
 
-    monkeypatch.setattr(training, "train_model", train_then_cancel)
+    monkeypatch.setattr(pipeline, "train", train_then_cancel)
     at = _fixed_small(_open(TRAIN))
     at.button(key=state.TRAIN_RUN).click().run()
     assert not at.exception, at.exception
@@ -395,7 +393,7 @@ def test_interrupted_run_is_reported_on_the_next_run_and_can_never_register():
 
 def test_a_superseded_training_thread_registers_nothing(monkeypatch):
     """The old run's thread may finish the fit after the new run started: it must not add its model."""
-    real = training.train_model
+    real = pipeline.train
 
     def superseded(*args, **kwargs):
         model = real(*args, **kwargs)
@@ -404,7 +402,7 @@ def test_a_superseded_training_thread_registers_nothing(monkeypatch):
         st.session_state.pop(state.ACTIVE_JOB)  # what the new run's report_interrupted does
         return model
 
-    monkeypatch.setattr(training, "train_model", superseded)
+    monkeypatch.setattr(pipeline, "train", superseded)
     at = _fixed_small(_open(TRAIN))
     at.button(key=state.TRAIN_RUN).click().run()
     assert not at.exception, at.exception
@@ -453,7 +451,7 @@ def test_the_library_lets_cancelled_through_untouched():
             token.cancel()
 
     with pytest.raises(Cancelled, match="test cancelled"):
-        training.train_model(traj, model="aff", n_train=20, n_test=10, gamma=GAMMA, lam=LAM,
+        pipeline.train_model(traj, model="aff", n_train=20, n_test=10, gamma=GAMMA, lam=LAM,
                              progress=cancellable(progress, token))
     calls.clear()
     token = CancelToken("test")

@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from aff_app.workflows import training
+from aff_app.workflows import pipeline
+from aff_app.gp.record import LamCheck
 from aff_app.gp.budget import ComputeBudgetError, estimate_cost
 from aff_app.gp.covariance import format_flops
 from aff_app.gp.energy import fit_energy_model
 from aff_app.gp.force import FactorizationError
-from aff_app.workflows.registry import ModelRegistry, model_bytes
+from aff_app.gp.persistence import model_bytes as _model_bytes
+from aff_app.workflows.registry import ModelRegistry
 from aff_app.ui import state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,9 +43,14 @@ def _traj(name: str = "benzene"):
 @lru_cache(maxsize=None)
 def _fitted(name: str = "benzene"):
     traj = _traj(name)
-    m = training.train_model(traj, model="aff", n_train=20, n_test=30, gamma=GAMMA, lam=LAM)
+    m = pipeline.train_model(traj, model="aff", n_train=20, n_test=30, gamma=GAMMA, lam=LAM)
     em = fit_energy_model(m, traj.R[m.train_idx], traj.E[m.train_idx], gamma=GAMMA, lam=LAM)
     return m, em
+
+
+def model_bytes(entry) -> bytes:
+    """The bytes the Train page's download button serves for ``entry``."""
+    return _model_bytes(entry.force, entry.energy)
 
 
 def _registry(with_model: bool = True) -> ModelRegistry:
@@ -171,15 +178,15 @@ def test_train_notice_says_when_the_lambda_check_lowered_the_nugget(monkeypatch)
     reg = _registry()
     at = _open(TRAIN, registry=reg)
     _fixed_small(at)
-    real = training.train_model
+    real = pipeline.train
 
     def checked_fit(*args, **kwargs):  # a real fit, recorded as if the λ check had lowered λ 16×
-        model = real(*args, **kwargs)
-        model.info["lam_refine"] = {"method": "loo", "probe_sets": [0], "candidates": [16 * LAM, LAM],
-                                    "loo_mae": [1.0, 0.9], "frames": 5, "chosen": LAM}
-        return model
+        trained = real(*args, **kwargs)
+        trained.force.record.lam_check = LamCheck(method="loo", probe_sets=(0,), candidates=(16 * LAM, LAM),
+                                                  loo_mae=(1.0, 0.9), frames=5, chosen=LAM)
+        return trained
 
-    monkeypatch.setattr(training, "train_model", checked_fit)
+    monkeypatch.setattr(pipeline, "train", checked_fit)
     at.button(key=state.TRAIN_RUN).click().run()
     assert not at.exception, at.exception
     text = _texts(at, "success")
@@ -201,7 +208,7 @@ def test_training_failure_is_shown_and_changes_nothing(monkeypatch, exc):
         kwargs["progress"](0.3, "building kernels")
         raise exc
 
-    monkeypatch.setattr(training, "train_model", failing_fit)
+    monkeypatch.setattr(pipeline, "train", failing_fit)
     at.button(key=state.TRAIN_RUN).click().run()
     assert not at.exception, at.exception
     errors = _texts(at, "error")
@@ -286,7 +293,7 @@ def test_predictions_page_shows_bands_parity_calibration_metrics_and_view():
     iframe = at.get("iframe")[0].proto.srcdoc
     assert "reference force" in iframe and "predicted force" in iframe and "prediction error" in iframe
     labels = [el.proto.label for el in at.get("download_button")]
-    assert any("Forces CSV" in lab for lab in labels) and any("Extended XYZ" in lab for lab in labels)
+    assert any("Predictions CSV" in lab for lab in labels) and any("Extended XYZ" in lab for lab in labels)
     # the Compare table now has this model's metrics
     assert reg.get("small AFF").metrics["force_mae"] == pytest.approx(float(m["Force MAE (kcal/mol/Å)"]), rel=5e-3)
 

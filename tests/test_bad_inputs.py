@@ -211,7 +211,8 @@ def test_nonfinite_drop_keeps_the_rest_and_records_them(tmp_path, shared_data):
 
 
 def test_single_frame_refused_at_training_with_a_message(shared_data, tmp_path, capsys):
-    from aff_app.workflows.training import SplitError, train_model
+    from aff_app.workflows.pipeline import train_model
+    from aff_app.workflows.training import SplitError
 
     one = load_trajectory(shared_data / "uracil.npz", frames="0")
     with pytest.raises(SplitError, match=r"1"):
@@ -351,15 +352,15 @@ def test_cli_json_never_holds_nan(monkeypatch, capsys):
 
 
 def test_search_not_converged_warning():
-    from aff_app.cli.model import _search_warnings
+    from aff_app.gp.record import SearchRecord
 
     hyper = {"converged": False, "history": [[0.1, 1e-6, -5.0], [0.3, 1e-6, -3.0], [0.9, 1e-7, -1.0]]}
-    (w,) = _search_warnings(hyper, 0.9, 1e-7)
-    assert "did not converge" in w and "high end" in w and "γ = 0.9" in w and "--gamma/--lam" in w
-    (w,) = _search_warnings(hyper, 0.3, 1e-13)
+    w = SearchRecord.from_dict(hyper).edge_warning(0.9, 1e-7)
+    assert "did not converge" in w and "high end" in w and "γ = 0.9" in w
+    w = SearchRecord.from_dict(hyper).edge_warning(0.3, 1e-13)
     assert "λ at the edge" in w
-    assert _search_warnings({"converged": True}, 0.3, 1e-6) == []
-    assert _search_warnings({"fixed": True}, 0.3, 1e-6) == []
+    assert SearchRecord.from_dict({"converged": True}).edge_warning(0.3, 1e-6) is None
+    assert SearchRecord(fixed=True).edge_warning(0.3, 1e-6) is None
 
 
 def test_train_reports_convergence(shared_data, tmp_path, capsys):
@@ -368,6 +369,8 @@ def test_train_reports_convergence(shared_data, tmp_path, capsys):
     out = _last_json(capsys.readouterr().out)
     assert code == 0 and isinstance(out["converged"], bool)
     assert bool(out["warnings"]) is (out["converged"] is False)
+    # the CLI says what to do about it
+    assert all("--gamma/--lam" in w for w in out["warnings"] if "did not converge" in w)
 
 
 # -- model files -------------------------------------------------------------------------

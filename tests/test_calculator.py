@@ -14,7 +14,7 @@ from scipy.spatial.transform import Rotation
 
 from aff_app.calculator import AFFCalculator, AtomsMismatchError, PeriodicSystemError
 from aff_app.io.files import load_trajectory
-from aff_app.workflows.training import train_model
+from aff_app.workflows.pipeline import train_model
 
 KCAL_MOL_IN_EV = ase_units.kcal / ase_units.mol  # 1 kcal/mol in eV (≈ 0.04336)
 

@@ -107,8 +107,8 @@ def test_symmetry_of_benzene(shared_data, capsys):
 def test_model_file_records_disjoint_training_frames(trained, uracil_path, capsys):
     model = ForceModel.load(trained)
     traj = load_trajectory(uracil_path, frames=":1000")
-    assert model.n_train == 40 and model.info["data"]["fingerprint"] == traj.fingerprint
-    assert model.info["split"]["train"] == model.train_idx.tolist() and model.info["split"]["seed"] == 3
+    assert model.n_train == 40 and model.record.data.fingerprint == traj.fingerprint
+    assert list(model.record.split.train) == model.train_idx.tolist() and model.record.split.seed == 3
     np.testing.assert_array_equal(model.R_train, traj.R[model.train_idx])
     code, ev, _ = _main(capsys, "evaluate", trained, uracil_path, "--frames", ":1000", "--n-test", "50",
                         "--interval", "observation", "--level", "0.9", "--json")
@@ -130,7 +130,7 @@ def test_train_human_output_with_user_pe_sets(tmp_path, uracil_path, capsys):
     assert "2 H [8 9]; 2 H [10 11]" in text and "training time" in text and "Cholesky" in text
     model = ForceModel.load(f"{out}.npz")
     assert [s.tolist() for s in model.pe_sets if s.size > 1] == [[8, 9], [10, 11]]
-    assert model.info["symmetry"]["method"] == "user"
+    assert model.record.symmetry["method"] == "user"
     # a set mixing elements is refused (atoms 0 and 6 are C and O)
     code = cli.main(["train", str(uracil_path), "--frames", ":300", "--n-train", "20", "--out", str(out),
                      "--pe-sets", "0,6", "--json", *FIXED])

@@ -9,6 +9,8 @@ from scipy.spatial.transform import Rotation
 from scipy.stats import binom, chi2
 
 from aff_app.gp.kernels import energy_covariance, energy_force_covariance, force_covariance
+from aff_app.gp.persistence import load_model
+from aff_app.gp.record import DataRecord, FitRecord
 from aff_app.gp import (
     EnergyModel,
     IntegratedEnergyModel,
@@ -16,7 +18,6 @@ from aff_app.gp import (
     fit_energy_model,
     fit_force_model,
     fit_integrated_energy,
-    load_energy_model,
 )
 from aff_app.gp.energy import self_covariances
 from aff_app.symmetry import find_permutations, pe_sets_from_permutations
@@ -308,19 +309,19 @@ def test_real_uracil_energies(uracil):
 def test_save_load_round_trips(tmp_path, benzene):
     R, F, E, z, perms = benzene
     fm = fit_force_model(R[:10], F[:10], z, mode="sgdml", perms=perms, gamma=3.0, lam=1e-7,
-                         info={"data_fingerprint": "abc"})
+                         record=FitRecord(data=DataRecord(fingerprint="abc")))
     em = fit_energy_model(fm, R[:30], E[:30], F=F[:30], gamma=3.0, lam=1e-7, train_idx=np.arange(30) * 50)
     ie = fit_integrated_energy(fm, R[:10], E[:10])
     x = R[60:63]
     for model, cls in ((em, EnergyModel), (ie, IntegratedEnergyModel)):
         model.save(tmp_path / "m.npz")
-        back = load_energy_model(tmp_path / "m.npz")
+        back = load_model(tmp_path / "m.npz")[1]
         assert isinstance(back, cls) and isinstance(cls.load(tmp_path / "m.npz"), cls)
         a, b = model.predict(x), back.predict(x)
         np.testing.assert_allclose(b.mean, a.mean, rtol=1e-12)
         np.testing.assert_allclose(b.std, a.std, rtol=1e-7)
-        assert back.info["data_fingerprint"] == "abc"
-    assert load_energy_model(tmp_path / "m.npz").force_model.perms.tolist() == perms.tolist()
+        assert back.force_model.record.data_fingerprint == "abc"
+    assert load_model(tmp_path / "m.npz")[1].force_model.perms.tolist() == perms.tolist()
     back = EnergyModel.load(_saved(em, tmp_path))
     assert back.train_idx.tolist() == (np.arange(30) * 50).tolist()
     assert back.neighbours == 3 and np.array_equal(back.F_train, F[:30])
@@ -365,9 +366,8 @@ def test_bad_inputs_and_files_raise_model_errors(tmp_path, benzene):
         em.predict(R[6:7], force_noise="both")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ModelError, match="not an .npz archive"):
-        load_energy_model(tmp_path / "junk.npz")
+        load_model(tmp_path / "junk.npz")
     fm.save(tmp_path / "force.npz")
-    with pytest.raises(ModelError, match="not an aff_app energy model"):
-        load_energy_model(tmp_path / "force.npz")
+    assert load_model(tmp_path / "force.npz")[1] is None  # a force model alone: no energy model in the file
     with pytest.raises(ModelError, match="missing keys"):
         EnergyModel.load(tmp_path / "force.npz")

@@ -13,15 +13,15 @@ import pytest
 
 from aff_app.workflows import learning
 from aff_app.workflows import metrics
-from aff_app.workflows import training
+from aff_app.workflows import pipeline, training
 from aff_app.gp.budget import estimate_cost
 from aff_app.gp.energy import fit_energy_model
 from aff_app.workflows.predictions import (
     CALIBRATION_LEVELS,
+    Predicted,
     energy_csv,
     predict_held_out,
-    predictions_csv,
-    predictions_extxyz,
+    predictions_file,
     select_test_frames,
 )
 from aff_app.symmetry import SymmetryInfo
@@ -88,7 +88,7 @@ def test_set_sizes_follow_the_modes(trivial_sym):
 
 @pytest.fixture(scope="module")
 def fitted(uracil, trivial_sym):
-    m = training.train_model(uracil, model="aff", n_train=30, n_test=25, seed=1, gamma=GAMMA, lam=LAM,
+    m = pipeline.train_model(uracil, model="aff", n_train=30, n_test=25, seed=1, gamma=GAMMA, lam=LAM,
                              symmetry=trivial_sym)
     em = fit_energy_model(m, uracil.R[m.train_idx], uracil.E[m.train_idx], seed=1)
     return m, em
@@ -97,9 +97,9 @@ def fitted(uracil, trivial_sym):
 def test_held_out_uses_the_frames_recorded_at_training_and_matches_evaluate_model(uracil, fitted):
     m, em = fitted
     held = predict_held_out(m, uracil, energy_model=em)
-    np.testing.assert_array_equal(held.test_idx, m.info["split"]["test"])
+    np.testing.assert_array_equal(held.test_idx, m.record.split.test)
     assert not set(held.test_idx.tolist()) & set(m.train_idx.tolist())
-    ref = training.evaluate_model(m, uracil)
+    ref = pipeline.evaluate_model(m, uracil)
     rep = held.report(0.95, "latent")
     assert rep["force_mae"] == pytest.approx(ref["force_mae"], rel=1e-12)
     assert rep["pci"] == pytest.approx(ref["pci"], rel=1e-12)
@@ -158,19 +158,23 @@ def test_explicit_test_frames_that_were_trained_on_are_refused(uracil, fitted):
         predict_held_out(m, uracil, test_idx=m.train_idx[:3])
 
 
-def test_downloads_have_units_one_row_per_component_and_round_trip(uracil, fitted):
+def test_downloads_have_units_one_row_per_atom_and_round_trip(uracil, fitted):
     m, em = fitted
     held = predict_held_out(m, uracil, energy_model=em)
-    text = predictions_csv(held)
+    text = predictions_file(Predicted.from_held_out(held), "csv").decode()
     lines = text.strip().splitlines()
-    assert lines[0] == ("frame,atom,element,component,F_ref [kcal/mol/Å],F_pred [kcal/mol/Å],"
-                        "F_std_latent [kcal/mol/Å]")
-    assert len(lines) == 1 + held.n_frames * uracil.n_atoms * 3
+    assert lines[0] == ("frame,atom,element,x [Å],y [Å],z [Å],fx_pred [kcal/mol/Å],fy_pred [kcal/mol/Å],"
+                        "fz_pred [kcal/mol/Å],fx_std [kcal/mol/Å],fy_std [kcal/mol/Å],fz_std [kcal/mol/Å],"
+                        "fx_ref [kcal/mol/Å],fy_ref [kcal/mol/Å],fz_ref [kcal/mol/Å],E_pred [kcal/mol],"
+                        "E_std [kcal/mol],E_ref [kcal/mol]")
+    assert len(lines) == 1 + held.n_frames * uracil.n_atoms
     first = lines[1].split(",")
-    assert int(first[0]) == held.test_idx[0] and first[1:4] == ["0", "C", "x"]
-    assert float(first[5]) == pytest.approx(held.F_mean[0, 0, 0], rel=1e-9)
-    assert float(first[6]) == pytest.approx(held.F_std[0, 0, 0], rel=1e-9)
-    assert "F_std_observation" in predictions_csv(held, kind="observation").splitlines()[0]
+    assert int(first[0]) == held.test_idx[0] and first[1:3] == ["0", "C"]
+    assert float(first[6]) == pytest.approx(held.F_mean[0, 0, 0], rel=1e-9)
+    assert float(first[9]) == pytest.approx(held.F_std[0, 0, 0], rel=1e-9)
+    assert float(first[15]) == pytest.approx(held.E_mean[0], rel=1e-12)
+    obs = predictions_file(Predicted.from_held_out(held, "observation"), "csv").decode()
+    assert "fx_std_observation" in obs.splitlines()[0]
     e_lines = energy_csv(held).strip().splitlines()
     assert e_lines[0] == "frame,E_ref [kcal/mol],E_pred [kcal/mol],E_std [kcal/mol]" and len(e_lines) == 1 + held.n_frames
 
@@ -178,15 +182,15 @@ def test_downloads_have_units_one_row_per_component_and_round_trip(uracil, fitte
 
     from aff_app.units import energy_factor, force_factor
 
-    images = read(io.StringIO(predictions_extxyz(held).decode()), index=":", format="extxyz")
+    images = read(io.StringIO(predictions_file(Predicted.from_held_out(held)).decode()), index=":", format="extxyz")
     assert len(images) == held.n_frames
     ff = force_factor("kcal/mol", "Å", "eV", "Å")
     at = images[1]
     assert at.info["frame"] == held.test_idx[1] and at.info["energy_unit"] == "eV"
-    np.testing.assert_allclose(at.arrays["pred_forces"], held.F_mean[1] * ff, rtol=1e-6)
-    np.testing.assert_allclose(at.arrays["pred_forces_std"], held.F_std[1] * ff, rtol=1e-6)
+    np.testing.assert_allclose(at.arrays["forces_pred"], held.F_mean[1] * ff, rtol=1e-6)
+    np.testing.assert_allclose(at.arrays["forces_std"], held.F_std[1] * ff, rtol=1e-6)
     np.testing.assert_allclose(at.get_forces(), held.F_ref[1] * ff, rtol=1e-6)
-    assert at.info["pred_energy"] == pytest.approx(held.E_mean[1] * energy_factor("kcal/mol", "eV"))
+    assert at.info["energy_pred"] == pytest.approx(held.E_mean[1] * energy_factor("kcal/mol", "eV"))
 
 
 # -- learning curves -------------------------------------------------------------------------------------------

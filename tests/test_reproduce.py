@@ -82,12 +82,12 @@ def test_rows_have_every_table_column_with_units(tiny):
     for r in rows:
         assert TABLE_COLUMNS <= set(r)
         assert r["units"] == {**r["units"], "energy_mae": "kcal/mol", "force_mae": "kcal/mol/Å", "train_s": "s",
-                              "pci": "%", "lci": "kcal/mol/Å"}
+                              "pci": "fraction", "lci": "kcal/mol/Å"}
         assert r["m_aff"] == 60 and r["m_sgdml"] is None and r["force_mae_sgdml"] is None  # --no-peer
         assert 0 < r["force_mae_aff"] < 5 and 0 < r["energy_mae_aff"] < 20 and r["train_s_aff"] > 0
-        assert 50 <= r["pci_aff"] <= 100 and r["lci_aff"] > 0 and r["n_test"] == 120
+        assert 0.5 <= r["pci_aff"] <= 1 and r["lci_aff"] > 0 and r["n_test"] == 120
         # the paper's values beside ours: method.md Table I
-        assert r["paper"]["force_mae_aff"] == 0.239 and r["paper"]["m_aff"] == 1600 and r["paper"]["pci_aff"] == 97.8
+        assert r["paper"]["force_mae_aff"] == 0.239 and r["paper"]["m_aff"] == 1600 and r["paper"]["pci_aff"] == 0.978
     assert "not run (no peer)" in res["choices"]["uracil"]["m_sgdml_reason"]
     assert "as requested" in res["choices"]["uracil"]["m_aff_reason"]
 
@@ -109,7 +109,7 @@ def test_one_split_shared_by_methods_and_label_sets(tiny, shared_data):
     rep = force_report(traj.F[ev], fm.predict(traj.R[ev]))
     row = next(r for r in res["rows"] if r["label_set"] == "rmd17")
     assert row["force_mae_aff"] == pytest.approx(rep["mae"], rel=1e-9)
-    assert row["pci_aff"] == pytest.approx(100 * rep["pci"], rel=1e-9)
+    assert row["pci_aff"] == pytest.approx(rep["pci"], rel=1e-9)
     # the two label sets give different numbers on the same frames
     md17 = next(r for r in res["rows"] if r["label_set"] == "md17")
     assert md17["force_mae_aff"] != row["force_mae_aff"]
@@ -126,7 +126,7 @@ def test_points_are_the_learning_curves(tiny):
     for p in pts:
         if p["method"] == METHOD_AFF:
             # Fig. 5: L_norm = LCI / range of the test forces, Δp = 0.95 − PCI
-            assert 0 < p["l_norm"] < 1 and p["delta_p"] == pytest.approx(0.95 - p["pci"] / 100)
+            assert 0 < p["l_norm"] < 1 and p["delta_p"] == pytest.approx(0.95 - p["pci"])
     # more frames, smaller force error (AFF, same test frames)
     for ls in ("md17", "rmd17"):
         f = {p["M"]: p["force_mae"] for p in pts if p["label_set"] == ls and p["method"] == METHOD_AFF}
@@ -295,7 +295,7 @@ def _points():
                      "energy_mae": scale * 2 / m, "train_s": scale * m / 10, "pci": None, "lci": None,
                      "l_norm": None, "delta_p": None}
                 if method == METHOD_AFF:
-                    p.update(pci=94.0, lci=1.0, l_norm=0.05 * 100 / m, delta_p=0.01)
+                    p.update(pci=0.94, lci=1.0, l_norm=0.05 * 100 / m, delta_p=0.01)
                 pts.append(p)
     return pts
 
@@ -354,7 +354,7 @@ def test_png_category_axis_keeps_order_and_logs_nothing(tmp_path, caplog):
 def test_format_table_puts_sgdml_in_parentheses():
     row = {"molecule": "benzene", "label_set": "md17", "m_aff": 1200, "m_sgdml": 600, "energy_mae_aff": 0.05,
            "energy_mae_sgdml": 0.08, "force_mae_aff": 0.18, "force_mae_sgdml": 0.2, "train_s_aff": 30.0,
-           "train_s_sgdml": 900.0, "pci_aff": 90.0, "lci_aff": 0.8, "paper": {"m_aff": 1200, "m_sgdml": 1000}}
+           "train_s_sgdml": 900.0, "pci_aff": 0.90, "lci_aff": 0.8, "paper": {"m_aff": 1200, "m_sgdml": 1000}}
     text = format_table([row])
     assert "| benzene | md17 | 1200 (600) | 0.050 (0.080) | 0.180 (0.200) | 30.0 (900.0) | 90.0% | 0.80 |" in text
     assert isinstance(fr.learning_curve_figure(_points()[:3]), go.Figure)

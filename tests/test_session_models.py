@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aff_app.workflows import training
+from aff_app.gp.persistence import load_model, model_bytes
+from aff_app.workflows import pipeline
 from aff_app.gp.energy import EnergyModel, IntegratedEnergyModel, fit_energy_model, fit_integrated_energy
 from aff_app.gp.force import ForceModel, ModelError
 from aff_app.workflows.registry import (
@@ -18,8 +19,6 @@ from aff_app.workflows.registry import (
     ModelRegistry,
     RegistryError,
     default_name,
-    load_model_bytes,
-    model_bytes,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +33,7 @@ def _benzene():
 
 @lru_cache(maxsize=None)
 def _model(mode: str = "aff", n_train: int = 12, seed: int = 0) -> ForceModel:
-    return training.train_model(_benzene(), model=mode, n_train=n_train, seed=seed, n_test=10, gamma=4.0, lam=1e-8)
+    return pipeline.train_model(_benzene(), model=mode, n_train=n_train, seed=seed, n_test=10, gamma=4.0, lam=1e-8)
 
 
 def test_default_name_names_model_size_and_seed():
@@ -102,13 +101,13 @@ def test_rows_carry_hyperparameters_and_metrics_with_none_for_unknown():
     assert tuple(row) == ROW_COLUMNS
     assert row["model"] == "AFF" and row["M"] == 12 and row["seed"] == 0
     assert row["gamma (1/Å)"] == pytest.approx(4.0) and row["lambda"] == pytest.approx(1e-8)
-    assert row["train time (s)"] == pytest.approx(m.info["timings"]["total_s"])
+    assert row["train time (s)"] == pytest.approx(m.record.timings.train_s)
     assert row["force MAE (kcal/mol/Å)"] is None and row["PCI(95%)"] is None  # not evaluated yet
     reg.set_metrics("m", {"force_mae": 0.5, "pci": 0.93, "lci": 2.0, "energy_mae": float("nan")})
     row = reg.rows()[0]
     assert row["force MAE (kcal/mol/Å)"] == 0.5 and row["PCI(95%)"] == 0.93 and row["LCI(95%) (kcal/mol/Å)"] == 2.0
     assert row["energy MAE (kcal/mol)"] is None  # NaN never becomes a number in a table
-    assert e.test_idx == m.info["split"]["test"] and len(e.test_idx) == 10
+    assert e.test_idx == list(m.record.split.test) and len(e.test_idx) == 10
 
 
 def test_for_data_filters_by_fingerprint():
@@ -121,12 +120,12 @@ def test_for_data_filters_by_fingerprint():
 def test_force_model_bytes_round_trip():
     reg = ModelRegistry()
     e = reg.add(_model(), name="f")
-    data = model_bytes(e)
-    force, energy = load_model_bytes(data)
+    data = model_bytes(e.force, e.energy)
+    force, energy = load_model(data)
     assert energy is None
     R = _benzene().R[:3]
     np.testing.assert_allclose(force.predict(R).mean, e.force.predict(R).mean, rtol=1e-10, atol=1e-10)
-    assert force.info["split"]["seed"] == 0
+    assert force.record.split.seed == 0
 
 
 def test_energy_model_bytes_round_trip_carries_the_force_model():
@@ -135,7 +134,7 @@ def test_energy_model_bytes_round_trip_carries_the_force_model():
     em = fit_energy_model(m, traj.R[m.train_idx], traj.E[m.train_idx], gamma=4.0, lam=1e-8)
     reg = ModelRegistry()
     e = reg.add(m, energy=em, name="fe")
-    force, energy = load_model_bytes(model_bytes(e))
+    force, energy = load_model(model_bytes(e.force, e.energy))
     assert isinstance(energy, EnergyModel)
     R = traj.R[-2:]
     np.testing.assert_allclose(energy.predict(R).mean, em.predict(R).mean, rtol=1e-9)
@@ -147,7 +146,7 @@ def test_integrated_energy_bytes_round_trip():
     m = _model("gdml", 6)
     im = fit_integrated_energy(m, traj.R[m.train_idx], traj.E[m.train_idx])
     reg = ModelRegistry()
-    force, energy = load_model_bytes(model_bytes(reg.add(m, energy=im)))
+    force, energy = load_model(model_bytes(m, reg.add(m, energy=im).energy))
     assert isinstance(energy, IntegratedEnergyModel) and force.mode == "gdml"
     np.testing.assert_allclose(energy.predict(traj.R[-2:]).mean, im.predict(traj.R[-2:]).mean, rtol=1e-9)
 
@@ -156,7 +155,7 @@ def test_energy_model_of_another_molecule_is_refused():
     from aff_app.io.files import load_trajectory
 
     eth = load_trajectory(REPO / "sample_data" / "ethanol.npz")
-    me = training.train_model(eth, model="aff", n_train=5, n_test=2, gamma=4.0, lam=1e-8)
+    me = pipeline.train_model(eth, model="aff", n_train=5, n_test=2, gamma=4.0, lam=1e-8)
     em = fit_energy_model(me, eth.R[me.train_idx], eth.E[me.train_idx], gamma=4.0, lam=1e-8)
     reg = ModelRegistry()
     with pytest.raises(RegistryError, match=r"energy model is for 9 atoms but the force model for 12"):
@@ -184,30 +183,30 @@ def _arrays(m: ForceModel) -> dict:
 )
 def test_load_refuses_non_models(data, match):
     with pytest.raises(ModelError, match=match):
-        load_model_bytes(data)
+        load_model(data)
 
 
 def test_load_refuses_pickles_and_foreign_npz():
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ModelError, match="not an .npz"):
-        load_model_bytes(buf.getvalue())
+        load_model(buf.getvalue())
     buf = io.BytesIO()
     np.savez(buf, R=np.zeros((2, 3, 3)), z=np.array([1, 1, 8]))
     with pytest.raises(ModelError, match="not an aff_app model"):
-        load_model_bytes(buf.getvalue())
+        load_model(buf.getvalue())
     # a damaged model (alpha of the wrong size) is refused with the reason
     arrays = _arrays(_model())
     arrays["alpha"] = arrays["alpha"][:-3]
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     with pytest.raises(ModelError, match="alpha"):
-        load_model_bytes(buf.getvalue())
+        load_model(buf.getvalue())
 
 
 def test_train_time_none_when_missing():
     m = _model()
-    info = dict(m.info)
+    info = m.record.to_dict()
     info.pop("timings")
     clone = ForceModel.from_arrays({**_arrays(m), "info": np.array(__import__("json").dumps(info))})
     e = ModelRegistry().add(clone, source="uploaded")

@@ -9,16 +9,15 @@ from aff_app.gp.budget import ComputeBudgetError
 from aff_app.io.files import load_trajectory
 from aff_app.symmetry import SymmetryInfo
 from aff_app.io.trajectory import Trajectory
+from aff_app.workflows.pipeline import evaluate_model, train_model
 from aff_app.workflows.training import (
     AtomsMismatchError,
     SplitError,
     TrainTestOverlapError,
     TrainingBudgetError,
     UnlabelledDataError,
-    evaluate_model,
     resolve_symmetry,
     split_frames,
-    train_model,
     training_positions_mask,
 )
 
@@ -72,20 +71,21 @@ def test_split_errors_name_the_numbers():
 
 # -- train_model ----------------------------------------------------------------------------
 def test_trained_model_records_its_provenance(uracil, uracil_model):
-    info = uracil_model.info
-    assert info["data"]["fingerprint"] == uracil.fingerprint
-    assert info["data"]["label_set"] == "rmd17" and info["data"]["source"] == "uracil.npz"
-    assert info["data"]["content_hash"] == uracil.provenance.content_hash and info["data"]["frames"] == ":1000"
+    rec = uracil_model.record
+    assert rec.data.fingerprint == uracil.fingerprint
+    assert rec.data.label_set == "rmd17" and rec.data.source == "uracil.npz"
+    assert rec.data.content_hash == uracil.provenance.content_hash and rec.data.frames == ":1000"
     split = split_frames(uracil.n_frames, 40, seed=1)
     assert np.array_equal(uracil_model.train_idx, split.train)
-    assert info["split"]["train"] == split.train.tolist() and info["split"]["seed"] == 1
+    assert list(rec.split.train) == split.train.tolist() and rec.split.seed == 1
     # the training forces are the data's forces at the recorded frames
     np.testing.assert_array_equal(uracil_model.F_train, uracil.F[split.train])
     # uracil: no permutation symmetry, 12 singleton PE sets (method.md table)
-    assert info["symmetry"]["n_perms"] == 1 and len(info["symmetry"]["pe_sets"]) == 12
+    assert rec.symmetry["n_perms"] == 1 and len(rec.symmetry["pe_sets"]) == 12
     assert len(uracil_model.pe_sets) == 12
-    assert {"symmetry_s", "search_s", "build_s", "cholesky_s", "fit_s", "total_s"} <= set(info["timings"])
-    assert info["timings"]["total_s"] >= info["timings"]["fit_s"] > 0
+    t = rec.timings
+    assert all(v is not None for v in (t.symmetry_s, t.search_s, t.build_s, t.cholesky_s, t.force_s, t.total_s))
+    assert t.total_s >= t.force_s > 0
 
 
 def test_aff_model_predicts_held_out_forces_far_better_than_their_spread(uracil, uracil_model):
@@ -123,13 +123,13 @@ def test_recorded_test_frames_are_reused(uracil):
     model = train_model(uracil.subset(slice(0, 300)), model="aff", n_train=20, n_test=30, seed=2, gamma=GAMMA, lam=LAM)
     res = evaluate_model(model, uracil.subset(slice(0, 300)))
     assert res["test_selection"] == "recorded at training"
-    assert res["test_idx"] == model.info["split"]["test"] and len(res["test_idx"]) == 30
+    assert res["test_idx"] == list(model.record.split.test) and len(res["test_idx"]) == 30
 
 
 def test_gdml_uses_no_permutations_and_sgdml_uses_the_group(shared_data):
     benzene = load_trajectory(shared_data / "benzene.npz", frames=":400")
     gdml = train_model(benzene, model="gdml", n_train=8, gamma=2.5, lam=1e-8)
-    assert gdml.perms.shape[0] == 1 and len(gdml.pe_sets) == 1 and gdml.info["symmetry"] is None
+    assert gdml.perms.shape[0] == 1 and len(gdml.pe_sets) == 1 and gdml.record.symmetry is None
     sgdml = train_model(benzene, model="sgdml", n_train=8, gamma=2.5, lam=1e-8)
     assert sgdml.perms.shape[0] == 12 and len(sgdml.pe_sets) == 1
     aff = train_model(benzene, model="aff", n_train=8, gamma=2.5, lam=1e-8)
@@ -143,12 +143,12 @@ def test_user_pe_sets_restrict_the_group(shared_data):
     assert [s.size for s in sym.pe_sets] == [6] + [1] * 6
     assert sym.n_perms == 1  # every ring permutation moves the hydrogens too
     model = train_model(benzene, model="aff", n_train=5, symmetry=sym, gamma=2.5, lam=1e-8)
-    assert model.info["symmetry"]["method"] == "user" and len(model.pe_sets) == 7
+    assert model.record.symmetry["method"] == "user" and len(model.pe_sets) == 7
 
 
 def test_hyperparameter_search_runs_when_not_fixed(uracil):
     model = train_model(uracil, model="aff", n_train=30, seed=0)
-    assert model.info["criterion"] == "likelihood" and model.info["timings"]["search_s"] > 0
+    assert model.record.criterion == "likelihood" and model.record.timings.search_s > 0
     assert 0.5 < model.gamma < 50 and model.lam >= 0
 
 

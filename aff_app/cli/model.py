@@ -6,19 +6,26 @@ listed in ``aff_app.cli.COMMAND_MODULES``)::
     python -m aff_app symmetry DATA [--method data|graph] [--frames-used 200] [--seed 0]
     python -m aff_app train DATA --model aff|gdml|sgdml --n-train M --out MODEL.npz [--seed S]
                                  [--gamma G --lam L] [--criterion likelihood|cv] [--pe-sets "0,1;2 3"]
-                                 [--labels md17|rmd17] [--memory-budget-gb X]
-    python -m aff_app evaluate MODEL DATA --n-test K [--seed S] [--level 0.95] [--interval latent|observation]
+                                 [--labels md17|rmd17] [--memory-budget-gb X] [--no-energy]
+    python -m aff_app evaluate MODEL DATA [--n-test K] [--seed S] [--level 0.95] [--interval latent|observation]
     python -m aff_app predict MODEL DATA --out OUT.extxyz|OUT.csv [--frames ...]
 
+``train``, ``evaluate`` and ``predict`` go through the one workflow
+(:mod:`aff_app.workflows.pipeline`) and the one model file
+(:mod:`aff_app.gp.persistence`): a model downloaded from the Train page works
+here and a model written here uploads there. ``train`` fits the energy model
+too (unless ``--no-energy``); ``evaluate`` reports the energy metrics beside the
+force metrics, so ``train DATA --labels md17 --n-train 1600`` then ``evaluate``
+gives a row of the paper's Table I.
+
 Each ``run`` returns a JSON-ready dict; ``aff_app.cli`` prints it (``--json``:
-one JSON object on the last stdout line) and turns expected errors into exit
-code 2. Forces are reported in the data's internal unit, kcal/mol/Å.
+one JSON object on the last stdout line) and turns user errors into exit
+code 2. Forces are reported in kcal/mol/Å, energies in kcal/mol.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -50,14 +57,10 @@ def _end_progress(args) -> None:
 
 
 def _load_model(path: str):
-    from aff_app.gp.force import ForceModel
+    """The model file (force model, and its energy model when the file has one): a ``pipeline.Trained``."""
+    from aff_app.workflows import pipeline
 
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"no such model file: {str(p)!r}")
-    if p.is_dir():
-        raise CLIError(f"{str(p)!r} is a directory, not a model file")
-    return ForceModel.load(p)
+    return pipeline.load(path)
 
 
 def _element(z: int) -> str:
@@ -150,6 +153,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lam", type=float, default=None, help="fix the nugget λ")
     p.add_argument("--criterion", choices=("likelihood", "cv"), default="likelihood",
                    help="hyperparameter search criterion: profile likelihood (default) or leave-one-frame-out CV")
+    p.add_argument("--no-energy", action="store_true",
+                   help="fit the force model only (default: also the energy model, when the data has energies)")
     p.add_argument("--pe-sets", default=None,
                    help='override the PE sets: 0-based atom indices, sets split by ";", e.g. "0,1;2 3" '
                         "(unlisted atoms are singletons)")
@@ -161,38 +166,40 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args) -> dict:
-    from aff_app.workflows.training import resolve_symmetry, train_model
+    from aff_app.gp.record import Timings
+    from aff_app.workflows import pipeline
+    from aff_app.workflows.training import resolve_symmetry
 
     out = _out_path_npz(args.out)
     if args.memory_budget_gb is not None and not args.memory_budget_gb > 0:
         raise CLIError(f"--memory-budget-gb must be > 0, got {args.memory_budget_gb}")
     if args.model == "gdml" and args.pe_sets:
         raise CLIError("--pe-sets applies to --model aff and sgdml; gdml uses one set of all atoms and no symmetry")
+    t0 = time.perf_counter()
     traj = load_from_args(args)
     budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30)
+    settings = pipeline.TrainSettings(mode=args.model, gamma=args.gamma, lam=args.lam, criterion=args.criterion,
+                                      energy=not args.no_energy, budget_bytes=budget,
+                                      keep_factors=False)  # written and done: one kernel buffer
     progress = _progress_printer(args)
     symmetry, t_sym = None, None
     if args.model != "gdml" and (args.pe_sets or args.symmetry_method != "data"):
-        t0 = time.perf_counter()
+        ts = time.perf_counter()
         symmetry = resolve_symmetry(traj, method=args.symmetry_method, n_samples=args.symmetry_frames,
                                     seed=args.seed, pe_sets=args.pe_sets)
-        t_sym = time.perf_counter() - t0
+        t_sym = time.perf_counter() - ts
     try:
-        model = train_model(
-            traj, model=args.model, n_train=args.n_train, seed=args.seed, gamma=args.gamma, lam=args.lam,
-            criterion=args.criterion, symmetry=symmetry, n_symmetry_frames=args.symmetry_frames,
-            budget_bytes=budget, progress=progress, keep_factors=False,  # written and done: one kernel buffer
-        )
+        trained = pipeline.train(traj, n_train=args.n_train, seed=args.seed, settings=settings, symmetry=symmetry,
+                                 n_symmetry_frames=args.symmetry_frames, progress=progress)
     finally:
         _end_progress(args)
-    if t_sym is not None:  # the search ran here, before train_model
-        model.info["timings"]["symmetry_s"] = t_sym
-        model.info["timings"]["total_s"] += t_sym
-    model.save(out)
-    info = model.info
-    hyper = info.get("hyper", {})
-    timings = info.get("timings", {})
-    warnings = _search_warnings(hyper, model.gamma, model.lam)
+    timings: Timings = trained.timings
+    if t_sym is not None:  # the search ran here, before pipeline.train
+        timings.symmetry_s = t_sym
+        timings.total_s = (timings.total_s or 0.0) + t_sym
+    pipeline.save(trained, out)
+    model, energy = trained.force, trained.energy
+    rec = model.record
     return {
         "path": str(out),
         "model": model.mode,
@@ -205,49 +212,46 @@ def _run_train(args) -> dict:
         "gamma": model.gamma,
         "lam": model.lam,
         "sigma2": model.sigma2.tolist(),
-        "criterion": info.get("criterion"),
-        "search_converged": hyper.get("converged"),
-        "converged": hyper.get("converged"),
-        "warnings": warnings,
+        "criterion": rec.criterion,
+        "search_converged": rec.search.converged,
+        "converged": rec.search.converged,
+        "warnings": [w + (". Check its held-out error (evaluate), or fix them with --gamma/--lam, or train on more "
+                          "frames" if w.startswith("the hyperparameter search") else "") for w in trained.warnings],
         "n_perms": int(model.perms.shape[0]),
         "pe_sets": _pe_set_records(model.pe_sets, model.z),
-        "training_time_s": timings.get("fit_s"),
-        "timings": {k: timings.get(k) for k in ("symmetry_s", "search_s", "build_s", "cholesky_s", "fit_s", "total_s")},
-        "data_fingerprint": info["data"]["fingerprint"],
+        "energy_model": _energy_kind(energy),
+        "energy_gamma": None if energy is None else getattr(energy, "gamma", None),
+        "energy_lam": None if energy is None else getattr(energy, "lam", None),
+        "training_time_s": timings.train_s,
+        "wall_time_s": time.perf_counter() - t0,
+        "timings": {"symmetry_s": timings.symmetry_s or 0.0, "search_s": timings.search_s,
+                    "build_s": timings.build_s, "cholesky_s": timings.cholesky_s, "force_s": timings.force_s,
+                    "energy_s": timings.energy_s, "total_s": timings.total_s},
+        "data_fingerprint": rec.data_fingerprint,
     }
 
 
-def _search_warnings(hyper: dict, gamma: float, lam: float) -> list[str]:
-    """A human warning when the hyperparameter search stopped on the edge of its range."""
-    if hyper.get("converged") is not False:
-        return []
-    hist = [h for h in hyper.get("history") or [] if len(h) == 3]
-    where = []
-    if hist:
-        gs = [h[0] for h in hist]
-        if gamma <= min(gs) * (1 + 1e-12):
-            where.append(f"γ at the low end of the searched range ({min(gs):.4g}..{max(gs):.4g} 1/Å)")
-        elif gamma >= max(gs) * (1 - 1e-12):
-            where.append(f"γ at the high end of the searched range ({min(gs):.4g}..{max(gs):.4g} 1/Å)")
-    if not where:
-        where.append("λ at the edge of its grid" if hist else "the optimum on the edge of the searched range")
-    return [
-        f"the hyperparameter search did not converge ({'; '.join(where)}); the model was fitted with the last "
-        f"values γ = {gamma:.6g} 1/Å, λ = {lam:.3g}. Check its held-out error (evaluate), or fix them with "
-        "--gamma/--lam, or train on more frames"
-    ]
+def _energy_kind(energy) -> str | None:
+    from aff_app.gp.energy import EnergyModel
+
+    if energy is None:
+        return None
+    return "energy GP" if isinstance(energy, EnergyModel) else "integrated force GP"
 
 
 def _render_train(r: dict) -> str:
     t = r["timings"]
+    energy = "no energy model" if r["energy_model"] is None else f"energy model: {r['energy_model']}"
     lines = [
-        f"{r['model'].upper()} model of {r['formula']} written to {r['path']}",
+        f"{r['model'].upper()} model of {r['formula']} written to {r['path']} ({energy})",
         f"trained on {r['n_train']} of {r['n_frames']} frames (seed {r['seed']}, labels {r['label_set'] or '?'})",
         f"γ = {r['gamma']:.6g} 1/Å, λ = {r['lam']:.3g} ({r['criterion']}"
         + ("" if r["search_converged"] is None else f", converged: {r['search_converged']}") + ")",
         f"PE sets ({len(r['pe_sets'])}, {r['n_perms']} permutations): {_describe_sets(r['pe_sets'])}",
-        f"training time {r['training_time_s']:.2f} s (search {t['search_s']:.2f} s, build {t['build_s']:.2f} s, "
-        f"Cholesky {t['cholesky_s']:.2f} s; symmetry {t['symmetry_s']:.2f} s)",
+        f"training time {r['training_time_s']:.2f} s: symmetry {t['symmetry_s']:.2f} s, force fit {t['force_s']:.2f} s "
+        f"(search {t['search_s']:.2f} s, build {t['build_s']:.2f} s, Cholesky {t['cholesky_s']:.2f} s)"
+        + ("" if t["energy_s"] is None else f", energy fit {t['energy_s']:.2f} s")
+        + f"; the whole command {r['wall_time_s']:.2f} s",
     ]
     lines.extend(f"warning: {w}" for w in r.get("warnings") or [])
     return "\n".join(lines)
@@ -255,9 +259,11 @@ def _render_train(r: dict) -> str:
 
 # -- evaluate -----------------------------------------------------------------------------
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="model file written by 'train' (.npz)")
+    p.add_argument("model", metavar="MODEL", help="model file written by 'train' or the Train page (.npz)")
     add_data_arguments(p)
-    p.add_argument("--n-test", type=int, required=True, help="held-out frames to test on (never training frames)")
+    p.add_argument("--n-test", type=int, default=None,
+                   help="held-out frames to test on, drawn with --seed (default: every frame the model did not "
+                        "train on, or the test frames recorded at training on the training data)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test-frame draw (default 0)")
     p.add_argument("--level", type=float, default=0.95, help="interval level for PCI and LCI (default 0.95)")
     p.add_argument("--interval", choices=("latent", "observation"), default="latent",
@@ -265,40 +271,57 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args) -> dict:
-    from aff_app.workflows.training import check_atoms_match, evaluate_model
+    from aff_app.workflows import pipeline
+    from aff_app.workflows.training import check_atoms_match
 
-    model = _load_model(args.model)
+    trained = _load_model(args.model)
     traj = load_from_args(args)
-    check_atoms_match(model.z, traj.z, what=f"the data {Path(str(args.data)).name!r}")
+    check_atoms_match(trained.force.z, traj.z, what=f"the data {Path(str(args.data)).name!r}")
+    if args.n_test is not None and args.n_test < 1:
+        raise CLIError(f"--n-test must be >= 1, got {args.n_test}")
     progress = _progress_printer(args)
+    t0 = time.perf_counter()
     try:
-        res = evaluate_model(model, traj, n_test=args.n_test, seed=args.seed, level=args.level,
-                             kind=args.interval, progress=progress)
+        res = pipeline.evaluate_model(trained, traj, n_test=args.n_test, seed=args.seed, level=args.level,
+                                      kind=args.interval, progress=progress)
     finally:
         _end_progress(args)
     res.pop("test_idx")  # long; the selection is reproducible from --seed
     return {"model_path": str(args.model), "data_path": str(args.data), "formula": traj.formula,
-            "label_set": traj.provenance.label_set, "seed": args.seed, **res}
+            "label_set": traj.provenance.label_set, "seed": args.seed, **res,
+            "prediction_time_s": time.perf_counter() - t0}
 
 
 def _render_evaluate(r: dict) -> str:
-    u = r["units"]["force"]
-    return "\n".join([
+    u, eu = r["units"]["force"], r["units"]["energy"]
+    level = f"{100 * r['level']:g}%"
+    lines = [
         f"{r['model'].upper()} model ({r['n_train']} training frames) on {r['n_test']} held-out frames of "
         f"{r['formula']} ({r['test_selection']})",
         f"force MAE  {format_value(r['force_mae'], u, 5)}",
         f"force RMSE {format_value(r['force_rmse'], u, 5)}   "
         f"(reference force std {format_value(r['reference_force_std'], u, 4)})",
-        f"PCI({100 * r['level']:g}%) {format_value(100 * r['pci'], '%', 3)}   LCI {format_value(r['lci'], u, 5)}   "
+        f"PCI({level}) {format_value(100 * r['pci'], '%', 3)}   LCI {format_value(r['lci'], u, 5)}   "
         f"({r['interval']} interval)",
-    ])
+    ]
+    if r["energy_mae"] is None:
+        lines.append("energy: no energy model in the file" if r["energy_model"] is None
+                     else "energy: the data has no reference energies")
+    else:
+        lines.append(f"energy MAE {format_value(r['energy_mae'], eu, 5)}   RMSE {format_value(r['energy_rmse'], eu, 5)}"
+                     f"   ({r['energy_model']})")
+        if r["energy_pci"] is not None:
+            lines.append(f"energy PCI({level}) {format_value(100 * r['energy_pci'], '%', 3)}   "
+                         f"energy LCI {format_value(r['energy_lci'], eu, 5)}")
+    return "\n".join(lines)
 
 
 # -- predict -------------------------------------------------------------------------------
 def _add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="model file written by 'train' (.npz)")
+    p.add_argument("model", metavar="MODEL", help="model file written by 'train' or the Train page (.npz)")
     add_data_arguments(p)
-    p.add_argument("--out", required=True, help="output: .extxyz/.xyz (arrays forces_pred, forces_std) or .csv")
+    p.add_argument("--out", required=True,
+                   help="output: .extxyz/.xyz (arrays forces_pred, forces_std; info energy_pred, energy_std) or .csv")
     p.add_argument("--force-unit", default=None,
                    help="unit of the written forces, e.g. 'eV/Å' or 'kcal/mol/Å' "
                         "(default: eV/Å for extxyz, as ASE expects; kcal/mol/Å for csv)")
@@ -311,55 +334,9 @@ def _parse_force_unit(text: str) -> tuple[str, str]:
     return units.canonical_energy_unit(energy), units.canonical_length_unit(length)
 
 
-def _write_predictions_extxyz(path: Path, traj, mean, std, in_train, eu: str, lu: str) -> None:
-    import ase.io
-    from ase import Atoms
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    ff = units.force_factor(units.ENERGY_UNIT, units.LENGTH_UNIT, eu, lu)
-    ef = units.energy_factor(units.ENERGY_UNIT, eu)
-    lf = units.length_factor(units.LENGTH_UNIT, lu)
-    images = []
-    for i in range(traj.n_frames):
-        at = Atoms(numbers=traj.z, positions=traj.R[i] * lf)
-        at.arrays["forces_pred"] = mean[i] * ff
-        at.arrays["forces_std"] = std[i] * ff
-        at.info["frame"] = i
-        at.info["in_training_set"] = bool(in_train[i])
-        at.info["energy_unit"] = eu
-        at.info["length_unit"] = "Ang" if lu == "Å" else lu
-        if traj.has_labels:  # reference labels as calculator results (ASE reads them back as such)
-            at.calc = SinglePointCalculator(at, energy=float(traj.E[i] * ef), forces=traj.F[i] * ff)
-        images.append(at)
-    ase.io.write(str(path), images, format="extxyz")
-
-
-def _write_predictions_csv(path: Path, traj, mean, std, in_train, eu: str, lu: str) -> None:
-    ff = units.force_factor(units.ENERGY_UNIT, units.LENGTH_UNIT, eu, lu)
-    lf = units.length_factor(units.LENGTH_UNIT, lu)
-    fu = units.force_unit_label(eu, lu)
-    header = ["frame", "atom", "element", f"x [{lu}]", f"y [{lu}]", f"z [{lu}]"]
-    header += [f"f{c}_pred [{fu}]" for c in "xyz"] + [f"f{c}_std [{fu}]" for c in "xyz"]
-    if traj.F is not None:
-        header += [f"f{c}_ref [{fu}]" for c in "xyz"]
-    header.append("in_training_set")
-    symbols = [_element(z) for z in traj.z]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        for i in range(traj.n_frames):
-            for a in range(traj.n_atoms):
-                row: list[Any] = [i, a, symbols[a]]
-                row += [repr(float(v)) for v in traj.R[i, a] * lf]
-                row += [repr(float(v)) for v in mean[i, a] * ff]
-                row += [repr(float(v)) for v in std[i, a] * ff]
-                if traj.F is not None:
-                    row += [repr(float(v)) for v in traj.F[i, a] * ff]
-                row.append(int(in_train[i]))
-                w.writerow(row)
-
-
 def _run_predict(args) -> dict:
+    from aff_app.gp.energy import EnergyModel
+    from aff_app.workflows.predictions import PREDICTION_KEYS, Predicted, predictions_file
     from aff_app.workflows.training import check_atoms_match, training_positions_mask
 
     out = Path(args.out).expanduser()
@@ -371,43 +348,60 @@ def _run_predict(args) -> dict:
     fmt = "csv" if suffix == ".csv" else "extxyz"
     default_unit = ("kcal/mol", "Å") if fmt == "csv" else ("eV", "Å")
     eu, lu = _parse_force_unit(args.force_unit) if args.force_unit else default_unit
-    model = _load_model(args.model)
+    trained = _load_model(args.model)
+    model, energy = trained.force, trained.energy
     traj = load_from_args(args)
     check_atoms_match(model.z, traj.z, what=f"the data {Path(str(args.data)).name!r}")
     progress = _progress_printer(args)
+    t0 = time.perf_counter()
     try:
-        pred = model.predict(traj.R, progress=progress)
+        pred = model.predict(traj.R, progress=lambda f, m: progress(0.8 * f if energy else f, m))
+        epred = None
+        if energy is not None:
+            progress(0.8, "energies")
+            epred = (energy.predict(traj.R, forces=pred) if isinstance(energy, EnergyModel)
+                     else energy.predict(traj.R))
     finally:
         _end_progress(args)
+    seconds = time.perf_counter() - t0
     in_train = training_positions_mask(model, traj)
-    writer = _write_predictions_csv if fmt == "csv" else _write_predictions_extxyz
-    writer(out, traj, pred.mean, pred.std, in_train, eu, lu)
+    record = Predicted(
+        z=traj.z, R=traj.R, frames=np.arange(traj.n_frames), F_mean=pred.mean, F_std=pred.std,
+        E_mean=None if epred is None else epred.mean, E_std=None if epred is None else epred.std,
+        F_ref=traj.F, E_ref=traj.E, in_train=in_train,
+    )
+    out.write_bytes(predictions_file(record, fmt, energy_unit=eu, length_unit=lu))
     result: dict[str, Any] = {
         "path": str(out),
         "format": fmt,
         "model": model.mode,
+        "energy_model": _energy_kind(energy),
         "formula": traj.formula,
         "n_frames": traj.n_frames,
         "n_atoms": traj.n_atoms,
         "frames": traj.provenance.frames,
         "force_unit": units.force_unit_label(eu, lu),
+        "energy_unit": eu,
         "std_kind": "latent",
-        "arrays": ["forces_pred", "forces_std"] if fmt == "extxyz" else None,
+        "arrays": [PREDICTION_KEYS["forces"], PREDICTION_KEYS["forces_std"]] if fmt == "extxyz" else None,
         "n_training_frames": int(in_train.sum()),
+        "prediction_time_s": seconds,
     }
-    if traj.F is not None:
-        held = ~in_train
-        if held.any():
-            result["force_mae_held_out"] = float(np.mean(np.abs(pred.mean[held] - traj.F[held])))
-            result["force_mae_unit"] = units.FORCE_UNIT
+    held = ~in_train
+    if traj.F is not None and held.any():
+        result["force_mae_held_out"] = float(np.mean(np.abs(pred.mean[held] - traj.F[held])))
+        result["force_mae_unit"] = units.FORCE_UNIT
+    if traj.E is not None and epred is not None and held.any():
+        result["energy_mae_held_out"] = float(np.mean(np.abs(epred.mean[held] - traj.E[held])))
+        result["energy_mae_unit"] = units.ENERGY_UNIT
     return result
 
 
 register("symmetry", "find the permutation symmetry and PE sets of a trajectory", _add_symmetry, _run_symmetry,
          render=_render_symmetry)
-register("train", "train an AFF, GDML or sGDML force model and write it (.npz)", _add_train, _run_train,
+register("train", "train an AFF, GDML or sGDML force model and its energy model, and write them (.npz)", _add_train, _run_train,
          render=_render_train)
-register("evaluate", "force MAE/RMSE, PCI and LCI of a model on held-out frames", _add_evaluate, _run_evaluate,
+register("evaluate", "force and energy MAE/RMSE, PCI and LCI of a model on held-out frames", _add_evaluate, _run_evaluate,
          render=_render_evaluate)
-register("predict", "predict forces and their standard deviations for every frame of a file", _add_predict,
+register("predict", "predict forces, energies and their standard deviations for every frame of a file", _add_predict,
          _run_predict)

@@ -15,7 +15,6 @@ from aff_app.gp.energy import (
     IntegratedEnergyModel,
     fit_energy_model,
     fit_integrated_energy,
-    load_energy_model,
 )
 
 __all__ = [
@@ -31,5 +30,4 @@ __all__ = [
     "IntegratedEnergyModel",
     "fit_energy_model",
     "fit_integrated_energy",
-    "load_energy_model",
 ]

@@ -762,8 +762,6 @@ def fit_energy_model(
         "hyper": search if search is not None else {"fixed": True},
         "timings": {"search_s": t_search, "total_s": time.perf_counter() - t0},
     })
-    if "data_fingerprint" in force_model.info and "data_fingerprint" not in meta:
-        meta["data_fingerprint"] = force_model.info["data_fingerprint"]
     return EnergyModel(
         force_model=force_model, R_train=R, E_train=E,
         train_idx=np.arange(m) if train_idx is None else np.asarray(train_idx, np.int64),
@@ -936,18 +934,5 @@ def fit_integrated_energy(force_model: ForceModel, R, E, *, chunk: int = 64, inf
         "train_energy_mae": float(np.mean(np.abs(E - e_int - offset))),
         "timings": {"total_s": time.perf_counter() - t0},
     })
-    if "data_fingerprint" in fm.info and "data_fingerprint" not in meta:
-        meta["data_fingerprint"] = fm.info["data_fingerprint"]
     return IntegratedEnergyModel(force_model=fm, R_energy=R, E_energy=E, offset=offset, cbar=cbar, kbar=kbar,
                                  info=meta, _geom_e=Ge)
-
-
-def load_energy_model(path) -> EnergyModel | IntegratedEnergyModel:
-    """Load either energy model type from ``.npz`` (dispatch on its format tag)."""
-    d = _read_npz(path)
-    fmt = str(d.get("format", ""))
-    if fmt == ENERGY_FORMAT:
-        return EnergyModel.from_arrays(d, where=str(path))
-    if fmt == INTEGRATED_FORMAT:
-        return IntegratedEnergyModel.from_arrays(d, where=str(path))
-    raise ModelError(f"{path}: not an aff_app energy model (format {fmt!r})")

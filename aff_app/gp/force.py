@@ -17,6 +17,7 @@ of one PE set); with a trivial group it is the plain kernel.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import scipy.special
 from aff_app import __version__
 from aff_app.gp.budget import check_budget, default_budget_bytes, estimate_cost
 from aff_app.gp.hyper import SearchResult, search
+from aff_app.gp.record import Calibration, FitRecord, LamCheck, SearchRecord
 from aff_app.gp.kernels import CoefficientCache, Geometry, force_covariance_sets, force_covariance_self
 
 MODES = ("aff", "gdml", "sgdml")
@@ -126,8 +128,9 @@ class ForceModel:
     sigma2 : (n_sets,) per-set variance σ̂_i², (kcal/mol)²
     alpha : list of (3 M l_i,) arrays, (R_i + λI)⁻¹ F_i
     jitter : list of float, extra diagonal added when a factorisation needed it
-    info : dict, provenance (data fingerprint, source, label set, version,
-        search result, timings)
+    record : FitRecord, typed provenance and timings (``aff_app.gp.record``): the
+        search, λ check and calibration of the fit, and the data, split and
+        symmetry the workflow recorded
     """
 
     mode: str
@@ -142,7 +145,7 @@ class ForceModel:
     sigma2: np.ndarray
     alpha: list
     jitter: list
-    info: dict = field(default_factory=dict)
+    record: FitRecord = field(default_factory=FitRecord)
     _chol: list | None = field(default=None, repr=False)
     _geom: Geometry | None = field(default=None, repr=False)
 
@@ -261,13 +264,18 @@ class ForceModel:
             sigma2=self.sigma2,
             alpha=np.concatenate(self.alpha),
             jitter=np.array(self.jitter, dtype=np.float64),
-            info=np.array(json.dumps(self.info, default=_json_default)),
+            info=np.array(json.dumps(self.record.to_dict(), default=_json_default)),
         )
 
     @classmethod
     def load(cls, path) -> "ForceModel":
-        """Read and validate a model written by :meth:`save`."""
-        return cls.from_arrays(read_model_npz(path), where=str(path))
+        """The force model of any model file (alone, or embedded in an energy model's file).
+
+        Reads through :func:`aff_app.gp.persistence.load_model`, the one reader of model files.
+        """
+        from aff_app.gp.persistence import load_model
+
+        return load_model(path)[0]
 
     @classmethod
     def from_arrays(cls, d: dict, *, where: str = "model") -> "ForceModel":
@@ -319,9 +327,12 @@ class ForceModel:
             info = json.loads(str(d["info"]))
         except json.JSONDecodeError as exc:
             raise ModelError(f"{where}: provenance is not valid JSON: {exc}") from exc
+        if not isinstance(info, dict):
+            raise ModelError(f"{where}: provenance must be a JSON object, got {type(info).__name__}")
+        record = FitRecord.from_dict(info)
         return cls(mode=mode, z=z, R_train=R, F_train=F, train_idx=np.asarray(d["train_idx"], np.int64),
                    pe_sets=sets, perms=perms, gamma=gamma, lam=lam, sigma2=sigma2, alpha=alpha,
-                   jitter=list(jitter), info=info)
+                   jitter=list(jitter), record=record)
 
 
 #: Format string written into every force-model file.
@@ -584,7 +595,7 @@ def fit_force_model(
     train_idx=None,
     budget_bytes: int | None = None,
     progress: Progress | None = None,
-    info: dict | None = None,
+    record: FitRecord | None = None,
     seed: int = 0,
 ) -> ForceModel:
     """Fit a force GP on training frames.
@@ -654,6 +665,9 @@ def fit_force_model(
         Memory budget; the fit is refused before any kernel is built when its
         estimate exceeds it.
     progress : callable(fraction, message), optional
+    record : FitRecord, optional
+        The caller's part of the provenance (data, split, symmetry); the fit
+        fills in the rest and keeps it as ``model.record``.
 
     Returns
     -------
@@ -867,25 +881,24 @@ def fit_force_model(
                                "loo_coverage_before": float(np.mean(z_loo <= z95)),
                                "seconds": time.perf_counter() - tl}
     progress(1.0, "done")
-    meta = dict(info or {})
-    meta.update(
-        {
-            "version": __version__,
-            "mode": mode,
-            "n_train": m,
-            "hyper": search_result.to_dict() if search_result else {"fixed": True},
-            "criterion": criterion if search_result else "fixed",
-            "calibration": calibration,
-            "lam_refine": lam_refine,
-            "timings": {"search_s": t_search, "build_s": t_build, "cholesky_s": t_chol,
-                        "total_s": time.perf_counter() - t0},
-            "cholesky_flops": est.cholesky_flops,
-        }
+    rec = dataclasses.replace(
+        record or FitRecord(),
+        version=__version__,
+        mode=mode,
+        n_train=m,
+        criterion=criterion if search_result else "fixed",
+        search=SearchRecord.from_dict(search_result.to_dict()) if search_result else SearchRecord(fixed=True),
+        lam_check=LamCheck.from_dict(lam_refine),
+        calibration=Calibration.from_dict(calibration),
+        timings=dataclasses.replace(
+            (record or FitRecord()).timings, search_s=t_search, build_s=t_build, cholesky_s=t_chol,
+            force_s=time.perf_counter() - t0),
+        cholesky_flops=est.cholesky_flops,
     )
     model = ForceModel(
         mode=mode, z=z, R_train=R, F_train=F,
         train_idx=np.arange(m) if train_idx is None else np.asarray(train_idx, np.int64),
         pe_sets=sets, perms=kperms, gamma=float(gamma), lam=float(lam), sigma2=np.array(sigma2),
-        alpha=alpha, jitter=jitter, info=meta, _chol=chol, _geom=G,
+        alpha=alpha, jitter=jitter, record=rec, _chol=chol, _geom=G,
     )
     return model

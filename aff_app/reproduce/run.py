@@ -40,7 +40,7 @@ import dataclasses
 import json
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -49,8 +49,8 @@ import numpy as np
 from aff_app import __version__
 from aff_app.gp.budget import ComputeBudgetError, check_budget, default_budget_bytes, estimate_cost
 from aff_app.reproduce.md17 import LABEL_DESCRIPTIONS, LABEL_SETS, MOLECULES  # re-exported: the CLI parser imports .md17 alone
-from aff_app.workflows.metrics import ENERGY_UNIT, FORCE_UNIT, energy_report, force_report, mae
-from aff_app.gp import fit_energy_model, fit_force_model, fit_integrated_energy
+from aff_app.workflows.metrics import ENERGY_UNIT, FORCE_UNIT, mae
+from aff_app.workflows import pipeline
 from aff_app.symmetry import SymmetryInfo, detect_symmetry
 
 __all__ = [
@@ -79,18 +79,18 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "md
 #: method.md "What the paper reports", Table I: AFF, with sGDML in parentheses (same held-out sets).
 PAPER_TABLE_I: dict[str, dict[str, Any]] = {
     "naphthalene": {"m_aff": 1600, "m_sgdml": 1000, "energy_mae": (0.07, 0.12), "force_mae": (0.11, 0.11),
-                    "train_s": (68, 345), "pci": 98.5, "lci": 1.36},
+                    "train_s": (68, 345), "pci": 0.985, "lci": 1.36},
     "benzene": {"m_aff": 1200, "m_sgdml": 1000, "energy_mae": (0.04, 0.07), "force_mae": (0.173, 0.176),
-                "train_s": (23, 45), "pci": 85.0, "lci": 0.7},
+                "train_s": (23, 45), "pci": 0.85, "lci": 0.7},
     "uracil": {"m_aff": 1600, "m_sgdml": 1000, "energy_mae": (0.10, 0.10), "force_mae": (0.239, 0.249),
-               "train_s": (16, 43), "pci": 97.8, "lci": 2.37},
+               "train_s": (16, 43), "pci": 0.978, "lci": 2.37},
     "aspirin": {"m_aff": 1200, "m_sgdml": 1000, "energy_mae": (0.06, 0.09), "force_mae": (0.0028, 0.009),
-                "train_s": (32, 629), "pci": 99.8, "lci": 0.08},
+                "train_s": (32, 629), "pci": 0.998, "lci": 0.08},
 }
 #: The aspirin row of the paper comes from its own simulation, not MD17 (method.md, paper Fig. 3 caption).
 PAPER_NOTES = {"aspirin": "the paper's aspirin row is from its own simulated trajectory, not MD17"}
 
-ROW_UNITS = {"energy_mae": ENERGY_UNIT, "force_mae": FORCE_UNIT, "train_s": "s", "pci": "%", "lci": FORCE_UNIT,
+ROW_UNITS = {"energy_mae": ENERGY_UNIT, "force_mae": FORCE_UNIT, "train_s": "s", "pci": "fraction", "lci": FORCE_UNIT,
              "l_norm": "fraction of the test-force range", "delta_p": "fraction (0.95 − PCI)"}
 
 #: Seconds per (test frame × training frame × permutation × N²) of kernel evaluation, for estimates
@@ -431,73 +431,61 @@ def _point(molecule, label_set, method, m, *, force_mae, energy_mae, train_s, ex
     return out
 
 
+def _timings(t, t_sym: float, t_pred: float) -> dict:
+    return {"symmetry_s": t_sym, "force_fit_s": t.force_s, "energy_fit_s": t.energy_s, "test_prediction_s": t_pred,
+            "force_search_s": t.search_s, "force_build_s": t.build_s, "force_cholesky_s": t.cholesky_s}
+
+
 def _aff_point(traj, split: ReproSplit, sym: SymmetryInfo, t_sym: float, m: int, s: ReproduceSettings,
                molecule: str, progress: Progress) -> dict:
-    tr = split.train(m)
-    ev = split.eval
-    t0 = time.perf_counter()
-    fm = fit_force_model(traj.R[tr], traj.F[tr], traj.z, mode="aff", pe_sets=list(sym.pe_sets), perms=sym.perms,
-                         gamma=s.gamma, lam=s.lam, search_frames=s.search_frames, train_idx=tr, seed=s.seed,
-                         budget_bytes=s.memory_bytes, progress=lambda f, msg: progress(0.6 * f, msg))
-    t_force = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    em = fit_energy_model(fm, traj.R[tr], traj.E[tr], F=traj.F[tr], gamma=s.energy_gamma, lam=s.energy_lam,
-                          train_idx=tr, seed=s.seed)
-    t_energy = time.perf_counter() - t1
-    train_s = t_sym + t_force + t_energy
-    progress(0.65, f"predicting {ev.size} test frames")
-    t2 = time.perf_counter()
-    pred = fm.predict(traj.R[ev], progress=lambda f, msg: progress(0.65 + 0.3 * f, msg))
-    fr = force_report(traj.F[ev], pred, level=s.level)
-    epred = em.predict(traj.R[ev], forces=pred)
-    er = energy_report(traj.E[ev], epred, level=s.level)
-    t_pred = time.perf_counter() - t2
+    settings = pipeline.TrainSettings(mode="aff", gamma=s.gamma, lam=s.lam, search_frames=s.search_frames,
+                                      energy_gamma=s.energy_gamma, energy_lam=s.energy_lam, budget_bytes=s.memory_bytes)
+    trained = pipeline.fit(traj, split.train(m), settings, symmetry=sym, seed=s.seed,
+                           progress=lambda f, msg: progress(0.6 * f, msg))
+    fm, em, t = trained.force, trained.energy, trained.timings
+    progress(0.65, f"predicting {split.eval.size} test frames")
+    held = pipeline.evaluate(trained, traj, test_idx=split.eval, progress=lambda f, msg: progress(0.65 + 0.3 * f, msg))
+    rep = held.report(s.level)
     progress(1.0, "done")
-    return _point(molecule, traj.provenance.label_set, METHOD_AFF, m, force_mae=fr["mae"], energy_mae=er["mae"],
-                  train_s=train_s, extra={
-                      "pci": 100.0 * fr["pci"], "lci": fr["lci"], "l_norm": fr["l_norm"], "delta_p": fr["delta_p"],
-                      "force_rmse": fr["rmse"], "energy_rmse": er["rmse"],
-                      "energy_pci": None if "pci" not in er else 100.0 * er["pci"], "energy_lci": er.get("lci"),
-                      "gamma": fm.gamma, "lam": fm.lam, "energy_gamma": em.gamma, "energy_lam": em.lam,
-                      "hyper_converged": fm.info.get("hyper", {}).get("converged"),
-                      "lam_refine": fm.info.get("lam_refine"), "calibration": fm.info.get("calibration"),
+    return _point(molecule, traj.provenance.label_set, METHOD_AFF, m, force_mae=rep["force_mae"],
+                  energy_mae=rep["energy_mae"], train_s=t_sym + t.force_s + (t.energy_s or 0.0), extra={
+                      "pci": rep["pci"], "lci": rep["lci"], "l_norm": rep["l_norm"], "delta_p": rep["delta_p"],
+                      "force_rmse": rep["force_rmse"], "energy_rmse": rep["energy_rmse"],
+                      "energy_pci": rep["energy_pci"], "energy_lci": rep["energy_lci"],
+                      "gamma": fm.gamma, "lam": fm.lam,
+                      "energy_gamma": None if em is None else em.gamma, "energy_lam": None if em is None else em.lam,
+                      "hyper_converged": fm.record.search.converged,
+                      "lam_refine": dataclasses.asdict(fm.record.lam_check),
+                      "calibration": dataclasses.asdict(fm.record.calibration),
                       "n_sets": len(fm.pe_sets), "n_perms": int(len(fm.perms)),
-                      "timings": {"symmetry_s": t_sym, "force_fit_s": t_force, "energy_fit_s": t_energy,
-                                  "test_prediction_s": t_pred, **{f"force_{k}": v for k, v in
-                                                                  fm.info.get("timings", {}).items()}},
+                      "timings": _timings(t, t_sym, held.predict_s),
                       "energy_method": "energy GP conditioned on predicted forces (fit_energy_model)",
                       "interval": "latent force, mean ± 1.96 sd",
+                      "warnings": trained.warnings,
                   })
 
 
 def _baseline_point(traj, split, sym, t_sym, mode, m, s, molecule, progress) -> dict:
-    tr = split.train(m)
-    ev = split.eval
-    t0 = time.perf_counter()
-    kwargs = {"perms": sym.perms} if mode == "sgdml" else {}
-    fm = fit_force_model(traj.R[tr], traj.F[tr], traj.z, mode=mode, gamma=s.gamma, lam=s.lam,
-                         search_frames=s.baseline_search_frames or s.search_frames, search_fraction=0.0,
-                         train_idx=tr, seed=s.seed, budget_bytes=s.memory_bytes,
-                         progress=lambda f, msg: progress(0.7 * f, msg), **kwargs)
-    t_force = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    em = fit_integrated_energy(fm, traj.R[tr], traj.E[tr])
-    t_energy = time.perf_counter() - t1
-    train_s = t_force + t_energy + (t_sym if mode == "sgdml" else 0.0)
-    progress(0.75, f"predicting {ev.size} test frames")
-    t2 = time.perf_counter()
-    F = fm.predict_forces(traj.R[ev])
-    E = em.predict(traj.R[ev], return_std=False).mean
-    t_pred = time.perf_counter() - t2
+    settings = pipeline.TrainSettings(mode=mode, gamma=s.gamma, lam=s.lam,
+                                      search_frames=s.baseline_search_frames or s.search_frames, search_fraction=0.0,
+                                      budget_bytes=s.memory_bytes)
+    trained = pipeline.fit(traj, split.train(m), settings, symmetry=sym if mode == "sgdml" else None, seed=s.seed,
+                           progress=lambda f, msg: progress(0.7 * f, msg))
+    fm, t = trained.force, trained.timings
+    t_sym = t_sym if mode == "sgdml" else 0.0
+    progress(0.75, f"predicting {split.eval.size} test frames")
+    # means only: one all-atom kernel makes every sd a solve with 3N right-hand sides
+    held = pipeline.evaluate(trained, traj, test_idx=split.eval, with_std=False)
+    rep = held.report(s.level)
     progress(1.0, "done")
     return _point(molecule, traj.provenance.label_set, METHOD_GDML if mode == "gdml" else METHOD_SGDML, m,
-                  force_mae=mae(traj.F[ev], F), energy_mae=mae(traj.E[ev], E), train_s=train_s,
+                  force_mae=rep["force_mae"], energy_mae=rep["energy_mae"],
+                  train_s=t_sym + t.force_s + (t.energy_s or 0.0),
                   extra={"gamma": fm.gamma, "lam": fm.lam, "n_perms": int(len(fm.perms)),
-                         "hyper_converged": fm.info.get("hyper", {}).get("converged"),
-                         "timings": {"symmetry_s": t_sym if mode == "sgdml" else 0.0, "force_fit_s": t_force,
-                                     "energy_fit_s": t_energy, "test_prediction_s": t_pred,
-                                     **{f"force_{k}": v for k, v in fm.info.get("timings", {}).items()}},
-                         "energy_method": "integrated force GP plus a constant (fit_integrated_energy)"})
+                         "hyper_converged": fm.record.search.converged,
+                         "timings": _timings(t, t_sym, held.predict_s),
+                         "energy_method": "integrated force GP plus a constant (fit_integrated_energy)",
+                         "warnings": trained.warnings})
 
 
 # ---------------------------------------------------------------------------
@@ -819,6 +807,11 @@ def _pair(a, b, spec: str) -> str:
     return f"{_f(a, spec)} ({_f(b, spec)})"
 
 
+def _percent(fraction, spec: str) -> str:
+    """A fraction shown as a percent ("—" when unknown): PCI is a fraction everywhere else."""
+    return "—" if fraction is None else f"{_f(100.0 * fraction, spec)}%"
+
+
 def format_table(rows: Sequence[dict]) -> str:
     """Markdown table in the paper's layout: AFF, with the sgdml package in parentheses; paper values beside."""
     head = ("| molecule | labels | M AFF (sgdml) | energy MAE | force MAE | train s | PCI(95%) | LCI(95%) "
@@ -831,12 +824,12 @@ def format_table(rows: Sequence[dict]) -> str:
             f"| {_pair(r['energy_mae_aff'], r['energy_mae_sgdml'], '.3f')} "
             f"| {_pair(r['force_mae_aff'], r['force_mae_sgdml'], '.3f')} "
             f"| {_pair(r['train_s_aff'], r['train_s_sgdml'], '.1f')} "
-            f"| {_f(r['pci_aff'], '.1f')}% | {_f(r['lci_aff'], '.2f')} "
+            f"| {_percent(r['pci_aff'], '.1f')} | {_f(r['lci_aff'], '.2f')} "
             f"| {p.get('m_aff', '—')} / {p.get('m_sgdml', '—')} "
             f"| {_pair(p.get('energy_mae_aff'), p.get('energy_mae_sgdml'), 'g')} "
             f"| {_pair(p.get('force_mae_aff'), p.get('force_mae_sgdml'), 'g')} "
             f"| {_pair(p.get('train_s_aff'), p.get('train_s_sgdml'), 'g')} "
-            f"| {_f(p.get('pci_aff'), 'g')}% | {_f(p.get('lci_aff'), 'g')} |"
+            f"| {_percent(p.get('pci_aff'), 'g')} | {_f(p.get('lci_aff'), 'g')} |"
         )
     lines.append(f"\nunits: energy MAE {ENERGY_UNIT}, force MAE and LCI {FORCE_UNIT}, train time s; "
                  "values in parentheses: the sgdml package (— where not run)")

@@ -28,9 +28,9 @@ from aff_app.workflows import training
 from aff_app.gp.budget import ComputeBudgetError
 from aff_app.cancel import CancelToken
 from aff_app.workflows.metrics import MetricError
-from aff_app.gp.energy import fit_energy_model, fit_integrated_energy
 from aff_app.gp.force import FactorizationError, ModelError
-from aff_app.workflows.predictions import HeldOut, predict_held_out
+from aff_app.workflows import pipeline
+from aff_app.workflows.predictions import HeldOut
 from aff_app.workflows.registry import ModelRegistry, RegistryError, TrainedModel
 from aff_app.symmetry import SymmetryError, SymmetryInfo
 from aff_app.io.trajectory import Trajectory
@@ -150,31 +150,19 @@ def train_and_register(
     One of :data:`EXPECTED_ERRORS`; :class:`aff_app.cancel.Cancelled` when
     ``progress`` raised it or the job was cancelled.
     """
-    warnings: list[str] = []
-    force = training.train_model(
-        traj, model=mode, n_train=int(n_train), seed=int(seed), n_test=int(n_test), gamma=gamma, lam=lam,
-        criterion=criterion, symmetry=None if mode == "gdml" else symmetry,
-        progress=lambda f, m: progress(0.75 * f, m),
-    )
-    energy = None
-    if traj.E is not None:
-        progress(0.76, "fitting the energy model")
-        idx = force.train_idx
-        try:
-            e_progress = lambda f, m: progress(0.76 + 0.04 * f, "energy model: " + m)  # noqa: E731
-            if mode == "aff":
-                energy = fit_energy_model(force, traj.R[idx], traj.E[idx], F=traj.F[idx], train_idx=idx,
-                                          seed=int(seed), progress=e_progress)
-            else:
-                energy = fit_integrated_energy(force, traj.R[idx], traj.E[idx], progress=e_progress)
-        except (ModelError, FactorizationError, np.linalg.LinAlgError) as exc:
-            warnings.append(f"The energy model could not be fitted ({error_text(exc)}); forces only.")
-    else:
-        warnings.append("The data has no energies: no energy model was fitted.")
+    settings = pipeline.TrainSettings(mode=mode, gamma=gamma, lam=lam, criterion=criterion)
+    trained = pipeline.train(traj, n_train=int(n_train), n_test=int(n_test), seed=int(seed), settings=settings,
+                             symmetry=None if mode == "gdml" else symmetry,
+                             progress=lambda f, m: progress(0.8 * f, m))
+    force, energy, warnings = trained.force, trained.energy, list(trained.warnings)
     reg = get_registry()
     entry = TrainedModel(name="(pending)", force=force, energy=energy, data_fingerprint=traj.fingerprint)
     held = held_out(entry, traj, n_test=int(n_test), seed=int(seed),
                     progress=lambda f, m: progress(0.8 + 0.2 * f, "held-out predictions: " + m))
+    # the wall time of the whole action: symmetry, search, force fit, energy fit and held-out predictions
+    timings = force.record.timings
+    timings.evaluation_s = held.predict_s
+    timings.total_s = (timings.total_s or 0.0) + held.predict_s
     if token is not None:
         jobs.ensure_current(token, "registering the model")
     if not np.all(np.isfinite(held.F_mean)):
@@ -259,8 +247,8 @@ def held_out(entry: TrainedModel, traj: Trajectory, *, n_test: int | None, seed:
     key = (entry.uid, traj.fingerprint, None if n_test is None else int(n_test), int(seed))
     if key in memo:
         return memo[key]
-    result = predict_held_out(entry.force, traj, energy_model=entry.energy, n_test=n_test, seed=int(seed),
-                              progress=progress)
+    result = pipeline.evaluate(entry.force, traj, energy=entry.energy, n_test=n_test, seed=int(seed),
+                               progress=progress)
     memo[key] = result
     while len(memo) > MAX_HELD_OUT:
         memo.pop(next(iter(memo)))

@@ -17,16 +17,15 @@ whole run.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from aff_app.gp.budget import ComputeBudgetError, CostEstimate, check_budget, default_budget_bytes, estimate_cost
-from aff_app.gp.energy import fit_energy_model, fit_integrated_energy
-from aff_app.gp.force import MODES, FactorizationError, ModelError, fit_force_model
-from aff_app.workflows.predictions import predict_held_out
+from aff_app.gp.force import MODES, FactorizationError, ModelError
+from aff_app.workflows import pipeline
+from aff_app.workflows.pipeline import TrainSettings
 from aff_app.workflows.registry import MODE_LABELS
 from aff_app.symmetry import SymmetryInfo
 from aff_app.io.trajectory import Trajectory
@@ -259,34 +258,19 @@ def learning_curve(
             progress(min(base + share * float(f), 1.0), f"{tag}: {msg}")
 
         idx = train_sets[p.n_train]
-        kwargs: dict[str, Any] = {}
-        if p.mode == "aff" and symmetry is not None:
-            kwargs.update(pe_sets=[np.asarray(s) for s in symmetry.pe_sets], perms=symmetry.perms)
-        elif p.mode == "sgdml" and symmetry is not None:
-            kwargs.update(perms=symmetry.perms)
+        settings = TrainSettings(mode=p.mode, gamma=gamma, lam=lam, criterion=criterion, energy=with_energy,
+                                 budget_bytes=budget_bytes)
         try:
-            t0 = time.perf_counter()
-            fm = fit_force_model(
-                traj.R[idx], traj.F[idx], traj.z, mode=p.mode, gamma=gamma, lam=lam, criterion=criterion,
-                train_idx=idx, budget_bytes=budget_bytes, seed=seed,
-                progress=lambda f, m: job_progress(0.6 * f, m), **kwargs,
-            )
-            train_s = time.perf_counter() - t0
-            em, e_s = None, None
-            if with_energy and traj.E is not None:
-                te = time.perf_counter()
-                if p.mode == "aff":
-                    em = fit_energy_model(fm, traj.R[idx], traj.E[idx], F=traj.F[idx], train_idx=idx, seed=seed)
-                else:
-                    em = fit_integrated_energy(fm, traj.R[idx], traj.E[idx])
-                e_s = time.perf_counter() - te
-            held = predict_held_out(fm, traj, energy_model=em, test_idx=test,
-                                    progress=lambda f, m: job_progress(0.6 + 0.4 * f, m))
+            trained = pipeline.fit(traj, idx, settings, symmetry=symmetry if p.mode != "gdml" else None, seed=seed,
+                                   progress=lambda f, m: job_progress(0.6 * f, m))
+            held = pipeline.evaluate(trained, traj, test_idx=test, progress=lambda f, m: job_progress(0.6 + 0.4 * f, m))
             rep = held.report(level, kind)
         except (ComputeBudgetError, FactorizationError, ModelError, SplitError, np.linalg.LinAlgError) as exc:
             row.update(status="failed", note=str(exc))
             done += w
             continue
+        fm, t = trained.force, trained.timings
+        train_s, e_s = t.force_s, t.energy_s
         row.update(
             status="ok", force_mae=rep["force_mae"], force_rmse=rep["force_rmse"], energy_mae=rep["energy_mae"],
             train_s=train_s, energy_train_s=e_s, pci=rep["pci"], lci=rep["lci"], l_norm=rep["l_norm"],

@@ -3,7 +3,7 @@
 What the Predictions page and the learning curves share (no Streamlit here):
 
 * :func:`select_test_frames` — the held-out frames, by the same rule as
-  ``aff_app.workflows.training.evaluate_model`` (the test frames recorded at training
+  ``aff_app.workflows.pipeline.evaluate`` (the test frames recorded at training
   when the data is the training data, else frames that are not training
   frames, drawn with a seed);
 * :func:`predict_held_out` — force predictions (mean, latent and observation
@@ -12,7 +12,8 @@ What the Predictions page and the learning curves share (no Streamlit here):
 * :meth:`HeldOut.report` — the paper's metrics (method.md "What the paper
   reports"): force MAE/RMSE, PCI, LCI, L_norm, Δp = level − PCI, energy
   MAE/RMSE and energy PCI/LCI when the energy model gives intervals;
-* :func:`predictions_csv`, :func:`predictions_extxyz` — downloads.
+* :func:`predictions_file` — the one predictions file (extxyz or CSV) the app
+  and the CLI write, and :func:`energy_csv`, the per-frame energies table.
 
 Units: positions Å, forces kcal/mol/Å, energies kcal/mol (the extended XYZ
 file uses ASE's eV and eV/Å, and says so in every comment line).
@@ -38,9 +39,10 @@ __all__ = [
     "HeldOut",
     "select_test_frames",
     "predict_held_out",
-    "predictions_csv",
+    "Predicted",
+    "PREDICTION_KEYS",
+    "predictions_file",
     "energy_csv",
-    "predictions_extxyz",
     "CALIBRATION_LEVELS",
 ]
 
@@ -74,9 +76,10 @@ class HeldOut:
     z : ndarray, shape (N,)
     R : ndarray, shape (B, N, 3), Å
     F_ref, F_mean : ndarray, shape (B, N, 3), kcal/mol/Å
-    F_std : ndarray, shape (B, N, 3), kcal/mol/Å
-        Standard deviation of the latent (noise-free) force.
-    F_std_obs : ndarray, shape (B, N, 3), kcal/mol/Å
+    F_std : ndarray, shape (B, N, 3), kcal/mol/Å, or None
+        Standard deviation of the latent (noise-free) force (None: means only
+        were predicted, ``with_std=False``; the interval metrics are then None).
+    F_std_obs : ndarray, shape (B, N, 3), kcal/mol/Å, or None
         Standard deviation of a new noisy observation (adds σ̂_i² λ).
     E_ref, E_mean, E_std : ndarray, shape (B,), kcal/mol, or None
         Reference and predicted energies (None without an energy model or
@@ -95,8 +98,8 @@ class HeldOut:
     R: np.ndarray
     F_ref: np.ndarray
     F_mean: np.ndarray
-    F_std: np.ndarray
-    F_std_obs: np.ndarray
+    F_std: np.ndarray | None
+    F_std_obs: np.ndarray | None
     E_ref: np.ndarray | None = None
     E_mean: np.ndarray | None = None
     E_std: np.ndarray | None = None
@@ -106,6 +109,10 @@ class HeldOut:
     @property
     def n_frames(self) -> int:
         return int(self.test_idx.size)
+
+    @property
+    def has_force_interval(self) -> bool:
+        return self.F_std is not None
 
     @property
     def has_energy(self) -> bool:
@@ -119,6 +126,8 @@ class HeldOut:
         """The standard deviation of ``kind`` ('latent' or 'observation'), (B, N, 3) kcal/mol/Å."""
         if kind not in KINDS:
             raise ValueError(f"kind must be 'latent' or 'observation', got {kind!r}")
+        if self.F_std is None:
+            raise ValueError("these predictions are means only (predicted with with_std=False)")
         return self.F_std if kind == "latent" else self.F_std_obs
 
     def force_interval(self, level: float = 0.95, kind: str = "latent") -> tuple[np.ndarray, np.ndarray]:
@@ -160,25 +169,30 @@ class HeldOut:
         ``energy_mae``, ``energy_rmse`` (kcal/mol; None without energies),
         ``energy_pci``, ``energy_lci`` (None without energy intervals).
         """
-        lo, hi = self.force_interval(level, kind)
         out = {
             "n_test": self.n_frames,
             "level": float(level),
             "kind": kind,
             "force_mae": metrics.mae(self.F_ref, self.F_mean),
             "force_rmse": metrics.rmse(self.F_ref, self.F_mean),
-            "pci": metrics.pci(self.F_ref, lo, hi),
-            "lci": metrics.lci(lo, hi),
-            "delta_p": metrics.delta_p(self.F_ref, lo, hi, level=level),
+            "pci": None,
+            "lci": None,
+            "delta_p": None,
+            "l_norm": None,
             "energy_mae": None,
             "energy_rmse": None,
             "energy_pci": None,
             "energy_lci": None,
         }
-        try:
-            out["l_norm"] = metrics.l_norm(lo, hi, self.F_ref)
-        except metrics.MetricError:  # zero force range: undefined, never a number
-            out["l_norm"] = None
+        if self.has_force_interval:
+            lo, hi = self.force_interval(level, kind)
+            out["pci"] = metrics.pci(self.F_ref, lo, hi)
+            out["lci"] = metrics.lci(lo, hi)
+            out["delta_p"] = metrics.delta_p(self.F_ref, lo, hi, level=level)
+            try:
+                out["l_norm"] = metrics.l_norm(lo, hi, self.F_ref)
+            except metrics.MetricError:  # zero force range: undefined, never a number
+                out["l_norm"] = None
         if self.has_energy:
             out["energy_mae"] = metrics.mae(self.E_ref, self.E_mean)
             out["energy_rmse"] = metrics.rmse(self.E_ref, self.E_mean)
@@ -192,7 +206,7 @@ class HeldOut:
 def select_test_frames(model: ForceModel, traj: Trajectory, *, n_test: int | None = None, seed: int = 0) -> tuple[np.ndarray, str]:
     """Held-out frames of ``traj`` for ``model``: ``(sorted indices, description)``.
 
-    The rule of ``aff_app.workflows.training.evaluate_model``: the test frames recorded
+    The rule of ``aff_app.workflows.pipeline.evaluate``: the test frames recorded
     at training when ``traj`` is the training data (same fingerprint) and
     ``n_test`` is None or their number; otherwise ``n_test`` frames (all when
     None) drawn with ``seed`` among the frames that are not training frames.
@@ -203,10 +217,10 @@ def select_test_frames(model: ForceModel, traj: Trajectory, *, n_test: int | Non
         No held-out frame left, or more asked for than there are.
     """
     in_train = training_positions_mask(model, traj)
-    same_data = model.info.get("data", {}).get("fingerprint") == traj.fingerprint
-    recorded = model.info.get("split", {}).get("test") if same_data else None
+    same_data = model.record.data_fingerprint == traj.fingerprint
+    recorded = model.record.test_idx if same_data else None
     if recorded and (n_test is None or int(n_test) == len(recorded)):
-        return np.asarray(recorded, dtype=np.int64), f"the {len(recorded)} test frames drawn at training"
+        return np.asarray(recorded, dtype=np.int64), "recorded at training"
     pool = np.flatnonzero(~in_train)
     if pool.size == 0:
         raise SplitError("every frame of the data is a training frame: there is nothing to test on")
@@ -230,6 +244,7 @@ def predict_held_out(
     n_test: int | None = None,
     test_idx: Sequence[int] | None = None,
     seed: int = 0,
+    with_std: bool = True,
     progress: Progress | None = None,
 ) -> HeldOut:
     """Predict forces (and energies) on held-out frames of a labelled trajectory.
@@ -246,6 +261,9 @@ def predict_held_out(
     n_test, seed : see :func:`select_test_frames`.
     test_idx : sequence of int, optional
         Explicit test frames (refused when any is a training frame).
+    with_std : bool
+        Also the standard deviations (default). False: means only, for forces
+        and energies (``F_std``, ``E_std`` None; no interval metrics).
     progress : callable(fraction, message), optional
 
     Returns
@@ -280,7 +298,7 @@ def predict_held_out(
     has_e = energy_model is not None and traj.E is not None
     share = 0.6 if has_e and isinstance(energy_model, EnergyModel) else (0.8 if has_e else 1.0)
     R = traj.R[idx]
-    fp = force_model.predict(R, progress=lambda f, m: progress(share * f, "forces: " + m))
+    fp = force_model.predict(R, return_std=with_std, progress=lambda f, m: progress(share * f, "forces: " + m))
     E_mean = E_std = E_ref = None
     kind = None
     if has_e:
@@ -288,19 +306,23 @@ def predict_held_out(
             ep = energy_model.predict(R, forces=fp, progress=lambda f, m: progress(share + (1 - share) * f, "energies: " + m))
             kind = "energy GP"
         else:
-            ep = energy_model.predict(R, progress=lambda f, m: progress(share + (1 - share) * f, "energies: " + m))
+            ep = energy_model.predict(R, return_std=with_std,
+                                      progress=lambda f, m: progress(share + (1 - share) * f, "energies: " + m))
             kind = "integrated force GP"
         E_ref = np.asarray(traj.E[idx], dtype=np.float64)
         E_mean = np.asarray(ep.mean, dtype=np.float64)
-        E_std = None if ep.std is None or not np.all(np.isfinite(ep.std)) else np.asarray(ep.std, dtype=np.float64)
+        E_std = (None if not with_std or ep.std is None or not np.all(np.isfinite(ep.std))
+                 else np.asarray(ep.std, dtype=np.float64))
     progress(1.0, "done")
-    arrays = [idx, R, traj.F[idx], fp.mean, fp.std, fp.std_observation(), E_ref, E_mean, E_std]
+    F_std = fp.std if with_std else None  # a mean-only prediction carries no sd to report
+    F_std_obs = fp.std_observation() if with_std else None
+    arrays = [idx, R, traj.F[idx], fp.mean, F_std, F_std_obs, E_ref, E_mean, E_std]
     for a in arrays:
         if a is not None:
             a.setflags(write=False)
     return HeldOut(
         test_idx=idx, selection=selection, z=np.asarray(traj.z), R=R, F_ref=traj.F[idx], F_mean=fp.mean,
-        F_std=fp.std, F_std_obs=fp.std_observation(), E_ref=E_ref, E_mean=E_mean, E_std=E_std,
+        F_std=F_std, F_std_obs=F_std_obs, E_ref=E_ref, E_mean=E_mean, E_std=E_std,
         energy_model=kind, predict_s=time.perf_counter() - t0,
     )
 
@@ -308,28 +330,136 @@ def predict_held_out(
 # -- downloads ------------------------------------------------------------------------------------
 
 
-def predictions_csv(held: HeldOut, *, kind: str = "latent") -> str:
-    """One row per held-out frame, atom and force component (internal units in the header).
+@dataclass(frozen=True, eq=False)
+class Predicted:
+    """Predictions on any frames, for a file: what ``predict`` (CLI) and the Predictions page write.
 
-    Columns: ``frame, atom, element, component, F_ref [kcal/mol/Å], F_pred
-    [kcal/mol/Å], F_std [kcal/mol/Å]`` (the std of ``kind``, named in the
-    header).
+    Arrays in internal units (Å, kcal/mol, kcal/mol/Å); B frames, N atoms.
+    ``F_ref``/``E_ref`` are the file's labels (None for unlabelled
+    structures); ``in_train`` marks frames the model trained on (None: not
+    known, e.g. held-out frames only).
     """
+
+    z: np.ndarray
+    R: np.ndarray
+    frames: np.ndarray
+    F_mean: np.ndarray
+    F_std: np.ndarray
+    kind: str = "latent"
+    E_mean: np.ndarray | None = None
+    E_std: np.ndarray | None = None
+    F_ref: np.ndarray | None = None
+    E_ref: np.ndarray | None = None
+    in_train: np.ndarray | None = None
+
+    @classmethod
+    def from_held_out(cls, held: HeldOut, kind: str = "latent") -> "Predicted":
+        return cls(z=held.z, R=held.R, frames=held.test_idx, F_mean=held.F_mean, F_std=held.force_std(kind),
+                   kind=kind, E_mean=held.E_mean, E_std=held.E_std, F_ref=held.F_ref, E_ref=held.E_ref)
+
+
+#: The one set of names a predictions file uses (extxyz arrays/info keys; CSV columns add the unit).
+PREDICTION_KEYS = {"forces": "forces_pred", "forces_std": "forces_std", "energy": "energy_pred",
+                   "energy_std": "energy_std"}
+
+
+def predictions_file(pred: Predicted, fmt: str = "extxyz", *, energy_unit: str | None = None,
+                     length_unit: str = "Å") -> bytes:
+    """The predictions file: extended XYZ or CSV, in the units asked for.
+
+    extxyz (default units eV and Å, as ASE expects): per frame, arrays
+    ``forces_pred``, ``forces_std`` (the sd of ``pred.kind``); info
+    ``energy_pred``, ``energy_std`` (when predicted), ``frame``,
+    ``in_training_set`` (when known), ``interval_kind``, ``energy_unit``,
+    ``length_unit``; the reference energy and forces, when the data has them,
+    as calculator results (``ase.io.read`` gives them back as such).
+
+    CSV (default kcal/mol and Å): one row per frame and atom: ``frame, atom,
+    element, x, y, z, fx_pred…, fx_std…, fx_ref…`` (ref when known), the
+    frame's ``E_pred``, ``E_std``, ``E_ref`` when known, and
+    ``in_training_set`` when known; every column header names its unit.
+    """
+    import csv
+
+    if fmt not in ("extxyz", "csv"):
+        raise ValueError(f"format must be 'extxyz' or 'csv', got {fmt!r}")
+    eu = energy_unit or ("eV" if fmt == "extxyz" else units.ENERGY_UNIT)
+    lu = length_unit
+    ff = units.force_factor(units.ENERGY_UNIT, units.LENGTH_UNIT, eu, lu)
+    ef = units.energy_factor(units.ENERGY_UNIT, eu)
+    lf = units.length_factor(units.LENGTH_UNIT, lu)
+    B = pred.frames.size
+    if fmt == "extxyz":
+        from ase import Atoms
+        from ase.calculators.singlepoint import SinglePointCalculator
+        from ase.io import write
+
+        images = []
+        for i in range(B):
+            at = Atoms(numbers=pred.z, positions=pred.R[i] * lf)
+            at.arrays[PREDICTION_KEYS["forces"]] = pred.F_mean[i] * ff
+            at.arrays[PREDICTION_KEYS["forces_std"]] = pred.F_std[i] * ff
+            at.info["frame"] = int(pred.frames[i])
+            if pred.in_train is not None:
+                at.info["in_training_set"] = bool(pred.in_train[i])
+            at.info["interval_kind"] = pred.kind
+            at.info["energy_unit"] = eu
+            at.info["length_unit"] = "Ang" if lu == "Å" else lu
+            if pred.E_mean is not None:
+                at.info[PREDICTION_KEYS["energy"]] = float(pred.E_mean[i] * ef)
+                if pred.E_std is not None:
+                    at.info[PREDICTION_KEYS["energy_std"]] = float(pred.E_std[i] * ef)
+            results = {}
+            if pred.F_ref is not None:
+                results["forces"] = pred.F_ref[i] * ff
+            if pred.E_ref is not None:
+                results["energy"] = float(pred.E_ref[i] * ef)
+            if results:  # reference labels as calculator results
+                at.calc = SinglePointCalculator(at, **results)
+            images.append(at)
+        buf = io.StringIO()
+        write(buf, images, format="extxyz")
+        return buf.getvalue().encode()
+
     from ase.data import chemical_symbols
 
-    B, N = held.F_ref.shape[:2]
-    fu = units.FORCE_UNIT
-    std = held.force_std(kind)
-    frames = np.repeat(held.test_idx, N * 3)
-    atoms = np.tile(np.repeat(np.arange(N), 3), B)
-    comps = np.tile(np.array(["x", "y", "z"]), B * N)
-    symbols = np.array([chemical_symbols[int(a)] for a in held.z])[atoms]
+    fu = units.force_unit_label(eu, lu)
+    std_name = "std" if pred.kind == "latent" else f"std_{pred.kind}"  # the latent sd is the default one
+    header = ["frame", "atom", "element", f"x [{lu}]", f"y [{lu}]", f"z [{lu}]"]
+    header += [f"f{c}_pred [{fu}]" for c in "xyz"] + [f"f{c}_{std_name} [{fu}]" for c in "xyz"]
+    if pred.F_ref is not None:
+        header += [f"f{c}_ref [{fu}]" for c in "xyz"]
+    if pred.E_mean is not None:
+        header.append(f"E_pred [{eu}]")
+        if pred.E_std is not None:
+            header.append(f"E_std [{eu}]")
+    if pred.E_ref is not None:
+        header.append(f"E_ref [{eu}]")
+    if pred.in_train is not None:
+        header.append("in_training_set")
+    symbols = [chemical_symbols[int(a)] for a in pred.z]
     out = io.StringIO()
-    out.write(f"frame,atom,element,component,F_ref [{fu}],F_pred [{fu}],F_std_{kind} [{fu}]\n")
-    ref, pred, sd = held.F_ref.reshape(-1), held.F_mean.reshape(-1), std.reshape(-1)
-    for row in zip(frames, atoms, symbols, comps, ref, pred, sd):
-        out.write(f"{row[0]},{row[1]},{row[2]},{row[3]},{row[4]:.10g},{row[5]:.10g},{row[6]:.10g}\n")
-    return out.getvalue()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(header)
+    for i in range(B):
+        tail: list = []
+        if pred.E_mean is not None:
+            tail.append(repr(float(pred.E_mean[i] * ef)))
+            if pred.E_std is not None:
+                tail.append(repr(float(pred.E_std[i] * ef)))
+        if pred.E_ref is not None:
+            tail.append(repr(float(pred.E_ref[i] * ef)))
+        if pred.in_train is not None:
+            tail.append(int(pred.in_train[i]))
+        for a in range(len(symbols)):
+            row: list = [int(pred.frames[i]), a, symbols[a]]
+            row += [repr(float(v)) for v in pred.R[i, a] * lf]
+            row += [repr(float(v)) for v in pred.F_mean[i, a] * ff]
+            row += [repr(float(v)) for v in pred.F_std[i, a] * ff]
+            if pred.F_ref is not None:
+                row += [repr(float(v)) for v in pred.F_ref[i, a] * ff]
+            w.writerow(row + tail)
+    return out.getvalue().encode()
 
 
 def energy_csv(held: HeldOut) -> str:
@@ -343,41 +473,3 @@ def energy_csv(held: HeldOut) -> str:
         sd = "" if held.E_std is None else f"{held.E_std[i]:.10g}"
         out.write(f"{k},{held.E_ref[i]:.10g},{held.E_mean[i]:.10g},{sd}\n")
     return out.getvalue()
-
-
-def predictions_extxyz(held: HeldOut, *, kind: str = "latent") -> bytes:
-    """Extended XYZ of the held-out frames with reference and predicted labels, in eV and eV/Å.
-
-    Per frame: reference ``energy`` and ``forces`` (ASE reads them as
-    calculator results), arrays ``pred_forces`` and ``pred_forces_std``
-    (the std of ``kind``), and info ``frame``, ``pred_energy``,
-    ``pred_energy_std`` (when predicted), ``energy_unit='eV'``,
-    ``interval_kind``.
-    """
-    from ase import Atoms
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.io import write
-
-    ef = units.energy_factor(units.ENERGY_UNIT, "eV")
-    ff = units.force_factor(units.ENERGY_UNIT, units.LENGTH_UNIT, "eV", "Å")
-    std = held.force_std(kind)
-    images = []
-    for i, k in enumerate(held.test_idx):
-        at = Atoms(numbers=held.z, positions=held.R[i])
-        at.info["frame"] = int(k)
-        at.info["energy_unit"] = "eV"
-        at.info["interval_kind"] = kind
-        at.arrays["pred_forces"] = held.F_mean[i] * ff
-        at.arrays["pred_forces_std"] = std[i] * ff
-        results = {"forces": held.F_ref[i] * ff}
-        if held.E_ref is not None:
-            results["energy"] = float(held.E_ref[i] * ef)
-        if held.E_mean is not None:
-            at.info["pred_energy"] = float(held.E_mean[i] * ef)
-            if held.E_std is not None:
-                at.info["pred_energy_std"] = float(held.E_std[i] * ef)
-        at.calc = SinglePointCalculator(at, **results)
-        images.append(at)
-    buf = io.StringIO()
-    write(buf, images, format="extxyz")
-    return buf.getvalue().encode()

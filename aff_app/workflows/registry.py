@@ -6,10 +6,8 @@ session state, but nothing here knows about that. An entry
 fingerprint of the data it belongs to, and — once evaluated — its held-out
 metrics (the paper's Table I columns).
 
-Models travel as ``.npz`` files of plain arrays: :func:`model_bytes` writes
-the energy model when there is one (its file embeds the force model, keys
-``force__*``) else the force model; :func:`load_model_bytes` reads either
-kind back, refusing anything that is not an aff_app model.
+Models travel as the one model file of :mod:`aff_app.gp.persistence`
+(``model_bytes(entry.force, entry.energy)`` / ``load_model(data)``).
 
 Units: γ in 1/Å (descriptor units), λ dimensionless, times in s, force
 metrics in kcal/mol/Å, energy metrics in kcal/mol.
@@ -17,7 +15,6 @@ metrics in kcal/mol/Å, energy metrics in kcal/mol.
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 import re
@@ -25,15 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import numpy as np
-
-from aff_app.gp.energy import (
-    ENERGY_FORMAT,
-    INTEGRATED_FORMAT,
-    EnergyModel,
-    IntegratedEnergyModel,
-)
-from aff_app.gp.force import ForceModel, ModelError
+from aff_app.gp.energy import EnergyModel, IntegratedEnergyModel
+from aff_app.gp.force import ForceModel
 
 __all__ = [
     "RegistryError",
@@ -41,8 +31,6 @@ __all__ = [
     "ModelRegistry",
     "MODE_LABELS",
     "default_name",
-    "model_bytes",
-    "load_model_bytes",
     "ROW_COLUMNS",
 ]
 
@@ -55,8 +43,6 @@ ROW_COLUMNS = (
     "name", "model", "M", "seed", "gamma (1/Å)", "lambda", "train time (s)",
     "force MAE (kcal/mol/Å)", "energy MAE (kcal/mol)", "PCI(95%)", "LCI(95%) (kcal/mol/Å)", "source",
 )
-
-_FORCE_FORMAT = "aff_app.ForceModel/1"
 
 
 class RegistryError(ValueError):
@@ -123,7 +109,7 @@ class TrainedModel:
 
     @property
     def seed(self) -> int | None:
-        seed = self.force.info.get("split", {}).get("seed")
+        seed = self.force.record.seed
         return None if seed is None else int(seed)
 
     @property
@@ -136,14 +122,13 @@ class TrainedModel:
 
     @property
     def train_time_s(self) -> float | None:
-        """Wall time of the force fit (hyperparameter search included), s."""
-        t = self.force.info.get("timings", {})
-        return _finite_or_none(t.get("total_s", t.get("fit_s")))
+        """Training time, s: symmetry search, force fit (hyperparameter search included) and energy fit."""
+        return _finite_or_none(self.force.record.timings.train_s)
 
     @property
     def test_idx(self) -> list[int] | None:
         """Test frames recorded at training (None when none were)."""
-        test = self.force.info.get("split", {}).get("test")
+        test = self.force.record.test_idx
         return None if test is None else [int(i) for i in test]
 
     def row(self) -> dict[str, Any]:
@@ -252,14 +237,13 @@ class ModelRegistry:
         if source not in ("trained", "uploaded"):
             raise RegistryError(f"source must be 'trained' or 'uploaded', got {source!r}")
         if name is None:
-            seed = force.info.get("split", {}).get("seed")
-            name = default_name(force.mode, force.n_train, seed)
+            name = default_name(force.mode, force.n_train, force.record.seed)
         clean = self._clean(name)
         if clean in self._entries and not unique:
             raise RegistryError(f"a model named {clean!r} exists already: choose another name")
         clean = self.unique_name(clean)
         if data_fingerprint is None:
-            data_fingerprint = force.info.get("data", {}).get("fingerprint")
+            data_fingerprint = force.record.data_fingerprint
         entry = TrainedModel(name=clean, force=force, energy=energy, data_fingerprint=data_fingerprint,
                              source=source, metrics=None if metrics is None else dict(metrics))
         if uid is not None:
@@ -302,50 +286,3 @@ class ModelRegistry:
     def rows(self) -> list[dict[str, Any]]:
         """One :meth:`TrainedModel.row` per entry, in order."""
         return [e.row() for e in self]
-
-
-# -- files ------------------------------------------------------------------------------------
-
-
-def model_bytes(entry: TrainedModel) -> bytes:
-    """The entry as ``.npz`` bytes: its energy model (force model embedded) when it has one, else the force model."""
-    buf = io.BytesIO()
-    (entry.energy if entry.energy is not None else entry.force).save(buf)
-    return buf.getvalue()
-
-
-def load_model_bytes(data: bytes, *, where: str = "uploaded file") -> tuple[ForceModel, EnergyModel | IntegratedEnergyModel | None]:
-    """Read a force model, or an energy model with its force model, from ``.npz`` bytes.
-
-    Returns
-    -------
-    (ForceModel, energy model or None)
-
-    Raises
-    ------
-    ModelError
-        Not an ``.npz`` of plain arrays (pickles are refused, never executed),
-        or not an aff_app model, or invalid arrays.
-    """
-    if not isinstance(data, (bytes, bytearray)) or len(data) == 0:
-        raise ModelError(f"{where}: the file is empty")
-    try:
-        with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as d:
-            arrays = {k: d[k] for k in d.files}
-    except (ValueError, OSError, EOFError) as exc:
-        raise ModelError(
-            f"{where}: not an .npz archive of plain arrays (pickled/object data is refused) [{type(exc).__name__}]"
-        ) from exc
-    fmt = str(arrays.get("format", ""))
-    if fmt == _FORCE_FORMAT:
-        return ForceModel.from_arrays(arrays, where=where), None
-    if fmt == ENERGY_FORMAT:
-        em = EnergyModel.from_arrays(arrays, where=where)
-        return em.force_model, em
-    if fmt == INTEGRATED_FORMAT:
-        im = IntegratedEnergyModel.from_arrays(arrays, where=where)
-        return im.force_model, im
-    raise ModelError(
-        f"{where}: not an aff_app model (format {fmt!r}); expected a file downloaded from the Train page "
-        "or written by `python -m aff_app train`"
-    )

@@ -1,35 +1,32 @@
-"""Train and evaluate force models on a trajectory: the layer the CLI and the Train page share.
+"""The pieces of training that come before a fit: splits, checks, symmetry, training frames in other data.
 
-The pieces, in the order a user meets them:
+The workflow itself (fit, train, evaluate, save) is :mod:`aff_app.workflows.pipeline`;
+these are the pieces it and the pages use, in the order a user meets them:
 
 * :func:`split_frames` draws disjoint training / validation / test frame
   indices from one seed (rMD17's frames come from one MD run, so held-out
   frames must never be training frames, see ``../shared/data/README.md``).
 * :func:`resolve_symmetry` finds the permutation group and PE sets of the data
   (``aff_app.symmetry``), or applies the user's PE sets.
-* :func:`train_model` fits AFF, GDML or sGDML (``aff_app.gp.force``) and
-  records where the model came from in ``model.info``: the data fingerprint,
-  source, label set, split, seed, symmetry and timings.
-* :func:`evaluate_model` predicts held-out frames and reports the force MAE,
-  RMSE, PCI (share of force components inside their interval) and LCI (mean
-  interval length), method.md "What the paper reports".
+* :func:`check_atoms_match` refuses a model and data of different molecules
+  or atom orders, naming both;
+* :func:`training_positions_mask` finds a model's training frames in any data
+  of its molecule (by index in the training data, by position elsewhere).
 
 Units are the library's internal ones: Å and kcal/mol/Å.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from aff_app.gp.budget import ComputeBudgetError, check_budget, estimate_cost
-from aff_app.gp.force import MODES, ForceModel, fit_force_model
+from aff_app.gp.budget import ComputeBudgetError
+from aff_app.gp.force import ForceModel
 from aff_app.symmetry import SymmetryInfo, detect_symmetry, parse_pe_sets, user_symmetry
 from aff_app.io.trajectory import Trajectory
-from aff_app.units import FORCE_UNIT
 
 __all__ = [
     "TrainingError",
@@ -43,9 +40,8 @@ __all__ = [
     "formula_of",
     "check_atoms_match",
     "resolve_symmetry",
-    "train_model",
     "training_positions_mask",
-    "evaluate_model",
+    "require_labels",
 ]
 
 Progress = Callable[[float, str], None]
@@ -78,10 +74,6 @@ class TrainTestOverlapError(TrainingError):
 
 class TrainingBudgetError(TrainingError, ComputeBudgetError):
     """A fit refused by the memory budget (both a ``ValueError`` and a ``MemoryError``)."""
-
-
-def _noop(fraction: float, message: str) -> None:
-    return None
 
 
 def _count(value: Any, name: str, *, minimum: int) -> int:
@@ -217,7 +209,8 @@ def check_atoms_match(model_z: Any, z: Any, *, what: str = "the data") -> None:
     )
 
 
-def _require_labels(traj: Trajectory, what: str) -> None:
+def require_labels(traj: Trajectory, what: str) -> None:
+    """Refuse a view-only trajectory (no energies/forces) for ``what``, saying how to load labels."""
     if not traj.has_labels:
         raise UnlabelledDataError(
             f"{what} needs forces and energies, but {traj.name or 'this trajectory'!r} "
@@ -268,154 +261,7 @@ def resolve_symmetry(
 
 
 # ---------------------------------------------------------------------------
-# training
-# ---------------------------------------------------------------------------
-def _data_record(traj: Trajectory) -> dict[str, Any]:
-    prov = traj.provenance
-    return {
-        "fingerprint": traj.fingerprint,
-        "name": traj.name,
-        "formula": traj.formula,
-        "n_frames": traj.n_frames,
-        "n_atoms": traj.n_atoms,
-        "source": prov.source,
-        "content_hash": prov.content_hash,
-        "label_set": prov.label_set,
-        "frames": prov.frames,
-        "file_units": {"energy": prov.energy_unit, "length": prov.length_unit},
-    }
-
-
-def train_model(
-    traj: Trajectory,
-    *,
-    model: str = "aff",
-    n_train: int,
-    seed: int = 0,
-    n_test: int | None = None,
-    gamma: float | None = None,
-    lam: float | None = None,
-    criterion: str = "likelihood",
-    symmetry: SymmetryInfo | None = None,
-    n_symmetry_frames: int = DEFAULT_SYMMETRY_FRAMES,
-    budget_bytes: int | None = None,
-    progress: Progress | None = None,
-    keep_factors: bool = True,
-) -> ForceModel:
-    """Fit a force model on ``n_train`` random frames of a labelled trajectory.
-
-    Parameters
-    ----------
-    traj : Trajectory
-        Labelled data (positions Å, forces kcal/mol/Å).
-    model : {'aff', 'gdml', 'sgdml'}
-        AFF (one GP per PE set, PS kernel over the group), GDML (one GP of all
-        atoms, plain kernel) or sGDML (one GP of all atoms, PS kernel).
-    n_train : int
-        M, training frames, drawn by :func:`split_frames` with ``seed``.
-    seed : int
-        Seed of the split (and of the hyperparameter-search subset).
-    n_test : int, optional
-        Also draw and record this many test frames (default: every frame not
-        used for training is a test frame; none is recorded).
-    gamma, lam : float, optional
-        Fix γ (1/Å) and/or λ; the others are searched by ``criterion``.
-    criterion : {'likelihood', 'cv'}
-    symmetry : SymmetryInfo, optional
-        Permutations and PE sets; by default detected on up to
-        ``n_symmetry_frames`` frames of ``traj`` (positions only). GDML uses
-        none and skips the search.
-    budget_bytes : int, optional
-        Memory budget; default ``aff_app.gp.budget.default_budget_bytes()``.
-    progress : callable(fraction, message), optional
-    keep_factors : bool
-        Keep the Cholesky factors on the model (see
-        :func:`aff_app.gp.force.fit_force_model`); False when the model is
-        only written to disk (the CLI), which needs one kernel's memory.
-
-    Returns
-    -------
-    ForceModel
-        ``model.info`` holds ``data`` (fingerprint, source, label set, content
-        hash, frames, formula), ``split`` (seed, train, test indices),
-        ``symmetry`` (``SymmetryInfo.to_dict()`` or None), ``timings`` (s) and
-        the fit's own record (hyperparameter search, version).
-
-    Raises
-    ------
-    UnlabelledDataError, SplitError, AtomsMismatchError, TrainingBudgetError,
-    aff_app.gp.force.ModelError, aff_app.symmetry.SymmetryError
-    """
-    t0 = time.perf_counter()
-    progress = progress or _noop
-    if model not in MODES:
-        raise TrainingError(f"model must be one of {', '.join(MODES)}, got {model!r}")
-    _require_labels(traj, "training")
-    split = split_frames(traj.n_frames, n_train, n_test, seed=seed)
-    if split.train.size < 2:
-        raise SplitError(f"training needs at least 2 frames, got n_train = {split.train.size}")
-    if model != "aff":
-        # one set of all atoms: the memory need is known before the symmetry search
-        _check_budget(estimate_cost(split.train.size, [traj.n_atoms]), budget_bytes, model)
-
-    t_sym = 0.0
-    if model == "gdml":
-        sym = None
-    elif symmetry is not None:
-        if symmetry.n_atoms != traj.n_atoms:
-            raise AtomsMismatchError(
-                f"the symmetry record is for {symmetry.n_atoms} atoms but the data has {traj.n_atoms} ({traj.formula})"
-            )
-        sym = symmetry
-    else:
-        ts = time.perf_counter()
-        sym = resolve_symmetry(
-            traj, n_samples=n_symmetry_frames, seed=seed,
-            progress=lambda f, msg: progress(0.1 * f, "symmetry: " + msg),
-        )
-        t_sym = time.perf_counter() - ts
-    progress(0.1, "symmetry done" if sym is not None else "no symmetry (GDML)")
-
-    info = {
-        "data": _data_record(traj),
-        "split": {"seed": int(seed), "n_frames": traj.n_frames, "train": split.train.tolist(),
-                  "test": None if n_test is None else split.test.tolist(),
-                  "test_rule": "all frames outside train" if n_test is None else f"{n_test} random frames outside train"},
-        "symmetry": None if sym is None else sym.to_dict(),
-    }
-    kwargs: dict[str, Any] = {}
-    if model == "aff":
-        kwargs.update(pe_sets=list(sym.pe_sets), perms=sym.perms)
-    elif model == "sgdml":
-        kwargs.update(perms=sym.perms)
-    try:
-        fitted = fit_force_model(
-            traj.R[split.train], traj.F[split.train], traj.z, mode=model, gamma=gamma, lam=lam,
-            criterion=criterion, train_idx=split.train, budget_bytes=budget_bytes, seed=seed, info=info,
-            keep_factors=keep_factors,
-            progress=lambda f, msg: progress(0.1 + 0.9 * f, msg), **kwargs,
-        )
-    except ComputeBudgetError as exc:
-        if isinstance(exc, TrainingBudgetError):
-            raise
-        raise TrainingBudgetError(str(exc)) from None
-    timings = dict(fitted.info.get("timings", {}))
-    timings["fit_s"] = timings.get("total_s", 0.0)
-    timings["symmetry_s"] = t_sym
-    timings["total_s"] = time.perf_counter() - t0
-    fitted.info["timings"] = timings
-    return fitted
-
-
-def _check_budget(estimate, budget_bytes, model: str) -> None:
-    try:
-        check_budget(estimate, budget_bytes, what=f"{model.upper()} fit")
-    except ComputeBudgetError as exc:
-        raise TrainingBudgetError(str(exc)) from None
-
-
-# ---------------------------------------------------------------------------
-# evaluation
+# training frames in other data
 # ---------------------------------------------------------------------------
 def _position_keys(R: np.ndarray) -> list[bytes]:
     grid = np.round(np.asarray(R, dtype=np.float64) / POSITION_MATCH_TOLERANCE).astype(np.int64)
@@ -432,129 +278,10 @@ def training_positions_mask(model: ForceModel, traj: Trajectory) -> np.ndarray:
     another label set or frame selection).
     """
     mask = np.zeros(traj.n_frames, dtype=bool)
-    if model.info.get("data", {}).get("fingerprint") == traj.fingerprint:
+    if model.record.data_fingerprint == traj.fingerprint:
         idx = np.asarray(model.train_idx, dtype=np.int64)
         mask[idx[(idx >= 0) & (idx < traj.n_frames)]] = True
     if traj.n_atoms == model.n_atoms:
         train_keys = set(_position_keys(model.R_train))
         mask |= np.array([k in train_keys for k in _position_keys(traj.R)], dtype=bool)
     return mask
-
-
-def evaluate_model(
-    model: ForceModel,
-    traj: Trajectory,
-    *,
-    n_test: int | None = None,
-    test_idx: Sequence[int] | None = None,
-    seed: int = 0,
-    level: float = 0.95,
-    kind: str = "latent",
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Force errors and interval quality on held-out frames.
-
-    Test frames, in order of precedence: ``test_idx`` (refused when it
-    contains training frames); the test frames recorded at training when the
-    data is the training data and ``n_test`` is None or equal to their number;
-    else ``n_test`` frames (all when None) drawn with ``seed`` from the frames
-    that are not training frames (see :func:`training_positions_mask`).
-
-    Parameters
-    ----------
-    model : ForceModel
-    traj : Trajectory
-        Labelled data of the same molecule (same atoms in the same order).
-    n_test : int, optional
-    test_idx : sequence of int, optional
-    seed : int
-    level : float
-        Interval level, e.g. 0.95 (mean ± 1.96 sd).
-    kind : {'latent', 'observation'}
-        Interval on the force itself, or on a new noisy label (adds σ̂² λ).
-
-    Returns
-    -------
-    dict
-        ``force_mae``, ``force_rmse`` (kcal/mol/Å), ``pci`` (share of force
-        components inside their interval, 0..1), ``lci`` (mean interval length,
-        kcal/mol/Å), ``n_test``, ``level``, ``interval``, ``test_idx``,
-        ``test_selection``, ``reference_force_std`` (std of the held-out
-        reference force components), ``force_max_abs_error``,
-        ``same_data_as_training``, ``n_training_frames_excluded``, ``units``.
-
-    Raises
-    ------
-    UnlabelledDataError, AtomsMismatchError, TrainTestOverlapError, SplitError
-    """
-    progress = progress or _noop
-    _require_labels(traj, "evaluation")
-    check_atoms_match(model.z, traj.z, what="the data")
-    if not 0.0 < float(level) < 1.0:
-        raise TrainingError(f"level must lie in (0, 1), got {level}")
-    if kind not in ("latent", "observation"):
-        raise TrainingError(f"interval kind must be 'latent' or 'observation', got {kind!r}")
-    in_train = training_positions_mask(model, traj)
-    same_data = model.info.get("data", {}).get("fingerprint") == traj.fingerprint
-    recorded = model.info.get("split", {}).get("test") if same_data else None
-
-    if test_idx is not None:
-        idx = np.asarray(test_idx)
-        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
-            raise SplitError(f"test_idx must be a non-empty 1-d list of frame indices, got shape {idx.shape}")
-        idx = idx.astype(np.int64)
-        bad = idx[(idx < 0) | (idx >= traj.n_frames)]
-        if bad.size:
-            raise SplitError(f"test frames {bad[:10].tolist()} are outside 0..{traj.n_frames - 1}")
-        overlap = idx[in_train[idx]]
-        if overlap.size:
-            raise TrainTestOverlapError(
-                f"{overlap.size} of the {idx.size} requested test frames were used for training "
-                f"(first: {overlap[:10].tolist()}): evaluate on held-out frames only"
-            )
-        idx = np.unique(idx)
-        selection = "explicit"
-    elif recorded is not None and (n_test is None or int(n_test) == len(recorded)) and len(recorded) > 0:
-        idx = np.asarray(recorded, dtype=np.int64)
-        selection = "recorded at training"
-    else:
-        pool = np.flatnonzero(~in_train)
-        if n_test is not None:
-            n_test = _count(n_test, "n_test", minimum=1)
-            if n_test > pool.size:
-                raise SplitError(
-                    f"cannot draw {n_test} test frames: {traj.n_frames} frames minus {int(in_train.sum())} "
-                    f"training frames leaves {pool.size}; use --n-test {pool.size} or fewer"
-                )
-            idx = np.sort(np.random.default_rng(seed).choice(pool, size=n_test, replace=False))
-            selection = f"{n_test} random held-out frames (seed {seed})"
-        else:
-            if pool.size == 0:
-                raise SplitError("every frame of the data is a training frame: there is nothing to test on")
-            idx = pool
-            selection = "all held-out frames"
-
-    pred = model.predict(traj.R[idx], progress=progress)
-    ref = traj.F[idx]
-    err = pred.mean - ref
-    lo, hi = pred.interval(level, kind=kind)
-    # metrics of method.md "What the paper reports", over all force components
-    inside = (lo <= ref) & (ref <= hi)
-    return {
-        "model": model.mode,
-        "n_train": model.n_train,
-        "n_test": int(idx.size),
-        "level": float(level),
-        "interval": kind,
-        "force_mae": float(np.mean(np.abs(err))),
-        "force_rmse": float(np.sqrt(np.mean(err**2))),
-        "force_max_abs_error": float(np.max(np.abs(err))),
-        "pci": float(np.mean(inside)),
-        "lci": float(np.mean(hi - lo)),
-        "reference_force_std": float(np.std(ref)),
-        "units": {"force": FORCE_UNIT},
-        "same_data_as_training": bool(same_data),
-        "n_training_frames_excluded": int(in_train.sum()),
-        "test_selection": selection,
-        "test_idx": idx.tolist(),
-    }

@@ -125,7 +125,7 @@ def test_train_predict_compare_journey(page, app_url, request_log):
     expect(frame.locator("canvas").first).to_be_visible()
     expect(frame.locator("#aff-legend")).to_contain_text("reference force")
     expect(frame.locator("#aff-legend")).to_contain_text("predicted force")
-    expect(page.get_by_role("button", name="Forces CSV", exact=False)).to_be_visible()
+    expect(page.get_by_role("button", name="Predictions CSV", exact=False)).to_be_visible()
     _shot(page, "predictions", 3300)
 
     # -- Compare: the model is listed with its metrics
