@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from aff_app.io.files import load_trajectory  # noqa: E402
 from aff_app.gp.force import LOO_FRAMES, fit_force_model, loo_frame_residuals  # noqa: E402
-from aff_app.reproduce.run import DEFAULT_DATA_DIR, make_split  # noqa: E402
+from aff_app.reproduce.planning import make_split
+from aff_app.reproduce.settings import DEFAULT_DATA_DIR  # noqa: E402
 from aff_app.symmetry import detect_symmetry  # noqa: E402
 
 

@@ -19,7 +19,10 @@ from aff_app.peers import sgdml as peer
 from aff_app.io.files import load_trajectory
 from aff_app.workflows.metrics import force_report
 from aff_app.gp import fit_force_model
-from aff_app.reproduce.run import (
+from aff_app.reproduce.output import format_table, write_outputs
+from aff_app.reproduce.planning import choose_aff_m, choose_peer_m, make_split
+from aff_app.reproduce.run import run_reproduction
+from aff_app.reproduce.settings import (
     METHOD_AFF,
     METHOD_GDML,
     METHOD_PEER,
@@ -27,13 +30,7 @@ from aff_app.reproduce.run import (
     PAPER_TABLE_I,
     ReproduceError,
     ReproduceSettings,
-    choose_aff_m,
-    choose_peer_m,
-    format_table,
-    make_split,
     quick_settings,
-    run_reproduction,
-    write_outputs,
 )
 from aff_app.symmetry import detect_symmetry
 

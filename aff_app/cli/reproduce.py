@@ -9,8 +9,8 @@ Registered with :func:`aff_app.cli.register` at import time (listed in
 
 The work is :func:`aff_app.reproduce.run.run_reproduction`; the files
 (``results.json``, ``table_I.md``, Fig. 3 / Fig. 5 as HTML and PNG) are
-written by :func:`aff_app.reproduce.run.write_outputs`. ``--quick`` starts from
-:func:`aff_app.reproduce.run.quick_settings`; options given explicitly override
+written by :func:`aff_app.reproduce.output.write_outputs`. ``--quick`` starts from
+:func:`aff_app.reproduce.settings.quick_settings`; options given explicitly override
 it. Without the optional ``sgdml`` package, a run that asks for it exits 2
 with the install command; ``--no-peer`` runs without it.
 """
@@ -91,7 +91,7 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args):
-    from aff_app.reproduce.run import ReproduceSettings, quick_settings
+    from aff_app.reproduce.settings import ReproduceSettings, quick_settings
 
     given = {}
     for dest, fld in _FIELDS.items():
@@ -104,7 +104,8 @@ def _settings(args):
 
 
 def _run_reproduce(args) -> dict:
-    from aff_app.reproduce.run import run_reproduction, write_outputs
+    from aff_app.reproduce.output import write_outputs
+    from aff_app.reproduce.run import run_reproduction
 
     settings = _settings(args)
     out_dir = Path(args.out_dir).expanduser()
@@ -145,7 +146,7 @@ def _run_reproduce(args) -> dict:
 
 
 def _render_reproduce(r: dict) -> str:
-    from aff_app.reproduce.run import format_table
+    from aff_app.reproduce.output import format_table
 
     lines = [("Quick reproduction" if r["quick"] else "Reproduction") + " of the paper's Table I "
              "(AFF, with the sgdml package in parentheses; the paper's values beside)", "",
