@@ -245,7 +245,7 @@ else:
         )
 
 # -- upload ----------------------------------------------------------------------------------------------------
-with st.expander("Upload a saved model (.npz)"):
+with st.expander("Upload a saved model (.npz)", key=state.TRAIN_UPLOAD_EXPANDER):
     up = st.file_uploader("Model file downloaded from this page (or written by `python -m aff_app train`)",
                           type=["npz"], key=state.TRAIN_UPLOAD)
     if st.button("Add uploaded model", key=state.TRAIN_UPLOAD_ADD, disabled=up is None):

@@ -180,6 +180,9 @@ TRAIN_NAME = "train_name"
 TRAIN_RUN = "train_run"
 TRAIN_UPLOAD = "train_upload"
 TRAIN_UPLOAD_ADD = "train_upload_add"
+#: The upload expander: keyed, so a rerun that adds or removes a notice above it neither closes it nor
+#: remounts the uploader inside (which dropped the chosen file: the first upload after a fit failed).
+TRAIN_UPLOAD_EXPANDER = "train_upload_expander"
 TRAIN_MANAGE = "train_manage"
 TRAIN_RENAME_TEXT = "train_rename_text"
 TRAIN_RENAME = "train_rename"

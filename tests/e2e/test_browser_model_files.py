@@ -50,7 +50,7 @@ def test_page_download_evaluates_in_the_cli_and_cli_model_uploads_on_the_page(pa
     expect(page.get_by_role("heading", name="Train").first).to_be_visible()
 
     # -- train a small model on the page (γ, λ by hand: seconds), download its file
-    page.get_by_text("set γ and λ by hand").click()
+    page.get_by_text("set γ and λ by hand", exact=True).click()
     _settle(page)
     _set_number(page, "Training frames M", 30)
     _set_number(page, "Test frames", 40)
