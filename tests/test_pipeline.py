@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from aff_app import cli
-from aff_app.gp.energy import EnergyModel, IntegratedEnergyModel
+from aff_app.gp.energy import EnergyModel
+from aff_app.gp.integrated import IntegratedEnergyModel
 from aff_app.gp.persistence import load_model, model_bytes
 from aff_app.gp.record import FitRecord
 from aff_app.io.files import load_trajectory, write_trajectory

@@ -12,7 +12,8 @@ import pytest
 
 from aff_app.gp.persistence import load_model, model_bytes
 from aff_app.workflows import pipeline
-from aff_app.gp.energy import EnergyModel, IntegratedEnergyModel, fit_energy_model, fit_integrated_energy
+from aff_app.gp.energy import EnergyModel, fit_energy_model
+from aff_app.gp.integrated import IntegratedEnergyModel, fit_integrated_energy
 from aff_app.gp.force import ForceModel, ModelError
 from aff_app.workflows.registry import (
     ROW_COLUMNS,

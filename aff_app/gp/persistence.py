@@ -25,7 +25,8 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from aff_app.gp.energy import ENERGY_FORMAT, INTEGRATED_FORMAT, EnergyModel, IntegratedEnergyModel
+from aff_app.gp.energy import ENERGY_FORMAT, INTEGRATED_FORMAT, EnergyModel
+from aff_app.gp.integrated import IntegratedEnergyModel
 from aff_app.gp.force import FORCE_FORMAT, ForceModel, ModelError, read_model_npz
 
 __all__ = ["save_model", "model_bytes", "load_model", "read_arrays", "FORMATS"]

@@ -28,7 +28,8 @@ import numpy as np
 
 from aff_app.gp import persistence
 from aff_app.gp.budget import ComputeBudgetError, check_budget, estimate_cost
-from aff_app.gp.energy import EnergyModel, IntegratedEnergyModel, fit_energy_model, fit_integrated_energy
+from aff_app.gp.energy import EnergyModel, fit_energy_model
+from aff_app.gp.integrated import IntegratedEnergyModel, fit_integrated_energy
 from aff_app.gp.force import MODES, FactorizationError, ForceModel, ModelError, fit_force_model
 from aff_app.gp.record import DataRecord, FitRecord, SplitRecord, Timings
 from aff_app.io.trajectory import Trajectory

@@ -30,7 +30,8 @@ from scipy.special import ndtri  # Φ⁻¹; scipy.stats costs ~0.45 s to import
 
 from aff_app import units
 from aff_app.workflows import metrics
-from aff_app.gp.energy import EnergyModel, IntegratedEnergyModel
+from aff_app.gp.energy import EnergyModel
+from aff_app.gp.integrated import IntegratedEnergyModel
 from aff_app.gp.force import ForceModel
 from aff_app.io.trajectory import Trajectory
 from aff_app.workflows.training import SplitError, TrainTestOverlapError, UnlabelledDataError, check_atoms_match, training_positions_mask

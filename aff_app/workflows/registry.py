@@ -22,7 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from aff_app.gp.energy import EnergyModel, IntegratedEnergyModel
+from aff_app.gp.energy import EnergyModel
+from aff_app.gp.integrated import IntegratedEnergyModel
 from aff_app.gp.force import ForceModel
 
 __all__ = [
