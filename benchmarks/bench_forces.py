@@ -32,6 +32,7 @@ Usage (needs requirements-peer.txt installed; takes long — run on a quiet mach
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -170,14 +171,14 @@ def main(argv=None) -> int:
             t_aff += t_sym
             mae_aff, pci_aff = evaluate(model, R[test], F[test])
             est = estimate_cost(m, [s.size for s in sym.pe_sets], n_perms=len(sym.perms))
-            chol_s = model.info["timings"]["cholesky_s"]
+            chol_s = model.record.timings.cholesky_s
             # the fit's factorisations: one per PE set, plus the λ check's second one of each probe set
-            refine = model.info.get("lam_refine") or {}
-            probe_flops = sum((3 * m * model.pe_sets[p].size) ** 3 / 3 for p in refine.get("probe_sets", []))
+            refine = dataclasses.asdict(model.record.lam_check)
+            probe_flops = sum((3 * m * model.pe_sets[p].size) ** 3 / 3 for p in refine["probe_sets"])
             flops = est.cholesky_flops + probe_flops
             row = {
                 "molecule": mol, "M": m, "aff_train_s": t_aff, "aff_mae": mae_aff, "aff_pci": pci_aff,
-                "aff_gamma": model.gamma, "aff_lam": model.lam, "aff_timings": model.info["timings"],
+                "aff_gamma": model.gamma, "aff_lam": model.lam, "aff_timings": dataclasses.asdict(model.record.timings),
                 "aff_lam_refine": refine, "cholesky_gflop": flops / 1e9, "cholesky_gflops_rate": flops / chol_s / 1e9,
             }
             if m <= args.thorough_max_m:
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
                                            search_frames=m)
                 row["aff_thorough_train_s"] = time.perf_counter() - t + t_sym
                 row["aff_thorough_mae"], row["aff_thorough_pci"] = evaluate(thorough, R[test], F[test])
-                row["aff_thorough_search_frames"] = thorough.info["hyper"]["n_frames"]
+                row["aff_thorough_search_frames"] = thorough.record.search.n_frames
                 del thorough
             fits, why = check_sgdml_fits(m, z.size, memory_bytes=int(0.85 * MEMORY_GB * 2**30))
             prev = max((k for k in sgdml_time if k < m), default=None)

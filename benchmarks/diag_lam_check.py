@@ -16,6 +16,7 @@ one model at M (naphthalene M = 1600: ~12 GB).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -64,8 +65,8 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     fm = fit_force_model(traj.R[tr], traj.F[tr], traj.z, **kw)
     print(f"default fit {time.perf_counter() - t:.1f} s: γ {fm.gamma:.4g}, λ {fm.lam:.3g}, {held_out(fm)}; "
-          f"λ check {json.dumps(fm.info['lam_refine'])}", flush=True)
-    gamma, lam, lam_search, sizes = fm.gamma, fm.lam, fm.info["hyper"]["lam"], [s.size for s in fm.pe_sets]
+          f"λ check {json.dumps(dataclasses.asdict(fm.record.lam_check))}", flush=True)
+    gamma, lam, lam_search, sizes = fm.gamma, fm.lam, fm.record.search.lam, [s.size for s in fm.pe_sets]
     del fm
     for f in args.gamma_factors:
         t = time.perf_counter()
