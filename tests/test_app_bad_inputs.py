@@ -18,6 +18,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from aff_app.io import files as data_lib
+from aff_app.io import formats
 from aff_app.workflows import learning
 from aff_app.workflows import pipeline
 from aff_app.gp.budget import estimate_cost
@@ -177,7 +178,7 @@ def test_bad_upload_shows_the_library_message_and_keeps_data_and_models(case):
 
 def test_too_large_upload_is_refused_before_reading(monkeypatch):
     at = _open()
-    monkeypatch.setattr(data_lib, "MAX_UPLOAD_MB", 1)
+    monkeypatch.setattr(formats, "MAX_UPLOAD_MB", 1)
     at.run()  # the uploader is rebuilt with the new limit
     raw = _good_npz() + b"\0" * (1024 * 1024)
     expected = _library_error(raw, "huge.npz")

@@ -198,7 +198,7 @@ def test_upload_over_the_size_limit_is_refused_with_the_numbers(monkeypatch):
     import aff_app.io.files
 
     at = _app()  # opens the default sample before the limit shrinks
-    monkeypatch.setattr(aff_app.io.files, "MAX_UPLOAD_MB", 1)
+    monkeypatch.setattr(aff_app.io.formats, "MAX_UPLOAD_MB", 1)
     at.run()  # the uploader is rebuilt with the new limit (a new max_upload_size resets it)
     raw, _, _ = _water_extxyz(2)
     big = raw + b" " * (1024 * 1024)  # 1.x MB of otherwise valid extxyz

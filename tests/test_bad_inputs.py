@@ -23,6 +23,7 @@ from ase import units as aseu
 
 from aff_app import cli, units
 from aff_app.io import files as data
+from aff_app.io import formats, npz
 from aff_app.io.files import DataError, load_trajectory
 from aff_app.gp.force import ForceModel, ModelError, fit_force_model
 from aff_app.io.trajectory import Trajectory
@@ -147,7 +148,7 @@ def test_cli_subprocess_bad_file_exit_2_json(repo_root, tmp_path, key, shared_da
 
 # -- loaders: limits and safety ---------------------------------------------------------
 def test_upload_limit_for_bytes_and_file_objects(monkeypatch):
-    monkeypatch.setattr(data, "MAX_UPLOAD_MB", 1)
+    monkeypatch.setattr(formats, "MAX_UPLOAD_MB", 1)
     blob = b"PK\x03\x04" + bytes(2**20)
     with pytest.raises(data.UploadTooLargeError, match=r"'big.npz' is 1.0 MB \(1048580 bytes\), above the 1 MB limit"):
         load_trajectory(blob, filename="big.npz")
@@ -163,7 +164,7 @@ def test_upload_limit_for_bytes_and_file_objects(monkeypatch):
 def test_zip_bomb_limit(monkeypatch, tmp_path, shared_data):
     path = load_trajectory(shared_data / "uracil.npz", frames=":50")
     f = data.write_sgdml_npz(path, tmp_path / "u.npz")
-    monkeypatch.setattr(data, "MAX_NPZ_UNCOMPRESSED_MB", 0.01)
+    monkeypatch.setattr(npz, "MAX_NPZ_UNCOMPRESSED_MB", 0.01)
     with pytest.raises(DataError, match=r"would decompress to .* GB, above the"):
         load_trajectory(f)
 

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from aff_app import units
-from aff_app.io.files import DataError, _drop_frames, _nonfinite_frames, describe_nonfinite
+from aff_app.io.assemble import _drop_frames, _nonfinite_frames, describe_nonfinite
+from aff_app.io.errors import DataError
 from aff_app.io.trajectory import Trajectory
 
 __all__ = [

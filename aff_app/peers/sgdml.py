@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from aff_app.gp.budget import physical_memory_bytes
-from aff_app.io.files import sgdml_dataset_md5
+from aff_app.io.writers import sgdml_dataset_md5
 
 __all__ = [
     "PeerError",

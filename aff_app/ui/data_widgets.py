@@ -22,6 +22,7 @@ import numpy as np
 import streamlit as st
 
 from aff_app.io import files as data_lib
+from aff_app.io import formats
 from aff_app.figures import data as figures
 from aff_app.figures import viewer
 from aff_app.io.trajectory import Trajectory
@@ -135,7 +136,7 @@ def upload_too_large(upload) -> str | None:
     byte, so the message is the library's own (:class:`data.UploadTooLargeError`).
     """
     size = getattr(upload, "size", None)
-    if not isinstance(size, (int, np.integer)) or size <= data_lib.MAX_UPLOAD_MB * 2**20:
+    if not isinstance(size, (int, np.integer)) or size <= formats.MAX_UPLOAD_MB * 2**20:
         return None
     try:
         data_lib.load_trajectory(upload, filename=getattr(upload, "name", None))
