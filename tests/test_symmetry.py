@@ -215,7 +215,7 @@ def test_orbits_from_generators_equal_orbits_from_the_group(detected):
 
 def test_two_opt_polish_ends_in_a_local_optimum_of_the_matching_objective():
     # the vectorised exchange gains against a plain loop over every exchange of two atoms
-    from aff_app.symmetry import _two_opt
+    from aff_app.symmetry.detect import _two_opt
 
     rng = np.random.default_rng(0)
     z = np.array([1, 1, 1, 1, 6, 6, 6, 8])
