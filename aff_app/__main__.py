@@ -1,3 +1,5 @@
+"""Entry point of ``python -m aff_app`` and of the ``aff-app`` console script (pyproject.toml)."""
+
 import atexit
 import os
 import sys
@@ -9,17 +11,24 @@ import sys
 # whole `train` process 2.1 s -> 1.9 s); back-to-back BLAS calls still find their workers awake.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
-from aff_app.cli import main  # noqa: E402
 
-code = main()
-# Everything is written, closed and printed by now; the exit handlers run as usual, but
-# the interpreter's teardown of numba's and LLVM's object graph (~0.13 s per run on the
-# 2-core machine: more than a fixed-γ/λ fit's symmetry search, build of one kernel and
-# save together) is skipped, as the OS reclaims the process anyway.
-atexit._run_exitfuncs()
-try:
-    sys.stdout.flush()
-    sys.stderr.flush()
-except OSError:  # a closed pipe (`... | head`): nothing left to say
-    pass
-os._exit(code)
+def run() -> None:
+    """``python -m aff_app`` and the ``aff-app`` console script: run the CLI, then leave without teardown."""
+    from aff_app.cli import main
+
+    code = main()
+    # Everything is written, closed and printed by now; the exit handlers run as usual, but
+    # the interpreter's teardown of numba's and LLVM's object graph (~0.13 s per run on the
+    # 2-core machine: more than a fixed-γ/λ fit's symmetry search, build of one kernel and
+    # save together) is skipped, as the OS reclaims the process anyway.
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe (`... | head`): nothing left to say
+        pass
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent setup: virtual environment, Python packages, offline 3Dmol.js.
+# Idempotent setup: virtual environment, Python packages, the project (editable), offline 3Dmol.js.
 #   bash scripts/setup.sh          runtime only (what scripts/start.sh needs)
 #   bash scripts/setup.sh --dev    + test packages, the sgdml peer and Debian's chromium (scripts/test.sh)
 # Safe to run again: every step is skipped when its result is already there.
@@ -34,6 +34,15 @@ if [ "$DEV" = 1 ]; then
         "$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0
         "$PY" -m pip install --quiet --disable-pip-version-check -r requirements-peer.txt
     fi
+fi
+
+# 2b. The project itself, editable (pyproject.toml): `import aff_app` from any folder, and the `aff-app`
+#     command. --no-deps: the pinned requirements above are the tested set; --no-build-isolation: the
+#     venv's setuptools builds it (no download). Skipped when this checkout is already installed.
+if ! (cd / && "$PY" -c "import aff_app, sys; sys.exit(aff_app.__file__ != '$ROOT/aff_app/__init__.py')" 2>/dev/null) \
+        || [ ! -x "$ROOT/.venv/bin/aff-app" ]; then
+    "$PY" -m pip install --quiet --disable-pip-version-check "setuptools>=64"
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT"
 fi
 
 # 3. 3Dmol.js for the offline viewer: the npm package at exactly the version
