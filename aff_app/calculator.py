@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
+from aff_app.errors import AFFError
 from aff_app import units
 from aff_app.workflows.training import AtomsMismatchError, check_atoms_match
 
@@ -33,7 +34,7 @@ _FORCE_TO_ASE = units.force_factor(units.ENERGY_UNIT, units.LENGTH_UNIT, "eV", "
 _ENERGY_TO_ASE = units.energy_factor(units.ENERGY_UNIT, "eV")
 
 
-class PeriodicSystemError(ValueError):
+class PeriodicSystemError(AFFError, ValueError):
     """Periodic ``Atoms`` given to a model of an isolated molecule."""
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from ase import units as _u
 
+from aff_app.errors import AFFError
+
 #: Internal energy unit (label shown next to every energy).
 ENERGY_UNIT = "kcal/mol"
 #: Internal length unit.
@@ -41,7 +43,7 @@ ENERGY_UNITS = tuple(_ENERGY_IN_EV)
 LENGTH_UNITS = tuple(_LENGTH_IN_ANGSTROM)
 
 
-class UnitError(ValueError):
+class UnitError(AFFError, ValueError):
     """An unknown or unsupported unit name."""
 
 

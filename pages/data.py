@@ -6,6 +6,7 @@ Thin: widgets -> aff_app library -> render. The loaded trajectory lives in
 
 import streamlit as st
 
+from aff_app.errors import AFFError
 from aff_app.io import files as data_lib
 from aff_app.io import simulate
 from aff_app.cancel import Cancelled
@@ -34,7 +35,7 @@ def load_into_session(loader, where, *, announce: bool = True, token=None) -> No
             jobs.end(token)
         jobs.show_cancelled("simulation", token.what if token is not None else "", where=where)
         return
-    except Exception as exc:  # one place per action turns any failure into a message
+    except AFFError as exc:  # one place per action turns the user's errors into a message; a bug shows as one
         if token is not None:
             jobs.end(token)
         where.error(f"Loading failed: {dw.error_message(exc)}{_kept_tail()}")

@@ -87,7 +87,7 @@ def test_register_adds_a_command(capsys, monkeypatch):
 
     def run(args):
         if args.n < 0:
-            raise ValueError(f"n must be >= 0, got {args.n}")
+            raise cli.CLIError(f"n must be >= 0, got {args.n}")  # a user error: exit 2
         return {"square": args.n**2, "array": np.arange(2)}
 
     cli.register("square", "square a number", add, run)

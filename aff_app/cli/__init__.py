@@ -4,9 +4,11 @@ Every command returns a JSON-ready ``dict``. With ``--json`` the human output is
 suppressed and exactly one JSON object is printed, on the last line of stdout:
 ``{"ok": true, "command": NAME, ...result}`` or, on an expected error,
 ``{"ok": false, "command": NAME, "error": MESSAGE, "error_type": CLASS}``.
-Expected errors (the library's ``ValueError``/``RuntimeError`` subclasses, a
-missing file, a bad command line) end the process with exit code 2 and a
-one-line message on stderr, without a traceback.
+User errors (:class:`aff_app.errors.AFFError` and its subclasses, a path that
+names no file, a bad command line) end the process with exit code 2 and a
+one-line message on stderr, without a traceback. Anything else is a bug in
+aff_app and is reported as one: the traceback on stderr, exit code 1, and with
+``--json`` still one JSON object on the last line, with ``"bug": true``.
 
 Commands are registered with :func:`register`, so other modules can add
 theirs: list the module in :data:`COMMAND_MODULES` and call ``register`` at its
@@ -19,12 +21,14 @@ import argparse
 import importlib
 import json
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from aff_app.errors import AFFError
 from aff_app.io.validation import format_value
 
 __all__ = ["Command", "register", "commands", "build_parser", "main", "add_data_arguments", "load_from_args", "CLIError"]
@@ -32,17 +36,19 @@ __all__ = ["Command", "register", "commands", "build_parser", "main", "add_data_
 #: Modules imported before the parser is built; each registers its commands.
 COMMAND_MODULES: list[str] = ["aff_app.cli.model", "aff_app.cli.reproduce"]
 
-#: Exceptions that are the user's to fix: message, exit code 2, no traceback.
-# MemoryError covers budget.ComputeBudgetError (a refusal with numbers, not a crash);
-# LinAlgError covers a Cholesky that failed even after jitter escalation.
+#: Exceptions that are the user's to fix: message, exit code 2, no traceback. Every library
+#: error of that kind is an AFFError (a budget refusal, a Cholesky that failed even after jitter,
+#: a bad file...); the OS errors are about paths the user gave.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, RuntimeError, FileNotFoundError, PermissionError, MemoryError, np.linalg.LinAlgError,
+    AFFError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
 )
 
 EXIT_ERROR = 2
+#: Exit code of a bug (an exception that is not a user error): the interpreter's own for a traceback.
+EXIT_BUG = 1
 
 
-class CLIError(RuntimeError):
+class CLIError(AFFError, RuntimeError):
     """A command-line problem (bad usage, unavailable optional part)."""
 
 
@@ -182,7 +188,7 @@ def _render_default(result: dict, indent: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 2 expected error)."""
+    """Run the CLI; returns the exit code (0 ok, 2 user error, 1 bug, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
     name = None
@@ -211,6 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - not the user's: a bug, reported as one
+        traceback.print_exc(file=sys.stderr)
+        message = f"internal error, a bug in aff_app (not your input): {type(exc).__name__}: {exc}"
+        print(f"error: {message}", file=sys.stderr)
+        if as_json:
+            print(_dump({"ok": False, "command": name, "error": message, "error_type": type(exc).__name__,
+                         "bug": True}))
+        return EXIT_BUG
     if as_json:
         print(_dump({"ok": True, "command": name, **result}))
     else:

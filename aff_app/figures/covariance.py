@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from aff_app.errors import AFFError
 from aff_app.figures.symmetry import atom_label
 
 __all__ = [
@@ -35,7 +36,7 @@ MAX_COMPONENT_TICKS = 24
 MAX_ATOM_TICKS = 72
 
 
-class CovarianceFigureError(ValueError):
+class CovarianceFigureError(AFFError, ValueError):
     """A matrix whose shape does not match the atoms and frames it is said to cover."""
 
 

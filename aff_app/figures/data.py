@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from aff_app.errors import AFFError
 from aff_app.units import ENERGY_UNIT, FORCE_UNIT
 
 #: Colour of the "selected frame" marker shared by all per-frame figures.
@@ -21,7 +22,7 @@ SELECTED_COLOR = "#d62728"
 LINE_COLOR = "#1f77b4"
 
 
-class FigureError(ValueError):
+class FigureError(AFFError, ValueError):
     """Arrays with shapes a figure cannot show."""
 
 

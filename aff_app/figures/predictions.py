@@ -24,6 +24,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
+from aff_app.errors import AFFError
 from aff_app.figures import viewer
 from aff_app.units import ENERGY_UNIT, FORCE_UNIT
 
@@ -48,7 +49,7 @@ BAND_COLOR = "rgba(0, 114, 178, 0.22)"
 ATOM_COLORSCALE = "YlOrRd"
 
 
-class FigureError(ValueError):
+class FigureError(AFFError, ValueError):
     """Arrays with shapes or values a figure cannot show."""
 
 

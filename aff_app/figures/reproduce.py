@@ -25,6 +25,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from aff_app.errors import AFFError
 from aff_app.units import ENERGY_UNIT, FORCE_UNIT
 
 __all__ = [
@@ -58,7 +59,7 @@ QUANTITIES = {
 M_TITLE = "training configurations M"
 
 
-class FigureDataError(ValueError):
+class FigureDataError(AFFError, ValueError):
     """Points a figure cannot show (unknown quantity, nothing to plot)."""
 
 

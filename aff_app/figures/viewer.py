@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aff_app.errors import AFFError
 from aff_app.units import FORCE_UNIT
 
 #: Where ``scripts/setup.sh`` unpacks the npm package ``3dmol``.
@@ -40,11 +41,11 @@ MIN_ARROW_LENGTH = 1e-4
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
-class ViewerError(ValueError):
+class ViewerError(AFFError, ValueError):
     """Arrays or options that cannot be drawn (message carries the shapes)."""
 
 
-class ViewerAssetError(RuntimeError):
+class ViewerAssetError(AFFError, RuntimeError):
     """The offline copy of 3Dmol.js is missing (run ``scripts/setup.sh``)."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from aff_app.errors import AFFError
+
 #: Fraction of physical memory a fit may use by default.
 DEFAULT_MEMORY_FRACTION = 0.6
 #: Dense Cholesky rate assumed for time estimates (flop/s); measured on a
@@ -16,7 +18,7 @@ DEFAULT_MEMORY_FRACTION = 0.6
 ASSUMED_FLOPS = 3.0e10
 
 
-class ComputeBudgetError(MemoryError):
+class ComputeBudgetError(AFFError, MemoryError):
     """A fit that would exceed the memory budget (message carries the numbers)."""
 
 

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from aff_app.errors import AFFError
 from aff_app.gp.budget import estimate_cost
 from aff_app.gp.descriptors import inverse_distances
 from aff_app.gp.kernels import force_covariance
@@ -54,7 +55,7 @@ __all__ = [
 COMPONENTS = ("x", "y", "z")
 
 
-class CovarianceError(ValueError):
+class CovarianceError(AFFError, ValueError):
     """Inputs a covariance view cannot be computed from (message carries the numbers)."""
 
 

@@ -19,8 +19,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from aff_app.errors import AFFError
 
-class GeometryError(ValueError):
+
+class GeometryError(AFFError, ValueError):
     """Positions that no descriptor can be built from (coincident atoms, bad shape)."""
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
+from aff_app.errors import AFFError
 from aff_app import __version__
 from aff_app.gp.budget import check_budget, default_budget_bytes, estimate_cost
 from aff_app.gp.hyper import SearchResult, search
@@ -57,11 +58,11 @@ LAM_REFINE_FLOP_SHARE = 0.25
 Progress = Callable[[float, str], None]
 
 
-class ModelError(ValueError):
+class ModelError(AFFError, ValueError):
     """Invalid model input or model file (the message says what and where)."""
 
 
-class FactorizationError(np.linalg.LinAlgError):
+class FactorizationError(AFFError, np.linalg.LinAlgError):
     """Cholesky failed even after raising the jitter (message gives set, size and λ)."""
 
 

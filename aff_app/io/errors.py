@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
-
+from aff_app.errors import AFFError
 
 
 # -- errors ----------------------------------------------------------------------
-class DataError(ValueError):
+class DataError(AFFError, ValueError):
     """A file or upload that cannot be turned into a trajectory (message says why)."""
 
 

@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from aff_app.errors import AFFError
 from aff_app.io.trajectory import Provenance, Trajectory
 from aff_app.units import energy_factor, force_factor
 
@@ -128,7 +129,7 @@ _NAME_ALIASES = {"salicylic": "salicylic acid", "acetaminophen": "paracetamol", 
 ProgressFn = Callable[[float, str], None]
 
 
-class SimulationError(ValueError):
+class SimulationError(AFFError, ValueError):
     """Invalid simulation request (message says which value and what is allowed)."""
 
 

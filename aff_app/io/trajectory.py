@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from aff_app.errors import AFFError
 from aff_app.units import ENERGY_UNIT, FORCE_UNIT, LENGTH_UNIT
 
 
-class TrajectoryError(ValueError):
+class TrajectoryError(AFFError, ValueError):
     """Arrays that do not form a valid trajectory (message carries the shapes)."""
 
 

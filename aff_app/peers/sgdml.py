@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from aff_app.errors import AFFError
 from aff_app.gp.budget import physical_memory_bytes
 from aff_app.io.writers import sgdml_dataset_md5
 
@@ -77,7 +78,7 @@ DEFAULT_CHOLESKY_RATE = 2.0e10
 Progress = Callable[[float, str], None]
 
 
-class PeerError(RuntimeError):
+class PeerError(AFFError, RuntimeError):
     """A peer run that failed or cannot run (the message says why, with numbers)."""
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+from aff_app.errors import AFFError
 from aff_app.reproduce.md17 import LABEL_SETS, MOLECULES
 from aff_app.workflows.metrics import ENERGY_UNIT, FORCE_UNIT
 
@@ -48,7 +49,7 @@ METHOD_PEER = "sGDML (sgdml package)"
 METHODS = (METHOD_AFF, METHOD_GDML, METHOD_SGDML, METHOD_PEER)
 
 
-class ReproduceError(ValueError):
+class ReproduceError(AFFError, ValueError):
     """A reproduction request that cannot run (missing data, sizes that do not fit the frames, ...)."""
 
 

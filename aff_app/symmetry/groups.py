@@ -8,6 +8,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from aff_app.errors import AFFError
+
 
 #: Largest group accepted by default. The PS kernel costs S times the plain one,
 #: so groups this large are impractical anyway; an explosion beyond it usually
@@ -20,7 +22,7 @@ METHODS = ("data", "graph", "user")
 Progress = Callable[[float, str], None]
 
 
-class SymmetryError(ValueError):
+class SymmetryError(AFFError, ValueError):
     """Invalid permutations or PE sets, or a search that cannot be completed (message has the numbers)."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from aff_app.errors import AFFError
 from aff_app.io import files as data_lib
 from aff_app.io import formats
 from aff_app.figures import data as figures
@@ -113,7 +114,7 @@ def label_options_cached(content_hash: str, filename: str, fmt: str | None, *, _
     try:
         sets = data_lib.available_label_sets(_data, filename, fmt=fmt)
         keys = data_lib.suggest_label_keys(_data, filename, fmt=fmt)
-    except Exception as exc:  # any parser failure on user bytes: report, don't crash
+    except AFFError as exc:  # the loader turns any parser failure on user bytes into a DataError
         return {"label_sets": [], "energy": [], "forces": [], "error": f"{exc}"}
     return {"label_sets": list(sets), "energy": list(keys["energy"]), "forces": list(keys["forces"]), "error": None}
 
@@ -142,7 +143,7 @@ def upload_too_large(upload) -> str | None:
         data_lib.load_trajectory(upload, filename=getattr(upload, "name", None))
     except data_lib.UploadTooLargeError as exc:
         return str(exc)
-    except Exception as exc:  # noqa: BLE001 - any other refusal of an oversized upload is still a refusal
+    except AFFError as exc:  # any other refusal of an oversized upload is still a refusal
         return error_message(exc)
     return None
 

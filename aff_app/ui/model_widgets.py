@@ -23,25 +23,22 @@ from typing import Any, Callable
 import numpy as np
 import streamlit as st
 
+from aff_app.errors import AFFError
 from aff_app.workflows import metrics
-from aff_app.workflows import training
-from aff_app.gp.budget import ComputeBudgetError
 from aff_app.cancel import CancelToken
 from aff_app.workflows.metrics import MetricError
-from aff_app.gp.force import FactorizationError, ModelError
 from aff_app.workflows import pipeline
 from aff_app.workflows.predictions import HeldOut
-from aff_app.workflows.registry import ModelRegistry, RegistryError, TrainedModel
-from aff_app.symmetry import SymmetryError, SymmetryInfo
+from aff_app.workflows.registry import ModelRegistry, TrainedModel
+from aff_app.symmetry import SymmetryInfo
 from aff_app.io.trajectory import Trajectory
 
 from aff_app.ui import jobs, state
 
-#: Failures of a training or evaluation request that the pages turn into ``st.error``.
-EXPECTED_ERRORS = (
-    ComputeBudgetError, FactorizationError, ModelError, training.TrainingError, SymmetryError, RegistryError,
-    MetricError, np.linalg.LinAlgError,
-)
+#: Failures of a training or evaluation request that the pages turn into ``st.error``: the user's
+#: (a budget refusal, a failed factorisation, a bad model file...). Anything else is a bug, and
+#: Streamlit shows it as one, with its traceback.
+EXPECTED_ERRORS = (AFFError,)
 #: How many held-out prediction sets a session keeps.
 MAX_HELD_OUT = 8
 #: Placeholder for a value that is unknown or not a finite number.

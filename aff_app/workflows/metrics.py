@@ -25,11 +25,13 @@ from typing import Sequence
 import numpy as np
 from scipy.special import ndtri  # Φ⁻¹; scipy.stats costs ~0.45 s to import
 
+from aff_app.errors import AFFError
+
 ENERGY_UNIT = "kcal/mol"
 FORCE_UNIT = "kcal/mol/Å"
 
 
-class MetricError(ValueError):
+class MetricError(AFFError, ValueError):
     """Arrays a metric cannot be computed from (shapes, emptiness, NaN)."""
 
 

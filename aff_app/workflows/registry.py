@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from aff_app.errors import AFFError
 from aff_app.gp.energy import EnergyModel
 from aff_app.gp.integrated import IntegratedEnergyModel
 from aff_app.gp.force import ForceModel
@@ -46,7 +47,7 @@ ROW_COLUMNS = (
 )
 
 
-class RegistryError(ValueError):
+class RegistryError(AFFError, ValueError):
     """An invalid registry operation (unknown name, duplicate or empty name)."""
 
 

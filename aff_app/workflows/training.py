@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from aff_app.errors import AFFError
 from aff_app.gp.budget import ComputeBudgetError
 from aff_app.gp.force import ForceModel
 from aff_app.symmetry import SymmetryInfo, detect_symmetry, parse_pe_sets, user_symmetry
@@ -52,7 +53,7 @@ DEFAULT_SYMMETRY_FRAMES = 200
 POSITION_MATCH_TOLERANCE = 1e-6
 
 
-class TrainingError(ValueError):
+class TrainingError(AFFError, ValueError):
     """A training or evaluation request that cannot be carried out (the message says why)."""
 
 
