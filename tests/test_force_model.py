@@ -9,6 +9,7 @@ from scipy.stats import binom
 
 from aff_app.gp.budget import ComputeBudgetError
 from aff_app.gp.kernels import force_covariance_sets
+from aff_app.gp.record import Calibration, DataRecord, FitRecord, LamCheck
 from aff_app.gp import FactorizationError, ForceModel, ModelError, fit_force_model
 from aff_app.gp.force import loo_frame_residuals
 from aff_app.symmetry import find_permutations, pe_sets_from_permutations
@@ -65,7 +66,7 @@ def test_fit_learns_real_forces(benzene):
     mae = np.mean(np.abs(pred.mean - F[60:]))
     # benzene forces have a mean |component| of ~ 6 kcal/mol/Å; 60 frames learn most of it
     assert mae < 0.25 * np.mean(np.abs(F[60:])), mae
-    assert model.info["hyper"]["criterion"] == "likelihood"
+    assert model.record.search.criterion == "likelihood"
 
 
 def _gp_draws(gamma, lam, n_frames, n_draws, seed=0):
@@ -126,15 +127,15 @@ def test_loo_calibration_leaves_a_true_gp_alone_and_is_optional():
     for d in range(F.shape[0]):
         cal = fit_force_model(R, F[d], z, gamma=gamma, lam=lam)
         ml = fit_force_model(R, F[d], z, gamma=gamma, lam=lam, calibrate=None)
-        c = cal.info["calibration"]
-        assert c["method"] == "loo" and c["frames"] == 40
-        np.testing.assert_allclose(cal.sigma2, ml.sigma2 * c["scale"] ** 2, rtol=1e-12)
+        c = cal.record.calibration
+        assert c.method == "loo" and c.frames == 40
+        np.testing.assert_allclose(cal.sigma2, ml.sigma2 * c.scale ** 2, rtol=1e-12)
         # calibrate=None is method.md's profile-likelihood σ̂_i² = F_iᵀ(R_i + λI)⁻¹F_i / (3 M l_i)
         for k, s in enumerate(ml.pe_sets):
             y = F[d][:, s].reshape(-1)
             assert ml.sigma2[k] == pytest.approx(y @ ml.alpha[k] / y.size, rel=1e-12)
-        assert ml.info["calibration"] == {"method": None, "scale": 1.0}
-        scales.append(c["scale"])
+        assert ml.record.calibration == Calibration(method=None, scale=1.0)
+        scales.append(c.scale)
     # on draws from the model itself the LOO quantile needs no correction (geometric mean ~1)
     assert 0.85 < np.exp(np.mean(np.log(scales))) < 1.15, scales
     with pytest.raises(ModelError, match="calibrate"):
@@ -161,32 +162,32 @@ def test_lambda_refinement_is_a_full_fit_at_the_nugget_with_the_smaller_loo_erro
     d = np.load(shared_data / "uracil.npz")
     R, F, z = d["R"][:3000:15], d["F"][:3000:15], d["z"]  # 200 frames, 12 single-atom PE sets
     model = fit_force_model(R, F, z, search_frames=50, search_fraction=0.0)
-    info = model.info["lam_refine"]
-    lam_search = model.info["hyper"]["lam"]
+    info = model.record.lam_check
+    lam_search = model.record.search.lam
     # twelve single-atom sets: the three smallest (the first three) are the probes, a quarter of the flops
-    assert info["method"] == "loo" and info["frames"] == 40 and info["probe_sets"] == [0, 1, 2]
-    assert info["candidates"] == pytest.approx([lam_search, lam_search / 16], rel=1e-12)
-    smaller = info["loo_mae"][1] < 0.98 * info["loo_mae"][0]
-    assert model.lam == info["candidates"][1 if smaller else 0]
+    assert info.method == "loo" and info.frames == 40 and info.probe_sets == (0, 1, 2)
+    assert info.candidates == pytest.approx([lam_search, lam_search / 16], rel=1e-12)
+    smaller = info.loo_mae[1] < 0.98 * info.loo_mae[0]
+    assert model.lam == info.candidates[1 if smaller else 0]
     # the probe set's reused factor is the one a fit at the chosen (γ, λ) computes, for every set
     fixed = fit_force_model(R, F, z, gamma=model.gamma, lam=model.lam)
-    assert fixed.info["lam_refine"] == {"method": None}
+    assert fixed.record.lam_check == LamCheck()
     for a, b in zip(model.alpha, fixed.alpha):
         np.testing.assert_allclose(a, b, rtol=1e-10)
     np.testing.assert_allclose(model.sigma2, fixed.sigma2, rtol=1e-10)
     # and its leave-one-out error, pooled over the probe sets, is the one recorded for the chosen candidate
     r = np.concatenate([loo_frame_residuals(fixed._factors()[k], fixed.alpha[k], 3 * fixed.pe_sets[k].size,
-                                            info["frames"])[0] for k in info["probe_sets"]])
-    assert np.mean(np.abs(r)) == pytest.approx(info["loo_mae"][1 if smaller else 0], rel=1e-10)
+                                            info.frames)[0] for k in info.probe_sets])
+    assert np.mean(np.abs(r)) == pytest.approx(info.loo_mae[1 if smaller else 0], rel=1e-10)
     off = fit_force_model(R, F, z, search_frames=50, search_fraction=0.0, refine_lam=False)
-    assert off.lam == lam_search and off.info["lam_refine"] == {"method": None}
+    assert off.lam == lam_search and off.record.lam_check == LamCheck()
     # no room for the probe's kernel copy: the search's λ, and the reason
     from aff_app.gp.budget import estimate_cost
     tight = estimate_cost(200, [1] * 12).peak_bytes + 1000
     squeezed = fit_force_model(R, F, z, search_frames=50, search_fraction=0.0, budget_bytes=tight)
-    assert squeezed.lam == lam_search and "memory budget" in squeezed.info["lam_refine"]["skipped"]
+    assert squeezed.lam == lam_search and "memory budget" in squeezed.record.lam_check.skipped
     # a search on every frame has nothing to extrapolate
-    assert fit_force_model(R[:60], F[:60], z, search_frames=60).info["lam_refine"] == {"method": None}
+    assert fit_force_model(R[:60], F[:60], z, search_frames=60).record.lam_check == LamCheck()
 
 
 def test_fit_without_kept_factors_equals_the_fit_with_them(shared_data):
@@ -197,10 +198,10 @@ def test_fit_without_kept_factors_equals_the_fit_with_them(shared_data):
     kept = fit_force_model(R, F, z, search_frames=40, search_fraction=0.0)
     lean = fit_force_model(R, F, z, search_frames=40, search_fraction=0.0, keep_factors=False)
     assert lean._chol is None and kept._chol is not None
-    assert (lean.gamma, lean.lam) == (kept.gamma, kept.lam) and lean.info["lam_refine"]["method"] == "loo"
+    assert (lean.gamma, lean.lam) == (kept.gamma, kept.lam) and lean.record.lam_check.method == "loo"
     for key in ("chosen", "loo_mae", "probe_sets"):
-        assert lean.info["lam_refine"][key] == pytest.approx(kept.info["lam_refine"][key], rel=1e-10)
-    assert lean.info["calibration"]["scale"] == pytest.approx(kept.info["calibration"]["scale"], rel=1e-10)
+        assert getattr(lean.record.lam_check, key) == pytest.approx(getattr(kept.record.lam_check, key), rel=1e-10)
+    assert lean.record.calibration.scale == pytest.approx(kept.record.calibration.scale, rel=1e-10)
     for a, b in zip(lean.alpha, kept.alpha):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(lean.sigma2, kept.sigma2, rtol=1e-10)
@@ -223,7 +224,7 @@ def test_progress_counts_each_pe_set_once_with_the_lambda_check(benzene):
         seen.clear()
         model = fit_force_model(R[:60], F[:60], z, pe_sets=sets, search_frames=30, search_fraction=0.0,
                                 progress=lambda f, msg: seen.append((f, msg)))
-        assert model.info["lam_refine"]["method"] == "loo"
+        assert model.record.lam_check.method == "loo"
         counts = [tuple(map(int, m.groups())) for _, msg in seen if (m := re.search(r"PE set (\d+)/(\d+)", msg))]
         assert counts and all(k <= n == len(sets) for k, n in counts), counts
         fractions = [f for f, _ in seen]
@@ -251,9 +252,9 @@ def test_lambda_refinement_keeps_the_nugget_of_noisy_labels():
     R, F, z = _gp_draws(gamma, lam, n_frames=160, n_draws=3, seed=7)
     for d in range(F.shape[0]):
         model = fit_force_model(R, F[d], z, gamma=gamma, search_frames=40, search_fraction=0.0)
-        info = model.info["lam_refine"]
-        assert info["method"] == "loo" and info["loo_mae"][1] > 0.98 * info["loo_mae"][0], info
-        assert model.lam == info["candidates"][0]
+        info = model.record.lam_check
+        assert info.method == "loo" and info.loo_mae[1] > 0.98 * info.loo_mae[0], info
+        assert model.lam == info.candidates[0]
 
 
 def test_likelihood_search_recovers_the_true_range():
@@ -263,7 +264,7 @@ def test_likelihood_search_recovers_the_true_range():
     assert gamma / 2 < model.gamma < gamma * 2, model.gamma
     cv = fit_force_model(R, F[0], z, search_frames=120, criterion="cv")
     assert gamma / 3 < cv.gamma < gamma * 3, cv.gamma
-    assert cv.info["hyper"]["criterion"] == "cv"
+    assert cv.record.search.criterion == "cv"
 
 
 def test_interval_levels_and_kinds(benzene):
@@ -284,13 +285,13 @@ def test_save_load_round_trip(tmp_path, benzene):
     R, F, z, perms = benzene
     sets = pe_sets_from_permutations(perms)
     model = fit_force_model(R[:20], F[:20], z, pe_sets=sets, perms=perms, gamma=0.5, lam=1e-6,
-                            info={"data_fingerprint": "abc"}, train_idx=np.arange(20) * 50)
+                            record=FitRecord(data=DataRecord(fingerprint="abc")), train_idx=np.arange(20) * 50)
     model.save(tmp_path / "m.npz")
     back = ForceModel.load(tmp_path / "m.npz")
     a, b = model.predict(R[40:43]), back.predict(R[40:43])
     np.testing.assert_allclose(a.mean, b.mean, rtol=1e-12)
     np.testing.assert_allclose(a.std, b.std, rtol=1e-9)
-    assert back.info["data_fingerprint"] == "abc"
+    assert back.record.data_fingerprint == "abc"
     assert back.train_idx.tolist() == (np.arange(20) * 50).tolist()
     assert [s.tolist() for s in back.pe_sets] == [s.tolist() for s in model.pe_sets]
 
@@ -395,5 +396,5 @@ def test_search_subset_grows_with_the_training_set(benzene):
     sets = [np.array([i]) for i in range(12)]  # singletons: the side cap is far away
     fixed = fit_force_model(R[:80], F[:80], z, pe_sets=sets, search_frames=10, search_fraction=0.0)
     grown = fit_force_model(R[:80], F[:80], z, pe_sets=sets, search_frames=10, search_fraction=0.5)
-    assert fixed.info["hyper"]["n_frames"] == 10
-    assert grown.info["hyper"]["n_frames"] == 40
+    assert fixed.record.search.n_frames == 10
+    assert grown.record.search.n_frames == 40

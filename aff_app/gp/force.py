@@ -294,7 +294,7 @@ class ForceModel:
                 "gamma", "lam", "sigma2", "alpha", "jitter", "info"]
         missing = [k for k in need if k not in d]
         if missing:
-            raise ModelError(f"{where}: missing keys {missing}; is this an aff_app force model?")
+            raise ModelError(f"{where}: missing keys {missing}: not an aff_app model (no force model's arrays)")
         check_model_format(d, FORCE_FORMAT, where)
         z = np.asarray(d["z"], dtype=np.int64)
         n = z.size

@@ -96,7 +96,7 @@ def load_model(source: str | os.PathLike | bytes | bytearray, *,
     arrays = read_arrays(source, where=where)
     where = where or ("uploaded file" if isinstance(source, (bytes, bytearray)) else str(source))
     fmt = str(arrays.get("format", ""))
-    if fmt == FORCE_FORMAT:
+    if fmt == FORCE_FORMAT or "format" not in arrays:  # untagged: the force model's reader names what is missing
         return ForceModel.from_arrays(arrays, where=where), None
     if fmt == ENERGY_FORMAT:
         em = EnergyModel.from_arrays(arrays, where=where)
