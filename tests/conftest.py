@@ -37,3 +37,20 @@ def fresh_streamlit_cache():
     st.cache_data.clear()
     yield
     st.cache_data.clear()
+
+
+def _binomial_band(level: float, n: int, z: float = 4.0) -> tuple[float, float]:
+    """Coverages consistent with a nominal ``level`` on ``n`` independent outcomes: level ± z·√(level(1−level)/n).
+
+    z = 4: a correct interval falls outside with probability ~6e-5 per check, so a failure means
+    the interval is off, not bad luck. ``n`` must count independent outcomes (frames, not the
+    correlated force components within one frame).
+    """
+    half = z * (level * (1.0 - level) / n) ** 0.5
+    return max(0.0, level - half), min(1.0, level + half)
+
+
+@pytest.fixture
+def binomial_band():
+    """The function :func:`_binomial_band` (coverage band around a nominal level)."""
+    return _binomial_band

@@ -47,7 +47,8 @@ TABLE = {
     "salicylic": (1, 16, [], []),
 }
 
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"reference data not found at {DATA}")
+# the reference data must be there: the shared_data fixture fails (never skips) when it is not
+pytestmark = pytest.mark.usefixtures("shared_data")
 
 
 def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
