@@ -219,7 +219,7 @@ def fit(
                 energy = fit_energy_model(force, traj.R[idx], traj.E[idx], F=traj.F[idx], gamma=s.energy_gamma,
                                           lam=s.energy_lam, train_idx=idx, seed=seed, progress=e_progress)
             else:
-                # GDML/sGDML: the energy their force GP implies, plus a constant (method.md "Modes …")
+                # GDML/sGDML: the energy their force GP implies, plus a constant (method.md "Modes that fall out of the same code")
                 energy = fit_integrated_energy(force, traj.R[idx], traj.E[idx], progress=e_progress)
         except (ModelError, FactorizationError, np.linalg.LinAlgError) as exc:
             warnings.append(f"The energy model could not be fitted ({exc}); forces only.")
