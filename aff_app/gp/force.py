@@ -30,7 +30,7 @@ import scipy.special
 from aff_app.errors import AFFError
 from aff_app import __version__
 from aff_app.gp.budget import check_budget, default_budget_bytes, estimate_cost
-from aff_app.gp.hyper import SearchResult, search
+from aff_app.gp.hyper import search
 from aff_app.gp.record import Calibration, FitRecord, LamCheck, SearchRecord
 from aff_app.gp.kernels import CoefficientCache, Geometry, force_covariance_sets, force_covariance_self
 
@@ -676,6 +676,52 @@ def fit_force_model(
     """
     t0 = time.perf_counter()
     progress = progress or _noop
+    R, F, z, sets, kperms = _checked_inputs(R, F, z, mode, pe_sets, perms, gamma, lam, calibrate)
+    m = R.shape[0]
+    est = estimate_cost(m, [s.size for s in sets], n_perms=len(kperms), keep_factors=keep_factors)
+    check_budget(est, budget_bytes, what=f"{mode.upper()} fit")
+
+    G = Geometry.from_positions(R)
+    gamma, lam, search_result, t_search = _search_hyperparameters(
+        G, F, sets, kperms, gamma, lam, criterion=criterion, search_frames=search_frames,
+        search_fraction=search_fraction, seed=seed, progress=progress)
+
+    progress(0.72, f"building and factorising {len(sets)} kernel matrices (largest {max(est.matrix_sides)}²)")
+    sf = _SetFactoriser(G, F, sets, kperms, gamma, lam, est.matrix_sides, keep_factors=keep_factors,
+                        want_loo=calibrate == "loo" and m >= 3, q_loo=min(m, max(LOO_FRAMES, m // 8)),
+                        progress=progress)
+    lam_refine = {"method": None}
+    if refine_lam and search_result is not None and search_result.n_frames < m and m >= 3:
+        lam_refine = _check_lam(sf, est, keep_factors, budget_bytes)
+    sf.factor_remaining()
+    sigma2, calibration = (sf.calibrated_sigma2() if sf.want_loo
+                           else ([r[2] for r in sf.results], {"method": None, "scale": 1.0}))
+    progress(1.0, "done")
+    rec = dataclasses.replace(
+        record or FitRecord(),
+        version=__version__,
+        mode=mode,
+        n_train=m,
+        criterion=criterion if search_result else "fixed",
+        search=SearchRecord.from_dict(search_result.to_dict()) if search_result else SearchRecord(fixed=True),
+        lam_check=LamCheck.from_dict(lam_refine),
+        calibration=Calibration.from_dict(calibration),
+        timings=dataclasses.replace(
+            (record or FitRecord()).timings, search_s=t_search, build_s=sf.clock["build"],
+            cholesky_s=sf.clock["factor"], force_s=time.perf_counter() - t0),
+        cholesky_flops=est.cholesky_flops,
+    )
+    return ForceModel(
+        mode=mode, z=z, R_train=R, F_train=F,
+        train_idx=np.arange(m) if train_idx is None else np.asarray(train_idx, np.int64),
+        pe_sets=sets, perms=kperms, gamma=float(sf.gamma), lam=float(sf.lam), sigma2=np.array(sigma2),
+        alpha=[r[1] for r in sf.results], jitter=[r[3] for r in sf.results], record=rec,
+        _chol=[r[0] for r in sf.results] if keep_factors else None, _geom=G,
+    )
+
+
+def _checked_inputs(R, F, z, mode, pe_sets, perms, gamma, lam, calibrate):
+    """The training arrays as float64/int64, the PE sets (sorted) and the kernel's permutations; refuses bad input."""
     if mode not in MODES:
         raise ModelError(f"mode must be one of {MODES}, got {mode!r}")
     if calibrate not in ("loo", None):
@@ -714,192 +760,191 @@ def fit_force_model(
             if not np.array_equal(np.sort(p[s]), s):
                 raise ModelError(f"permutation {p.tolist()} does not map PE set {s.tolist()} onto itself")
     sets.sort(key=lambda s: int(s[0]))
+    return R, F, z, sets, kperms
 
-    est = estimate_cost(m, [s.size for s in sets], n_perms=len(kperms), keep_factors=keep_factors)
-    check_budget(est, budget_bytes, what=f"{mode.upper()} fit")
 
-    G = Geometry.from_positions(R)
-    ys_full = [F[:, s, :].reshape(-1) for s in sets]
-    search_result: SearchResult | None = None
-    t_search = 0.0
-    if gamma is None or lam is None:
-        ts = time.perf_counter()
-        # the search eigendecomposes each kernel (≈ 10 n³ flops): keep sides ≤ MAX_SEARCH_SIDE
-        lmax = max(s.size for s in sets)
-        # and the PS kernel costs S plain kernels per evaluation: fewer frames for large groups
-        target = max(int(search_frames), int(np.ceil(search_fraction * m)))
-        per_perm = max(MIN_SEARCH_FRAMES, int(target / np.sqrt(len(kperms))))
-        ms = max(2, min(m, target, per_perm, MAX_SEARCH_SIDE // (3 * lmax)))
-        sub = np.sort(np.random.default_rng(seed).choice(m, size=ms, replace=False)) if ms < m else np.arange(m)
-        Gs = G.take(sub)
-        ys = [F[sub][:, s, :].reshape(-1) for s in sets]
-        d = Gs.D
-        rho = np.sqrt(np.maximum(np.sum(d**2, 1)[:, None] + np.sum(d**2, 1)[None] - 2 * d @ d.T, 0))
-        rho_scale = float(np.median(rho[np.triu_indices(ms, 1)])) if ms > 1 else 1.0
-        search_result = search(
-            lambda g: force_covariance_sets(Gs, Gs, g, sets, perms=kperms),
-            ys,
-            rho_scale=rho_scale,
-            criterion=criterion,
-            gamma=gamma,
-            block=[3 * s.size for s in sets],
-            progress=lambda f, msg: progress(0.7 * f, "hyperparameter search: " + msg),
-            n_frames=ms,
-        )
-        gamma = search_result.gamma if gamma is None else gamma
-        if lam is None:
-            lam = search_result.lam
-        t_search = time.perf_counter() - ts
+def _search_hyperparameters(G, F, sets, kperms, gamma, lam, *, criterion, search_frames, search_fraction, seed,
+                            progress):
+    """γ and λ (those not given) by ``criterion`` on a seeded subset of the frames: (γ, λ, SearchResult|None, s)."""
+    if gamma is not None and lam is not None:
+        return gamma, lam, None, 0.0
+    ts = time.perf_counter()
+    m = F.shape[0]
+    # the search eigendecomposes each kernel (≈ 10 n³ flops): keep sides ≤ MAX_SEARCH_SIDE
+    lmax = max(s.size for s in sets)
+    # and the PS kernel costs S plain kernels per evaluation: fewer frames for large groups
+    target = max(int(search_frames), int(np.ceil(search_fraction * m)))
+    per_perm = max(MIN_SEARCH_FRAMES, int(target / np.sqrt(len(kperms))))
+    ms = max(2, min(m, target, per_perm, MAX_SEARCH_SIDE // (3 * lmax)))
+    sub = np.sort(np.random.default_rng(seed).choice(m, size=ms, replace=False)) if ms < m else np.arange(m)
+    Gs = G.take(sub)
+    ys = [F[sub][:, s, :].reshape(-1) for s in sets]
+    d = Gs.D
+    rho = np.sqrt(np.maximum(np.sum(d**2, 1)[:, None] + np.sum(d**2, 1)[None] - 2 * d @ d.T, 0))
+    rho_scale = float(np.median(rho[np.triu_indices(ms, 1)])) if ms > 1 else 1.0
+    result = search(
+        lambda g: force_covariance_sets(Gs, Gs, g, sets, perms=kperms),
+        ys,
+        rho_scale=rho_scale,
+        criterion=criterion,
+        gamma=gamma,
+        block=[3 * s.size for s in sets],
+        progress=lambda f, msg: progress(0.7 * f, "hyperparameter search: " + msg),
+        n_frames=ms,
+    )
+    gamma = result.gamma if gamma is None else gamma
+    if lam is None:
+        lam = result.lam
     if not (gamma > 0 and lam >= 0):
         raise ModelError(f"γ must be > 0 and λ >= 0, got γ = {gamma}, λ = {lam}")
+    return gamma, lam, result, time.perf_counter() - ts
 
-    progress(0.72, f"building and factorising {len(sets)} kernel matrices (largest {max(est.matrix_sides)}²)")
-    # one PE set at a time: build its kernel's lower triangle, factor it in place, solve.
-    # The pair coefficients (c1, c2) are shared by the sets (CoefficientCache). Without
-    # keep_factors one buffer the size of the largest kernel serves every set: its pages
-    # are faulted in once and the peak memory is one kernel, not their sum (uracil, M = 1000,
-    # 2-core VM: building twelve fresh 72 MB kernels took 0.9 s, into one reused buffer 0.4 s).
-    cache = CoefficientCache(max(s.size for s in sets)) if len(sets) > 1 else None
-    buffer = None if keep_factors else np.empty(max(est.matrix_sides) ** 2)
-    clock = {"build": 0.0, "factor": 0.0, "loo": 0.0}
-    done = [0]
 
-    def build(k: int) -> np.ndarray:
+class _SetFactoriser:
+    """Builds, factors and solves the PE sets' kernels one set at a time, and keeps what each set yields.
+
+    One PE set at a time: build its kernel's lower triangle, factor it in place, solve. The
+    pair coefficients (c1, c2) are shared by the sets (CoefficientCache). Without keep_factors
+    one buffer the size of the largest kernel serves every set: its pages are faulted in once
+    and the peak memory is one kernel, not their sum (uracil, M = 1000, 2-core VM: building
+    twelve fresh 72 MB kernels took 0.9 s, into one reused buffer 0.4 s).
+
+    ``results[k]`` is set k's (L or None, α, σ̂², jitter); ``loo[k]`` its leave-one-frame-out
+    (residuals, variances) at the final λ; ``clock`` the build and factor seconds.
+    """
+
+    def __init__(self, G, F, sets, kperms, gamma, lam, sides, *, keep_factors, want_loo, q_loo, progress):
+        self.G, self.sets, self.kperms, self.gamma, self.lam = G, sets, kperms, gamma, lam
+        self.sides, self.keep_factors, self.want_loo, self.q_loo = sides, keep_factors, want_loo, q_loo
+        self.progress = progress
+        self.ys = [F[:, s, :].reshape(-1) for s in sets]
+        self.cache = CoefficientCache(max(s.size for s in sets)) if len(sets) > 1 else None
+        self.buffer = None if keep_factors else np.empty(max(sides) ** 2)
+        self.clock = {"build": 0.0, "factor": 0.0, "loo": 0.0}
+        self.done = 0
+        self.results: list = [None] * len(sets)
+        self.loo: dict[int, tuple] = {}
+
+    def build(self, k: int) -> np.ndarray:
         tb = time.perf_counter()
-        side = est.matrix_sides[k]
-        out = None if buffer is None else [buffer[: side * side]]
-        K = force_covariance_sets(G, G, gamma, [sets[k]], perms=kperms, mirror=False, out=out, coef_cache=cache)[0]
-        clock["build"] += time.perf_counter() - tb
+        side = self.sides[k]
+        out = None if self.buffer is None else [self.buffer[: side * side]]
+        K = force_covariance_sets(self.G, self.G, self.gamma, [self.sets[k]], perms=self.kperms, mirror=False,
+                                  out=out, coef_cache=self.cache)[0]
+        self.clock["build"] += time.perf_counter() - tb
         return K
 
-    def factor(k: int, K: np.ndarray):
-        tc, built = time.perf_counter(), clock["build"]
-        L, jit = _cholesky_with_jitter(K, lam, k, sets[k], rebuild=lambda: build(k))
-        y = ys_full[k]
+    def factor(self, k: int, K: np.ndarray):
+        tc, built = time.perf_counter(), self.clock["build"]
+        L, jit = _cholesky_with_jitter(K, self.lam, k, self.sets[k], rebuild=lambda: self.build(k))
+        y = self.ys[k]
         # L is C-ordered with the factor in its lower triangle; cho_solve would copy it to
         # Fortran order first (70 ms at side 3000), solve_triangular reads it in place
         a = scipy.linalg.solve_triangular(L, y, lower=True, check_finite=False)
         a = scipy.linalg.solve_triangular(L, a, lower=True, trans="T", check_finite=False)
-        clock["factor"] += time.perf_counter() - tc - (clock["build"] - built)  # a rebuild counts as build
-        done[0] += 1
-        progress(0.75 + 0.25 * done[0] / len(sets), f"factorised PE set {done[0]}/{len(sets)}")
-        # σ̂_i² = F_iᵀ(R_i+λI)⁻¹F_i / (3 M l_i)   (method.md)
+        self.clock["factor"] += time.perf_counter() - tc - (self.clock["build"] - built)  # a rebuild counts as build
+        self.done += 1
+        self.progress(0.75 + 0.25 * self.done / len(self.sets), f"factorised PE set {self.done}/{len(self.sets)}")
+        # σ̂_i² = F_iᵀ(R_i+λI)⁻¹F_i / (3 M l_i)   (method.md (9))
         return L, a, float(y @ a) / y.size, jit
 
-    q_loo = min(m, max(LOO_FRAMES, m // 8))
-    results: list = [None] * len(sets)
-    loo: dict[int, tuple] = {}  # set -> its leave-one-frame-out (residuals, variances) at the final λ
-    want_loo = calibrate == "loo" and m >= 3
+    def loo_of(self, res, k: int) -> tuple:
+        return loo_frame_residuals(res[0], res[1], 3 * self.sets[k].size, self.q_loo)
 
-    def loo_of(res, k: int) -> tuple:
-        return loo_frame_residuals(res[0], res[1], 3 * sets[k].size, q_loo)
-
-    def lean(res) -> tuple:
+    def lean(self, res) -> tuple:
         """The set's result without its factor unless factors are kept (the buffer is reused)."""
-        return res if keep_factors else (None,) + tuple(res[1:])
+        return res if self.keep_factors else (None,) + tuple(res[1:])
 
-    def finish(k: int, res) -> tuple:
+    def finish(self, k: int, res) -> tuple:
         """Keep the set's result; without keep_factors take what needs L now."""
-        if not keep_factors and want_loo and k not in loo:
+        if not self.keep_factors and self.want_loo and k not in self.loo:
             tl = time.perf_counter()
-            loo[k] = loo_of(res, k)
-            clock["loo"] += time.perf_counter() - tl  # counted with the calibration
-        return lean(res)
+            self.loo[k] = self.loo_of(res, k)
+            self.clock["loo"] += time.perf_counter() - tl  # counted with the calibration
+        return self.lean(res)
 
-    lam_refine = {"method": None}
-    if refine_lam and search_result is not None and search_result.n_frames < m and m >= 3:
-        budget = default_budget_bytes() if budget_bytes is None else int(budget_bytes)
-        probes = _probe_sets(est.matrix_sides, keep_factors, est.peak_bytes, budget)
-        if not probes:
-            p = int(np.argmin(est.matrix_sides))
-            lam_refine["skipped"] = (f"a copy of PE set {p}'s kernel ({8 * est.matrix_sides[p] ** 2 / 2**30:.2f} GB) "
-                                     f"would exceed the memory budget ({budget / 2**30:.2f} GB)")
+    def factor_remaining(self) -> None:
+        """Every set the λ check did not settle, one after another on all BLAS threads.
+
+        Faster than one set per core with one thread each at every side measured on the
+        2-core machine (300: 6 vs 10 ms; 1200: 0.12 vs 0.16 s; 3000: 1.1 vs 2.3 s for twelve sets).
+        """
+        remaining = [k for k in range(len(self.sets)) if self.results[k] is None]
+        if self.keep_factors and len(remaining) > 1:
+            # every kernel is kept anyway: build them in one pass, then factor them, so the
+            # switch from our assembly threads to BLAS's (whose idle workers spin-wait for a
+            # while after each factorisation, taking a core from the assembly) happens once
+            tb = time.perf_counter()
+            Ks = force_covariance_sets(self.G, self.G, self.gamma, [self.sets[k] for k in remaining],
+                                       perms=self.kperms, mirror=False, coef_cache=self.cache)
+            self.clock["build"] += time.perf_counter() - tb
+            for k in remaining:
+                self.results[k] = self.finish(k, self.factor(k, Ks.pop(0)))
         else:
-            # the subset's λ against λ/16 on all M frames, judged on the probe sets (one extra Cholesky each)
-            tr = time.perf_counter()
-            lam_search = lam
-            lam_alt = lam_search * LAM_REFINE_FACTOR
-            pair = {}  # probe set -> ((result, loo) at λ, (result, loo) at λ/16)
-            for p in probes:
-                K = build(p)
-                K_copy = np.array(K)
-                lam = lam_search
-                first = factor(p, K)
-                one = (first, loo_of(first, p))
-                done[0] -= 1  # the second factorisation of the same set is not a further set in the progress
-                lam = lam_alt
-                alt = factor(p, K_copy)
-                two = (alt, loo_of(alt, p))
-                pair[p] = ((lean(one[0]), one[1]), (lean(two[0]), two[1]))
-                del K, K_copy, first, alt
-            errs = [float(np.mean(np.abs(np.concatenate([pair[p][c][1][0] for p in probes])))) for c in (0, 1)]
-            pick = 1 if errs[1] < (1.0 - LAM_REFINE_MIN_GAIN) * errs[0] else 0
-            lam = (lam_search, lam_alt)[pick]
-            for p in probes:
-                results[p], loo[p] = pair[p][pick]
-            del pair
-            lam_refine = {"method": "loo", "probe_sets": [int(p) for p in probes], "candidates": [lam_search, lam_alt],
-                          "loo_mae": errs, "frames": int(q_loo), "chosen": lam, "seconds": time.perf_counter() - tr}
-    # one set after another on all BLAS threads: faster than one set per core with one
-    # thread each at every side measured on the 2-core machine (300: 6 vs 10 ms;
-    # 1200: 0.12 vs 0.16 s; 3000: 1.1 vs 2.3 s for twelve sets)
-    remaining = [k for k in range(len(sets)) if results[k] is None]
-    if keep_factors and len(remaining) > 1:
-        # every kernel is kept anyway: build them in one pass, then factor them, so the
-        # switch from our assembly threads to BLAS's (whose idle workers spin-wait for a
-        # while after each factorisation, taking a core from the assembly) happens once
-        tb = time.perf_counter()
-        Ks = force_covariance_sets(G, G, gamma, [sets[k] for k in remaining], perms=kperms, mirror=False,
-                                   coef_cache=cache)
-        clock["build"] += time.perf_counter() - tb
-        for k in remaining:
-            results[k] = finish(k, factor(k, Ks.pop(0)))
-    else:
-        for k in remaining:
-            results[k] = finish(k, factor(k, build(k)))
-    buffer = None
-    chol = [r[0] for r in results] if keep_factors else None
-    alpha = [r[1] for r in results]
-    sigma2 = [r[2] for r in results]
-    jitter = [r[3] for r in results]
-    t_build, t_chol = clock["build"], clock["factor"]
-    calibration = {"method": None, "scale": 1.0}
-    if want_loo:
-        tl = time.perf_counter() - clock["loo"]  # leave-one-out terms already taken count here
+            for k in remaining:
+                self.results[k] = self.finish(k, self.factor(k, self.build(k)))
+        self.buffer = None
+
+    def calibrated_sigma2(self) -> tuple[list, dict]:
+        """σ̂_i² scaled so the leave-one-frame-out latent 95% intervals hold 95% (calibrate='loo')."""
+        sigma2 = [r[2] for r in self.results]
+        jitter = [r[3] for r in self.results]
+        calibration = {"method": None, "scale": 1.0}
+        tl = time.perf_counter() - self.clock["loo"]  # leave-one-out terms already taken count here
         # the latent interval (the one PCI scores) against the reference forces: latent
         # variance = observation variance − nugget (λ + jitter_i), times σ̂_i² (the probe
         # sets' leave-one-out terms are reused from the λ check)
         z_loo = np.concatenate([
-            np.abs(r) / np.sqrt(np.maximum(v - (lam + jitter[k]), 0.0) * sigma2[k])
-            for k, (r, v) in ((k, loo[k] if k in loo else loo_of(results[k], k)) for k in range(len(sets)))])
+            np.abs(r) / np.sqrt(np.maximum(v - (self.lam + jitter[k]), 0.0) * sigma2[k])
+            for k, (r, v) in ((k, self.loo[k] if k in self.loo else self.loo_of(self.results[k], k))
+                              for k in range(len(self.sets)))])
         z_loo = z_loo[np.isfinite(z_loo)]
         z95 = float(scipy.special.ndtri(0.975))
         if z_loo.size:
             scale = float(np.quantile(z_loo, 0.95) / z95)
             if np.isfinite(scale) and scale > 0:
                 sigma2 = [s2 * scale**2 for s2 in sigma2]
-                calibration = {"method": "loo", "scale": scale, "frames": int(q_loo),
+                calibration = {"method": "loo", "scale": scale, "frames": int(self.q_loo),
                                "loo_coverage_before": float(np.mean(z_loo <= z95)),
                                "seconds": time.perf_counter() - tl}
-    progress(1.0, "done")
-    rec = dataclasses.replace(
-        record or FitRecord(),
-        version=__version__,
-        mode=mode,
-        n_train=m,
-        criterion=criterion if search_result else "fixed",
-        search=SearchRecord.from_dict(search_result.to_dict()) if search_result else SearchRecord(fixed=True),
-        lam_check=LamCheck.from_dict(lam_refine),
-        calibration=Calibration.from_dict(calibration),
-        timings=dataclasses.replace(
-            (record or FitRecord()).timings, search_s=t_search, build_s=t_build, cholesky_s=t_chol,
-            force_s=time.perf_counter() - t0),
-        cholesky_flops=est.cholesky_flops,
-    )
-    model = ForceModel(
-        mode=mode, z=z, R_train=R, F_train=F,
-        train_idx=np.arange(m) if train_idx is None else np.asarray(train_idx, np.int64),
-        pe_sets=sets, perms=kperms, gamma=float(gamma), lam=float(lam), sigma2=np.array(sigma2),
-        alpha=alpha, jitter=jitter, record=rec, _chol=chol, _geom=G,
-    )
-    return model
+        return sigma2, calibration
+
+
+def _check_lam(sf: _SetFactoriser, est, keep_factors: bool, budget_bytes) -> dict:
+    """The search's λ against λ·LAM_REFINE_FACTOR on all M frames, judged on the probe sets.
+
+    One extra Cholesky per probe set (and a copy of its kernel while it runs); sets
+    ``sf.lam`` to the chosen nugget and keeps the probe sets' results. Returns the λ
+    check's record (``method`` None, with ``skipped``, when no probe set fits the budget).
+    """
+    budget = default_budget_bytes() if budget_bytes is None else int(budget_bytes)
+    probes = _probe_sets(est.matrix_sides, keep_factors, est.peak_bytes, budget)
+    if not probes:
+        p = int(np.argmin(est.matrix_sides))
+        return {"method": None,
+                "skipped": (f"a copy of PE set {p}'s kernel ({8 * est.matrix_sides[p] ** 2 / 2**30:.2f} GB) "
+                            f"would exceed the memory budget ({budget / 2**30:.2f} GB)")}
+    # the subset's λ against λ/16 on all M frames, judged on the probe sets (one extra Cholesky each)
+    tr = time.perf_counter()
+    lam_search = sf.lam
+    lam_alt = lam_search * LAM_REFINE_FACTOR
+    pair = {}  # probe set -> ((result, loo) at λ, (result, loo) at λ/16)
+    for p in probes:
+        K = sf.build(p)
+        K_copy = np.array(K)
+        sf.lam = lam_search
+        first = sf.factor(p, K)
+        one = (first, sf.loo_of(first, p))
+        sf.done -= 1  # the second factorisation of the same set is not a further set in the progress
+        sf.lam = lam_alt
+        alt = sf.factor(p, K_copy)
+        two = (alt, sf.loo_of(alt, p))
+        pair[p] = ((sf.lean(one[0]), one[1]), (sf.lean(two[0]), two[1]))
+        del K, K_copy, first, alt
+    errs = [float(np.mean(np.abs(np.concatenate([pair[p][c][1][0] for p in probes])))) for c in (0, 1)]
+    pick = 1 if errs[1] < (1.0 - LAM_REFINE_MIN_GAIN) * errs[0] else 0
+    sf.lam = (lam_search, lam_alt)[pick]
+    for p in probes:
+        sf.results[p], sf.loo[p] = pair[p][pick]
+    return {"method": "loo", "probe_sets": [int(p) for p in probes], "candidates": [lam_search, lam_alt],
+            "loo_mae": errs, "frames": int(sf.q_loo), "chosen": sf.lam, "seconds": time.perf_counter() - tr}
