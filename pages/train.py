@@ -1,39 +1,16 @@
 """Train page: fit AFF, GDML or sGDML on the loaded trajectory; keep, rename, download and upload models.
 
-Thin: widgets -> aff_app (training, budget, energy models, session_models) -> render.
-The cost of the fit is shown before the button is pressed; a fit that exceeds
-the memory budget is refused there. Trained models live in the session's
-``ModelRegistry`` (``state.MODELS``); a failure leaves them and the data untouched.
+The storyboard; each step is drawn by ``aff_app.ui.train_sections``. The cost of the fit is shown
+before the button is pressed, and a fit above the memory budget is refused there. Trained models
+live in the session's ``ModelRegistry`` (``state.MODELS``); a failure leaves them and the data
+untouched.
 """
 
 import streamlit as st
 
-from aff_app.gp import covariance as cov
-from aff_app.workflows import learning
-from aff_app.gp.budget import ComputeBudgetError, check_budget, default_budget_bytes
-from aff_app.cancel import Cancelled
-from aff_app.gp.persistence import load_model, model_bytes
-from aff_app.workflows.registry import MODE_LABELS, default_name
-from aff_app.workflows.training import check_atoms_match
-from aff_app.ui import data_widgets as dw
-from aff_app.ui import jobs
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
-from aff_app.ui import symmetry_widgets as sw
-from aff_app.units import FORCE_UNIT
-
-SETTINGS = (state.TRAIN_MODEL, state.TRAIN_M, state.TRAIN_SEED, state.TRAIN_N_TEST, state.TRAIN_HYPER,
-            state.TRAIN_GAMMA, state.TRAIN_LAM)
-HYPER_LABELS = {
-    "likelihood": "estimate γ, λ by the profile likelihood",
-    "cv": "estimate γ, λ by cross-validation",
-    "fixed": "set γ and λ by hand",
-}
-MODEL_HELP = (
-    "AFF: one Gaussian process per PE set (the paper's method; cheap). GDML: one GP over all atoms, plain kernel. "
-    "sGDML: one GP over all atoms with the permutationally symmetric kernel. GDML/sGDML factor a 3MN×3MN matrix."
-)
-SLOW_SECONDS = 60.0
+from aff_app.ui import train_sections as ts
 
 st.title("Train")
 st.caption(
@@ -42,222 +19,18 @@ st.caption(
 )
 
 traj = state.require_trajectory()
-fp = traj.fingerprint
 registry = mw.get_registry()
+ts.notices()
+ts.require_trainable(traj)
 
-jobs.report_interrupted("training")
-notice = st.session_state.pop(state.TRAIN_NOTICE, None)
-for level, text in ([notice] if isinstance(notice, tuple) else notice or []):
-    getattr(st, level)(text)
+# -- what to fit, and what it will cost before anything runs
+form = ts.settings_form(traj)
+symmetry = ts.symmetry_caption(traj, form.mode)
+over_budget = ts.cost_card(traj, form, symmetry)
 
-if not traj.has_labels:
-    st.warning(f"{traj.name or traj.formula} has no energies and forces (view-only): it cannot be used for training. "
-               "Load a labelled file on the Data page.")
-    st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
-    st.stop()
-report = dw.validation_report(traj)
-if not report.trainable:
-    st.error("Cannot train on the loaded data: " + " ".join(f"✗ {e}." for e in report.errors))
-    st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
-    st.stop()
-for text in report.warnings:
-    st.warning(text + " (see the Data page)")
+# -- the fit: progress, cancel, then the new model's summary (or why it failed)
+ts.train_button(traj, form, symmetry, over_budget)
 
-# -- settings ------------------------------------------------------------------------------------------
-sw.restore_settings(state.TRAIN_SETTINGS, SETTINGS, fingerprint=fp)
-max_train = max(traj.n_frames - 1, 2)
-st.session_state.setdefault(state.TRAIN_MODEL, "aff")
-st.session_state.setdefault(state.TRAIN_M, min(200, max_train))
-st.session_state.setdefault(state.TRAIN_SEED, 0)
-st.session_state.setdefault(state.TRAIN_HYPER, "likelihood")
-st.session_state.setdefault(state.TRAIN_LAM, 1e-8)
-if state.TRAIN_GAMMA not in st.session_state:
-    st.session_state[state.TRAIN_GAMMA] = float(sw.default_gamma_cached(fp, _R=traj.R))
-
-c_model, c_m, c_seed, c_test = st.columns([1.4, 1, 1, 1])
-mode = c_model.radio("Model", list(MODE_LABELS), format_func=MODE_LABELS.get, horizontal=True,
-                     key=state.TRAIN_MODEL, help=MODEL_HELP)
-n_train = int(c_m.number_input(f"Training frames M (≤ {max_train:,})", min_value=2, max_value=max_train, step=50,
-                               key=state.TRAIN_M, help="Drawn at random (seeded) from the trajectory."))
-seed = int(c_seed.number_input("Split seed", min_value=0, step=1, key=state.TRAIN_SEED,
-                               help="Seed of the random training/test split (and of the search subset)."))
-max_test = traj.n_frames - n_train
-if max_test < 1:
-    st.error(f"M = {n_train} leaves no frame of the {traj.n_frames} for testing: choose a smaller M.")
-    st.stop()
-st.session_state.setdefault(state.TRAIN_N_TEST, min(200, max_test))
-if st.session_state[state.TRAIN_N_TEST] > max_test:
-    st.session_state[state.TRAIN_N_TEST] = max_test
-n_test = int(c_test.number_input(f"Test frames (≤ {max_test:,})", min_value=1, max_value=max_test, step=50,
-                                 key=state.TRAIN_N_TEST,
-                                 help="Held-out frames, disjoint from the training frames, evaluated after training."))
-
-c_hyper, c_gamma, c_lam = st.columns([2, 1, 1])
-hyper = c_hyper.radio("Hyperparameters", list(HYPER_LABELS), format_func=HYPER_LABELS.get, key=state.TRAIN_HYPER,
-                      help="γ: range of the Matérn kernel on inverse distances (1/Å); λ: nugget (relative). "
-                           "The search runs on max(100, M/4) of the training frames (fewer for large PE sets).")
-fixed = hyper == "fixed"
-gamma_in = c_gamma.number_input("γ (1/Å)", min_value=1e-4, max_value=1e4, format="%.4g", key=state.TRAIN_GAMMA,
-                                disabled=not fixed, help="Default: the median descriptor distance of the data.")
-lam_in = c_lam.number_input("λ (nugget)", min_value=0.0, max_value=1.0, format="%.1e", key=state.TRAIN_LAM,
-                            disabled=not fixed, help="Labels are nearly noise-free: small values (1e-10…1e-6) fit best.")
-sw.save_settings(state.TRAIN_SETTINGS, SETTINGS, fingerprint=fp)
-
-symmetry = None
-if mode != "gdml":
-    symmetry = sw.ensure_symmetry(traj)
-    st.caption(f"PE sets: {len(symmetry.pe_sets)} ({sw.describe(symmetry)}), sizes "
-               f"{sorted((len(s) for s in symmetry.pe_sets), reverse=True)}; {len(symmetry.perms)} permutations in "
-               "the kernel. Change them on the Symmetry page.")
-
-# -- the cost, before anything runs -------------------------------------------------------------------------
-est = learning.cost_for(mode, n_train, traj.n_atoms, symmetry)
-budget = default_budget_bytes()
-over_budget = None
-try:
-    check_budget(est, budget, what=f"{MODE_LABELS[mode]} fit")
-except ComputeBudgetError as exc:
-    over_budget = str(exc)
-with st.container(border=True):
-    k = st.columns(4)
-    k[0].metric("Cholesky work Σ(3Mlᵢ)³/3", cov.format_flops(est.cholesky_flops),
-                help=f"Kernel sides 3·M·lᵢ: {', '.join(f'{s:,}' for s in sorted(set(est.matrix_sides), reverse=True))}")
-    k[1].metric("Peak memory", f"{est.peak_bytes / 2**30:.2f} GB",
-                help="All kernel matrices (float64) plus work space; 1 GB = 2³⁰ bytes.")
-    k[2].metric("Memory budget", f"{budget / 2**30:.1f} GB", help="AFF_MEMORY_BUDGET_GB, or 60% of this machine's RAM.")
-    k[3].metric("Factorisation time (est.)", f"{est.seconds:.2g} s",
-                help="Kernel assembly and Cholesky factorisation at an assumed 30 GFLOP/s, for fixed γ and λ.")
-    if over_budget:
-        st.error(f"Refused before training: {over_budget}")
-    elif est.seconds > SLOW_SECONDS:
-        st.warning(f"This fit may take several minutes (≈ {est.seconds:,.0f} s for the factorisation alone).")
-    if not fixed:
-        st.caption(
-            "The hyperparameter search comes on top of this (about 10 evaluations, roughly the cost of the fit "
-            "itself): it builds and eigendecomposes the kernels of max(100, M/4) training frames (fewer for "
-            "large PE sets) for each γ tried"
-            + (f", averaging {len(symmetry.perms)} permutations in each" if symmetry is not None and mode != "gdml"
-               and len(symmetry.perms) > 1 else "")
-            + ". Set γ and λ by hand for a fit that takes about the estimate."
-        )
-
-# -- train ---------------------------------------------------------------------------------------------------
-c_name, c_btn = st.columns([3, 1], vertical_alignment="bottom")
-auto_name = default_name(mode, n_train, seed)
-name = c_name.text_input("Model name", key=state.TRAIN_NAME, placeholder=auto_name,
-                         help=f"Leave empty for '{auto_name}'.").strip() or auto_name
-run = c_btn.button("Train", key=state.TRAIN_RUN, type="primary", disabled=over_budget is not None,
-                   width="stretch")
-if run:
-    job_label = f"{MODE_LABELS[mode]}, M = {n_train}"
-    token = jobs.begin("training", job_label)
-    with st.status(f"Training {MODE_LABELS[mode]} on M = {n_train} frames…", expanded=True) as status:
-        jobs.cancel_button(state.TRAIN_CANCEL, "Cancel training")
-        bar = st.progress(0.0, text="starting")
-        try:
-            entry, warnings = mw.train_and_register(
-                traj, mode=mode, n_train=n_train, seed=seed, n_test=n_test,
-                gamma=float(gamma_in) if fixed else None, lam=float(lam_in) if fixed else None,
-                criterion="cv" if hyper == "cv" else "likelihood", symmetry=symmetry, name=name,
-                progress=mw.progress_adapter(bar, token), token=token,
-            )
-        except Cancelled:
-            jobs.end(token)
-            status.update(label="Training cancelled", state="error", expanded=True)
-            jobs.show_cancelled("training", job_label)
-        except mw.EXPECTED_ERRORS as exc:
-            jobs.end(token)
-            status.update(label="Training failed", state="error", expanded=True)
-            st.error(f"Training failed: {mw.error_text(exc)}\n\nThe session's models and the data are unchanged.")
-        else:
-            jobs.end(token)
-            record = entry.force.record
-            status.update(label=f"Trained {entry.name} in {mw.fmt(record.timings.total_s, '.3g')} s",
-                          state="complete", expanded=False)
-            m = entry.metrics or {}
-            msg = (f"Trained **{entry.name}**: γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; "
-                   "held-out force MAE "
-                   f"{mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}, PCI(95%) {mw.fmt(m.get('pci'), percent=True)}.")
-            check = record.lam_check
-            if check.lowered:
-                msg += (f" λ lowered {check.factor:.0f}× from the search's {mw.fmt(check.candidates[0], '.2e')}: on "
-                        "all training frames its leave-one-frame-out force error was "
-                        f"{mw.fmt(100 * check.gain, '.0f')}% smaller.")
-            cal = record.calibration
-            if cal.method == "loo":
-                msg += (f" Interval widths scaled by {mw.fmt(cal.scale, '.3g')} so that 95% of the "
-                        f"leave-one-frame-out forces of {cal.frames} training frames fall inside them.")
-            t = record.timings
-            msg += (f" Time {mw.fmt(t.total_s, '.3g')} s: symmetry {mw.fmt(t.symmetry_s, '.2g')} s, force fit "
-                    f"{mw.fmt(t.force_s, '.3g')} s (search {mw.fmt(t.search_s, '.2g')} s), energy fit "
-                    f"{mw.fmt(t.energy_s, '.2g')} s, held-out predictions {mw.fmt(t.evaluation_s, '.2g')} s.")
-            st.session_state[state.TRAIN_NOTICE] = [("success", msg)] + [("warning", w) for w in warnings]
-            st.session_state.pop(state.TRAIN_NAME, None)
-            st.rerun()
-
-# -- models of the session ---------------------------------------------------------------------------------
-st.subheader("Models in this session")
-if len(registry) == 0:
-    st.caption("None yet: train one above, or upload a model saved earlier.")
-else:
-    rows = []
-    for e in registry:
-        m = e.metrics or {}
-        rows.append({
-            "name": e.name, "model": e.mode_label, "M": e.n_train, "seed": mw.fmt(e.seed, "d"),
-            "γ (1/Å)": mw.fmt(e.gamma, ".4g"), "λ": mw.fmt(e.lam, ".2e"),
-            "train time (s)": mw.fmt(e.train_time_s, ".3g"),
-            f"force MAE ({FORCE_UNIT})": mw.fmt(m.get("force_mae"), ".3g"),
-            "energy model": "yes" if e.energy is not None else "no",
-            "data": "loaded data" if e.data_fingerprint == fp else ("other data" if e.data_fingerprint else "unknown"),
-        })
-    st.dataframe(rows, hide_index=True, width="stretch")
-    st.caption("— : not known (e.g. an uploaded model not evaluated yet; open Predictions to evaluate it).")
-    st.page_link(state.PREDICTIONS_PAGE, label="See the predictions", icon="🎯")
-
-    names = registry.names()
-    c_pick, c_new, c_ren, c_del = st.columns([2, 2, 1, 1], vertical_alignment="bottom")
-    picked = c_pick.selectbox("Manage model", names, index=len(names) - 1, key=state.TRAIN_MANAGE)
-    new_name = c_new.text_input("New name", key=state.TRAIN_RENAME_TEXT, placeholder=picked)
-    if c_ren.button("Rename", key=state.TRAIN_RENAME, width="stretch"):
-        try:
-            registry.rename(picked, new_name)
-        except mw.EXPECTED_ERRORS as exc:
-            st.error(f"Rename failed: {mw.error_text(exc)}")
-        else:
-            st.session_state[state.TRAIN_NOTICE] = ("success", f"Renamed {picked!r} to {new_name.strip()!r}.")
-            st.session_state.pop(state.TRAIN_RENAME_TEXT, None)
-            st.session_state.pop(state.TRAIN_MANAGE, None)
-            st.rerun()
-    if c_del.button("Remove", key=state.TRAIN_REMOVE, width="stretch"):
-        registry.remove(picked)
-        st.session_state[state.TRAIN_NOTICE] = ("info", f"Removed {picked!r} from the session.")
-        st.session_state.pop(state.TRAIN_MANAGE, None)
-        st.rerun()
-    if picked in registry:
-        entry = registry.get(picked)
-        what = "force and energy model" if entry.energy is not None else "force model"
-        st.download_button(
-            f"Download {picked} ({what}, .npz)", data=lambda e=entry: model_bytes(e.force, e.energy),
-            file_name=picked.replace(" ", "_").replace("/", "_").replace("=", "") + ".npz",
-            mime="application/octet-stream", key=state.TRAIN_DOWNLOAD, on_click="ignore",
-            help="Plain arrays (no pickle): upload it here later, or use it with `python -m aff_app`.",
-        )
-
-# -- upload ----------------------------------------------------------------------------------------------------
-with st.expander("Upload a saved model (.npz)", key=state.TRAIN_UPLOAD_EXPANDER):
-    up = st.file_uploader("Model file downloaded from this page (or written by `python -m aff_app train`)",
-                          type=["npz"], key=state.TRAIN_UPLOAD)
-    if st.button("Add uploaded model", key=state.TRAIN_UPLOAD_ADD, disabled=up is None):
-        try:
-            force, energy = load_model(up.getvalue(), where=up.name)
-            check_atoms_match(force.z, traj.z, what=f"the loaded data ({traj.name or traj.formula})")
-            base = up.name.rsplit(".", 1)[0] + " (uploaded)"
-            entry = registry.add(force, name=base, energy=energy, source="uploaded")
-        except mw.EXPECTED_ERRORS as exc:
-            st.error(f"Could not add {up.name}: {mw.error_text(exc)}")
-        else:
-            st.session_state[state.TRAIN_NOTICE] = (
-                "success", f"Added **{entry.name}** ({entry.mode_label}, M = {entry.n_train}"
-                           + (", with its energy model" if energy is not None else "") + ").")
-            st.rerun()
+# -- the session's models: table, rename, remove, download; and uploads from this page or the CLI
+ts.models_section(registry, traj.fingerprint)
+ts.upload_section(registry, traj)
