@@ -1,31 +1,15 @@
 """Predictions page: a trained model on its held-out frames (the paper's Fig. 4 and Table I).
 
-Thin: widgets -> aff_app (predictions, figures_predictions) -> render. The
-held-out predictions are computed once per (model, data, test frames) and kept
-in the session (``state.HELD_OUT``); every figure is drawn from them.
+The storyboard; each step is drawn by ``aff_app.ui.prediction_sections``. The held-out predictions
+are computed once per (model, data, test frames) and kept in the session; every figure is drawn
+from them.
 """
 
-import numpy as np
 import streamlit as st
-from ase.data import chemical_symbols
 
-from aff_app.figures import predictions as figp
-from aff_app.workflows.predictions import Predicted, energy_csv, predictions_file
-from aff_app.ui import data_widgets as dw
 from aff_app.ui import model_widgets as mw
+from aff_app.ui import prediction_sections as ps
 from aff_app.ui import state
-from aff_app.units import ENERGY_UNIT, FORCE_UNIT
-
-LEVEL = 0.95
-KIND_LABELS = {
-    "latent": "latent: the force itself",
-    "observation": "observation: a new noisy label (adds σ̂²λ)",
-}
-COLOR_BY = {
-    "error": "prediction error |F̂ − F|",
-    "std": "predicted uncertainty (sd of |F|, √Σσ²)",
-}
-VIEW_HEIGHT = 430
 
 st.title("Predictions")
 st.caption(
@@ -35,213 +19,20 @@ st.caption(
 )
 
 traj = state.require_trajectory()
-if not traj.has_labels:
-    st.warning("The loaded data has no reference forces: there is nothing to compare predictions with. "
-               "Load a labelled trajectory on the Data page.")
-    st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
-    st.stop()
+ps.require_labels(traj)
 models = mw.require_models(traj)
 
-# -- which model, which frames --------------------------------------------------------------------------
-names = [e.name for e in models]
-if st.session_state.get(state.PRED_MODEL) not in names:
-    st.session_state[state.PRED_MODEL] = names[-1]
-registry = mw.get_registry()
-c_model, c_kind = st.columns([2, 2])
-picked = c_model.selectbox("Model", names, key=state.PRED_MODEL,
-                           format_func=lambda n: mw.model_label(registry.get(n)))
-entry = registry.get(picked)
-kind = c_kind.radio("Interval shown", list(KIND_LABELS), format_func=KIND_LABELS.get, key=state.PRED_KIND,
-                    horizontal=True,
-                    help="Latent: uncertainty about the force itself (what PCI/LCI in the paper use). Observation: "
-                         "for a new noisy label, adding the nugget variance σ̂ᵢ²λ of each atom's PE set.")
+# -- which model, which interval, which frames
+entry, kind = ps.pick_model(models)
+held, frames_note = ps.held_out(entry, traj)
+rep = mw.held_report(held, ps.LEVEL, kind)
 
-recorded = entry.test_idx if entry.data_fingerprint == traj.fingerprint else None
-if recorded:
-    n_test, seed = len(recorded), int(entry.seed or 0)
-    frames_note = f"the {n_test} test frames drawn when it was trained (never used for training)"
-else:
-    from aff_app.workflows.training import training_positions_mask
+# -- Table I, then the figures: forces and energy along the frames (Fig. 4), parity, calibration, the molecule
+ps.metrics_card(entry, held, rep, frames_note, kind)
+residual = ps.force_band(traj, held, kind)
+ps.energy_band(entry, held, residual)
+ps.parity_and_calibration(held, rep, kind)
+ps.molecule_view(traj, held, kind)
 
-    pool = int((~training_positions_mask(entry.force, traj)).sum())
-    if pool == 0:
-        st.error("Every frame of the loaded data is a training frame of this model: nothing is held out.")
-        st.stop()
-    n_test = int(st.number_input(f"Held-out frames to evaluate (≤ {pool:,})", min_value=1, max_value=pool,
-                                 value=min(200, pool), step=50, key=state.PRED_N_TEST,
-                                 help="Drawn at random (seed 0) among the frames that are not training frames."))
-    seed = 0
-    frames_note = f"{n_test} random frames of the loaded data that are not training frames of this model"
-
-bar = st.empty()
-try:
-    held = mw.held_out(entry, traj, n_test=n_test, seed=seed,
-                       progress=mw.progress_adapter(bar.progress(0.0, text="predicting the held-out frames")))
-except mw.EXPECTED_ERRORS as exc:
-    bar.empty()
-    st.error(f"Evaluation failed: {mw.error_text(exc)}")
-    st.stop()
-bar.empty()
-n_bad = int(np.sum(~np.isfinite(held.F_mean))) + (int(np.sum(~np.isfinite(held.E_mean))) if held.has_energy else 0)
-if n_bad:
-    st.warning(f"{n_bad} predicted value(s) of this model are NaN or infinite on these frames: they are shown as — and "
-               "every metric that depends on them is —. Retrain with a larger λ or without duplicate frames.")
-rep = mw.held_report(held, LEVEL, kind)
-registry.set_metrics(entry.name, mw.held_report(held, LEVEL, "latent"))  # the Compare table uses the paper's (latent) PCI
-
-# -- Table I -------------------------------------------------------------------------------------------------
-st.markdown(f"##### Held-out metrics (Table I) — {held.n_frames} frames: {frames_note}")
-k = [c for row in (st.columns(3), st.columns(3)) for c in row]  # two rows: the labels carry units
-k[0].metric("Training frames M", f"{entry.n_train:,}")
-k[1].metric(f"Force MAE ({FORCE_UNIT})", mw.fmt(rep["force_mae"], ".3g"),
-            help=f"RMSE {mw.fmt(rep['force_rmse'], '.3g', unit=FORCE_UNIT)}; over every force component")
-k[2].metric(f"Energy MAE ({ENERGY_UNIT})", mw.fmt(rep["energy_mae"], ".3g"),
-            help="— : no energy model (or no reference energies)" if rep["energy_mae"] is None else
-            f"RMSE {mw.fmt(rep['energy_rmse'], '.3g', unit=ENERGY_UNIT)}; {held.energy_model}")
-k[3].metric(f"PCI({LEVEL:.0%}) {kind}", mw.fmt(rep["pci"], percent=True),
-            help="Share of held-out force components inside their 95% interval (ideal: 95%).")
-k[4].metric(f"LCI({LEVEL:.0%}) ({FORCE_UNIT})", mw.fmt(rep["lci"], ".3g"), help="Mean length of the 95% intervals.")
-k[5].metric("Train time (s)", mw.fmt(entry.train_time_s, ".3g"),
-            help="Force fit including the hyperparameter search (symmetry search excluded when it was reused).")
-notes = []
-if rep["energy_mae"] is None:
-    notes.append("energy MAE — : this model has no energy model" if entry.energy is None
-                 else "energy MAE — : the loaded data has no reference energies" if not held.has_energy
-                 else "energy MAE — : some energy predictions are NaN or infinite")
-if entry.train_time_s is None:
-    notes.append("train time — : not recorded in the model file")
-st.caption(f"γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; L_norm = {mw.fmt(rep['l_norm'], '.3g')}, "
-           f"Δp = 0.95 − PCI = {mw.fmt(rep['delta_p'], '+.3f')}." + (" " + "; ".join(notes) + "." if notes else ""))
-
-# -- force along the held-out frames ------------------------------------------------------------------------------
-st.subheader("Forces along the held-out frames")
-atom_labels = [f"{chemical_symbols[int(a)]}{i}" for i, a in enumerate(traj.z)]
-c_atom, c_comp, c_res = st.columns([1, 1, 1], vertical_alignment="bottom")
-atom = c_atom.selectbox("Atom", range(traj.n_atoms), format_func=lambda i: atom_labels[i], key=state.PRED_ATOM)
-comp = c_comp.radio("Component", ["x", "y", "z"], horizontal=True, key=state.PRED_COMPONENT)
-residual = c_res.toggle("Show errors (predicted − reference)", key=state.PRED_RESIDUAL,
-                        help="Plots the error with its interval around zero: narrow bands become visible.")
-ci = "xyz".index(comp)
-lo, hi = held.force_interval(LEVEL, kind)
-band_label = f"{LEVEL:.0%} interval ({kind})"
-mw.band_chart(
-    held.test_idx, held.F_ref[:, atom, ci], held.F_mean[:, atom, ci], lo[:, atom, ci], hi[:, atom, ci],
-    key=state.PRED_FORCE_BAND_CHART,
-    title=f"Force F_{comp} on {atom_labels[atom]}: prediction, {band_label} and reference",
-    quantity=f"F_{comp} of {atom_labels[atom]}", unit=FORCE_UNIT, band_label=band_label, residual=residual,
-)
-if not residual:
-    st.caption("Crosses: predictions; circles: reference. The band is often narrower than the markers: turn on "
-               "'Show errors' to see it.")
-
-# -- energy along the held-out frames (Fig. 4) -----------------------------------------------------------------------
-st.subheader("Energy along the held-out frames (Fig. 4)")
-if not held.has_energy:
-    st.info("— No energy predictions: " + ("this model has no energy model (trained on data without energies, or "
-            "uploaded as a force model only)." if entry.energy is None else "the loaded data has no energies."))
-else:
-    offset = float(np.mean(held.E_ref))
-    if held.has_energy_interval:
-        elo, ehi = held.energy_interval(LEVEL)
-        e_label = f"{LEVEL:.0%} interval"
-    else:
-        elo, ehi = held.E_mean, held.E_mean
-        e_label = "no interval (— : the energy model gives none)"
-    mw.band_chart(
-        held.test_idx, held.E_ref, held.E_mean, elo, ehi, key=state.PRED_ENERGY_BAND_CHART,
-        title=f"Energy: prediction ({held.energy_model}), {e_label} and reference",
-        quantity="energy", unit=ENERGY_UNIT, band_label=e_label, residual=residual, offset=offset,
-    )
-    if not residual:
-        st.caption(f"Energies are shown relative to the mean reference energy of these frames, {offset:,.2f} "
-                   f"{ENERGY_UNIT}. Turn on 'Show errors' above to see the band when it is narrower than the points.")
-
-# -- parity and calibration -----------------------------------------------------------------------------------------
-st.subheader("Parity and calibration")
-c_fp, c_ep = st.columns(2)
-with c_fp:
-    ok = np.isfinite(held.F_mean)
-    if ok.any():
-        fig = figp.parity_figure(held.F_ref[ok], held.F_mean[ok], quantity="force components", unit=FORCE_UNIT,
-                                 mae=rep["force_mae"], rmse=rep["force_rmse"])
-        st.plotly_chart(fig, width="stretch", key=state.PRED_FORCE_PARITY_CHART)
-    if not ok.all():
-        st.caption(f"{int((~ok).sum())} NaN or infinite predictions are left out of this plot (and of its MAE/RMSE).")
-with c_ep:
-    if held.has_energy and np.isfinite(held.E_mean).any():
-        e_ok = np.isfinite(held.E_mean)
-        fig = figp.parity_figure(held.E_ref[e_ok], held.E_mean[e_ok], quantity="energy", unit=ENERGY_UNIT,
-                                 mae=rep["energy_mae"], rmse=rep["energy_rmse"], offset=float(np.mean(held.E_ref)))
-        st.plotly_chart(fig, width="stretch", key=state.PRED_ENERGY_PARITY_CHART)
-        if not e_ok.all():
-            st.caption(f"{int((~e_ok).sum())} NaN or infinite energy predictions are left out of this plot (and of its "
-                       "MAE/RMSE).")
-    else:
-        st.info("— No energy parity plot: no energy predictions for this model.")
-cal = mw.held_calibration(held, kind=kind)
-fig = figp.calibration_figure(cal["levels"], cal["force"], cal["energy"], kind=kind)
-c_cal, c_txt = st.columns([1, 1])
-c_cal.plotly_chart(fig, width="stretch", key=state.PRED_CALIBRATION_CHART)
-c_txt.markdown(
-    "**Reading the calibration curve.** For each nominal level (x), the share of held-out values inside their "
-    "central interval at that level (y). On the diagonal the intervals mean what they say; above it they are "
-    "too wide (conservative), below it too narrow (over-confident). The paper reports the 95% point as PCI(95%)."
-)
-
-# -- forces on the molecule -------------------------------------------------------------------------------------------
-st.subheader("Reference and predicted forces on the molecule")
-c_frame, c_color, c_scale = st.columns([1, 1.3, 1])
-frame_pos = c_frame.selectbox("Held-out frame", range(held.n_frames), format_func=lambda i: f"frame {held.test_idx[i]}",
-                              key=state.PRED_FRAME)
-color_by = c_color.radio("Atom colour", list(COLOR_BY), format_func=COLOR_BY.get, key=state.PRED_COLOR_BY)
-scale = c_scale.slider("Arrow length (Å per 100 kcal/mol/Å)", min_value=0.5, max_value=10.0, value=2.0, step=0.5,
-                       key=state.PRED_ARROW_SCALE)
-if color_by == "error":
-    values = held.force_errors()[frame_pos]
-else:
-    values = np.sqrt(np.sum(held.force_std(kind)[frame_pos] ** 2, axis=-1))
-c_view, c_tab = st.columns([1.5, 1])
-with c_view:
-    try:
-        html = figp.force_comparison_html(
-            traj.z, held.R[frame_pos], held.F_ref[frame_pos], held.F_mean[frame_pos], values,
-            value_label=COLOR_BY[color_by], force_scale=scale / 100.0, labels=True,
-            caption=f"frame {held.test_idx[frame_pos]} (held out)",
-        )
-    except figp.FigureError as exc:
-        st.warning(f"No 3D view of frame {held.test_idx[frame_pos]}: {exc} (a NaN or infinite prediction). Pick another "
-                   "frame.")
-    else:
-        dw.embed_html(html, height=VIEW_HEIGHT)
-with c_tab:
-    err = held.force_errors()[frame_pos]
-    sd = np.sqrt(np.sum(held.force_std(kind)[frame_pos] ** 2, axis=-1))
-    st.dataframe(
-        [{"atom": atom_labels[i], "|F| reference": mw.fmt(np.linalg.norm(held.F_ref[frame_pos, i]), ".3g"),
-          "|F̂ − F|": mw.fmt(err[i], ".3g"), "sd": mw.fmt(sd[i], ".3g")}
-         for i in range(traj.n_atoms)],
-        hide_index=True, width="stretch", height=VIEW_HEIGHT - 40,
-    )
-    st.caption(f"Per atom, in {FORCE_UNIT}: size of the reference force, of the prediction error, and the "
-               f"predicted sd √(σx²+σy²+σz²) ({kind}).")
-
-# -- downloads ---------------------------------------------------------------------------------------------------------
-st.markdown("##### Download the predictions")
-stem = entry.name.replace(" ", "_").replace("/", "_").replace("=", "")
-d1, d2, d3 = st.columns(3)
-d1.download_button(f"Predictions CSV ({FORCE_UNIT})",
-                   data=lambda: predictions_file(Predicted.from_held_out(held, kind), "csv"),
-                   file_name=f"{stem}_forces.csv", mime="text/csv", key=state.PRED_DOWNLOAD_CSV, on_click="ignore",
-                   help="One row per frame and atom: position, predicted force, its sd (of the interval kind "
-                        "shown), reference force; the frame's predicted energy, its sd and reference (kcal/mol). "
-                        "The same file as `python -m aff_app predict … --out FILE.csv`.")
-d2.download_button(f"Energies CSV ({ENERGY_UNIT})", data=lambda: energy_csv(held) if held.has_energy else "",
-                   file_name=f"{stem}_energies.csv", mime="text/csv", key=state.PRED_DOWNLOAD_ENERGY_CSV,
-                   on_click="ignore", disabled=not held.has_energy,
-                   help="One row per frame: reference, predicted, std." if held.has_energy else "No energy predictions.")
-d3.download_button("Extended XYZ (eV, Å)",
-                   data=lambda: predictions_file(Predicted.from_held_out(held, kind), "extxyz"),
-                   file_name=f"{stem}_predictions.extxyz", mime="text/plain", key=state.PRED_DOWNLOAD_EXTXYZ,
-                   on_click="ignore",
-                   help="Reference energy/forces as ASE calculator results; arrays forces_pred, forces_std; "
-                        "info energy_pred, energy_std (eV, eV/Å). The same file as `python -m aff_app predict`.")
+# -- the same predictions file as the CLI writes
+ps.downloads(entry, held, kind)
