@@ -1,0 +1,201 @@
+"""The Compare page's sections: each function draws one part of the page (pages/compare.py).
+
+Learning curves are computed on demand through ``aff_app.workflows.learning`` (each point one
+``pipeline.fit`` + ``pipeline.evaluate``); every point's cost is checked against the memory budget
+first, and refused points are listed with a note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from aff_app.cancel import Cancelled
+from aff_app.figures import compare as figc
+from aff_app.io.trajectory import Trajectory
+from aff_app.symmetry import SymmetryInfo
+from aff_app.ui import data_widgets as dw
+from aff_app.ui import jobs
+from aff_app.ui import model_widgets as mw
+from aff_app.ui import state
+from aff_app.ui import symmetry_widgets as sw
+from aff_app.units import ENERGY_UNIT, FORCE_UNIT
+from aff_app.workflows import learning
+from aff_app.workflows.registry import MODE_LABELS, ModelRegistry
+
+SIZE_CHOICES = (25, 50, 100, 200, 400, 800, 1000, 1200, 1600, 2000)
+HYPER_LABELS = {"likelihood": "estimate γ, λ at every point (likelihood)", "fixed": "fix γ and λ"}
+
+
+
+@dataclass(frozen=True)
+class CurveForm:
+    """The learning-curve settings: models, sizes, test frames, seed, hyperparameters, energies."""
+
+    chosen: list
+    sizes: list
+    n_test: int
+    seed: int
+    fixed: bool
+    gamma: float
+    lam: float
+    with_energy: bool
+    symmetry: SymmetryInfo | None
+    ready: bool
+
+    @property
+    def params(self) -> dict:
+        return {"models": list(self.chosen), "sizes": sorted(int(s) for s in self.sizes), "n_test": self.n_test,
+                "seed": self.seed, "gamma": float(self.gamma) if self.fixed else None,
+                "lam": float(self.lam) if self.fixed else None, "energy": bool(self.with_energy)}
+
+
+def models_table(registry: ModelRegistry) -> None:
+    """Every model of the session with its held-out metrics."""
+    st.subheader("Models in this session")
+    if len(registry) == 0:
+        st.info("No trained model yet — train one on the Train page; it will be listed here.")
+        st.page_link(state.TRAIN_PAGE, label="Go to the Train page", icon="🏋️")
+    else:
+        rows = []
+        for e in registry:
+            r = e.row()
+            rows.append({
+                "name": r["name"], "model": r["model"], "M": r["M"], "seed": mw.fmt(r["seed"], "d"),
+                "γ (1/Å)": mw.fmt(r["gamma (1/Å)"], ".4g"), "λ": mw.fmt(r["lambda"], ".2e"),
+                "train time (s)": mw.fmt(r["train time (s)"], ".3g"),
+                f"force MAE ({FORCE_UNIT})": mw.fmt(r["force MAE (kcal/mol/Å)"], ".3g"),
+                f"energy MAE ({ENERGY_UNIT})": mw.fmt(r["energy MAE (kcal/mol)"], ".3g"),
+                "PCI(95%)": mw.fmt(r["PCI(95%)"], percent=True),
+                f"LCI(95%) ({FORCE_UNIT})": mw.fmt(r["LCI(95%) (kcal/mol/Å)"], ".3g"),
+                "test frames": mw.fmt((e.metrics or {}).get("n_test"), "d"),
+            })
+        st.dataframe(rows, hide_index=True, width="stretch")
+        st.caption("Metrics on each model's held-out frames, latent 95% intervals. — : not known yet (an uploaded model "
+                   "is evaluated when it is opened on the Predictions page) or not available (no energy model).")
+
+
+def require_labelled(traj: Trajectory) -> None:
+    """Stop the page, with the reason, unless the data can give learning curves."""
+    if not traj.has_labels:
+        st.warning("The loaded data has no energies and forces: learning curves need labelled data.")
+        st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
+        st.stop()
+    report = dw.validation_report(traj)
+    if not report.trainable:
+        st.error("Learning curves need trainable data: " + " ".join(f"✗ {e}." for e in report.errors))
+        st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
+        st.stop()
+
+
+def curve_form(traj: Trajectory) -> CurveForm:
+    """Models, sizes, test frames, seed and hyperparameters; the plan and what the budget refuses."""
+    fp = traj.fingerprint
+    st.caption(f"Every point is trained on the first M frames of one seeded pool of {traj.formula} frames and tested on "
+               "the same held-out frames, so the curves are comparable (nested training sets).")
+    st.session_state.setdefault(state.CMP_MODELS, ["aff", "gdml"])
+    st.session_state.setdefault(state.CMP_HYPER, "likelihood")
+    st.session_state.setdefault(state.CMP_GAMMA, float(sw.default_gamma_cached(fp, _R=traj.R)))
+    st.session_state.setdefault(state.CMP_LAM, 1e-8)
+    c1, c2, c3, c4 = st.columns([1.4, 2.2, 1, 1])
+    chosen = c1.multiselect("Models", list(MODE_LABELS), format_func=MODE_LABELS.get, key=state.CMP_MODELS)
+    n_test = int(c3.number_input("Test frames", min_value=1, max_value=max(traj.n_frames - 2, 1),
+                                 value=min(200, max(traj.n_frames // 4, 1)), step=50, key=state.CMP_N_TEST))
+    seed = int(c4.number_input("Seed", min_value=0, value=0, step=1, key=state.CMP_SEED))
+    choices = [m for m in SIZE_CHOICES if m + n_test <= traj.n_frames]
+    if not choices:
+        st.error(f"With {n_test} test frames no training size from {list(SIZE_CHOICES)} fits in {traj.n_frames} frames: "
+                 "use fewer test frames.")
+        st.stop()
+    if not isinstance(st.session_state.get(state.CMP_SIZES), list) or any(
+            s not in choices for s in st.session_state[state.CMP_SIZES]):
+        st.session_state[state.CMP_SIZES] = [m for m in (50, 100, 200) if m in choices] or choices[:1]
+    sizes = c2.multiselect("Training sizes M", choices, key=state.CMP_SIZES)
+    h1, h2, h3, h4 = st.columns([2, 1, 1, 1.3])
+    hyper = h1.radio("Hyperparameters", list(HYPER_LABELS), format_func=HYPER_LABELS.get, key=state.CMP_HYPER)
+    fixed = hyper == "fixed"
+    gamma = h2.number_input("γ (1/Å)", min_value=1e-4, max_value=1e4, format="%.4g", key=state.CMP_GAMMA, disabled=not fixed)
+    lam = h3.number_input("λ", min_value=0.0, max_value=1.0, format="%.1e", key=state.CMP_LAM, disabled=not fixed)
+    with_energy = h4.checkbox("Energy models too", value=bool(traj.E is not None), key=state.CMP_ENERGY,
+                              disabled=traj.E is None, help="AFF: the energy GP; GDML/sGDML: the integrated force GP.")
+
+    symmetry = sw.ensure_symmetry(traj) if any(m != "gdml" for m in chosen) else None
+    ready = bool(chosen) and bool(sizes)
+    if not ready:
+        st.info("Choose at least one model and one training size.")
+    else:
+        plan = learning.plan_learning_curve(traj.n_atoms, chosen, sizes, symmetry=symmetry)
+        refused = [p for p in plan if not p.allowed]
+        allowed = [p for p in plan if p.allowed]
+        total_s = sum(p.estimate.seconds for p in allowed)
+        st.caption(f"{len(allowed)} fits planned; factorisations alone ≈ {total_s:,.1f} s"
+                   + (" (plus a hyperparameter search at every point)" if not fixed else "") + ".")
+        if refused:
+            st.warning("Skipped, over the memory budget (shown as 'over budget' in the table, no point on the curves): "
+                       + "; ".join(f"{p.label} M = {p.n_train} ({p.note})" for p in refused)
+                       + ". Raise AFF_MEMORY_BUDGET_GB or choose smaller M.")
+    return CurveForm(chosen=list(chosen), sizes=list(sizes), n_test=n_test, seed=seed, fixed=fixed, gamma=gamma,
+                     lam=lam, with_energy=bool(with_energy), symmetry=symmetry, ready=ready)
+
+
+def compute_button(traj: Trajectory, form: CurveForm) -> None:
+    """The button and the run: progress, cancel; the curves are kept in the session."""
+    fp, chosen, sizes, n_test, seed = traj.fingerprint, form.chosen, form.sizes, form.n_test, form.seed
+    symmetry, with_energy, ready, params = form.symmetry, form.with_energy, form.ready, form.params
+    run = st.button("Compute learning curves", key=state.CMP_RUN, type="primary", disabled=not ready)
+    if run and ready:
+        job_label = f"{', '.join(MODE_LABELS[m] for m in chosen)}; M = {', '.join(map(str, params['sizes']))}"
+        token = jobs.begin("learning_curve", job_label)
+        jobs.cancel_button(state.CMP_CANCEL, "Cancel learning curves")
+        bar = st.progress(0.0, text="starting")
+        try:
+            rows = learning.learning_curve(
+                traj, chosen, sizes, n_test=n_test, seed=seed, symmetry=symmetry, gamma=params["gamma"],
+                lam=params["lam"], with_energy=bool(with_energy), progress=mw.progress_adapter(bar, token),
+            )
+            jobs.ensure_current(token, "storing the curves")
+        except Cancelled:
+            jobs.end(token)
+            bar.empty()
+            jobs.show_cancelled("learning_curve", job_label)
+        except mw.EXPECTED_ERRORS as exc:
+            jobs.end(token)
+            bar.empty()
+            st.error(f"Learning curves failed: {mw.error_text(exc)}")
+        else:
+            jobs.end(token)
+            bar.empty()
+            st.session_state[state.CMP_RESULT] = {"fingerprint": fp, "params": params, "rows": rows}
+
+
+def curves(traj: Trajectory, form: CurveForm) -> None:
+    """The last computed curves (Fig. 3, Fig. 5) and their table, or what to do to get them."""
+    fp, params = traj.fingerprint, form.params
+    result = st.session_state.get(state.CMP_RESULT)
+    if result and result["fingerprint"] != fp:
+        st.info("The last learning curves belong to another data set: compute them again for this one.")
+        result = None
+    if not result:
+        st.caption("No learning curves yet: pick models and sizes, then press the button. Each point is a full fit; with "
+                   "estimated hyperparameters each one runs its own search (minutes for M in the hundreds on a small "
+                   "machine), with γ and λ fixed it costs about the factorisation estimate.")
+    if result:
+        rows = result["rows"]
+        if result["params"] != params:
+            st.caption("Shown: the last computed curves (the settings above have changed since; press the button to "
+                       "recompute).")
+        st.plotly_chart(figc.learning_curve_figure(rows), width="stretch", key=state.CMP_CURVE_CHART)
+        st.plotly_chart(figc.uncertainty_figure(rows), width="stretch", key=state.CMP_UNCERTAINTY_CHART)
+        st.dataframe(
+            [{"model": r["model"], "M": r["M"], "status": r["status"],
+              f"force MAE ({FORCE_UNIT})": mw.fmt(r["force_mae"], ".3g"),
+              f"energy MAE ({ENERGY_UNIT})": mw.fmt(r["energy_mae"], ".3g"),
+              "train time (s)": mw.fmt(r["train_s"], ".3g"), "PCI(95%)": mw.fmt(r["pci"], percent=True),
+              f"LCI(95%) ({FORCE_UNIT})": mw.fmt(r["lci"], ".3g"), "L_norm": mw.fmt(r["l_norm"], ".3g"),
+              "Δp": mw.fmt(r["delta_p"], "+.3f"), "γ (1/Å)": mw.fmt(r["gamma"], ".4g"), "λ": mw.fmt(r["lam"], ".2e"),
+              "note": r["note"] or ""} for r in rows],
+            hide_index=True, width="stretch",
+        )
+        st.caption("L_norm = LCI(95%) / (max − min of the held-out forces); Δp = 0.95 − PCI(95%) (positive: intervals "
+                   "cover too little). — : not computed (over budget, failed, or no energies).")
