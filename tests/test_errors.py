@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 import aff_app
 from aff_app import cli
@@ -87,45 +86,40 @@ def test_a_user_error_from_a_fresh_process_exits_2_with_one_json_object(tmp_path
     assert "Traceback" not in proc.stderr
 
 
-def test_the_app_shows_a_bug_as_a_bug(monkeypatch, fresh_streamlit_cache):
-    """A bug inside training surfaces as an exception on the page, not as "Training failed: <your input>"."""
+def _train_with(monkeypatch, train):
+    """The Train page on the benzene sample with ``pipeline.train`` replaced, after pressing Train (fixed γ, λ)."""
     from streamlit.testing.v1 import AppTest
 
     from aff_app.io.files import load_trajectory
     from aff_app.ui import state
     from aff_app.workflows import pipeline
 
-    def broken(*args, **kwargs):
-        raise KeyError("an internal bug")
-
-    monkeypatch.setattr(pipeline, "train", broken)
+    monkeypatch.setattr(pipeline, "train", train)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
     at.session_state[state.TRAJECTORY] = load_trajectory(SAMPLE)
     at.session_state[state.DEFAULT_SAMPLE_TRIED] = True
     at.switch_page("pages/train.py").run()
     at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()
-    at.button(key=state.TRAIN_RUN).click().run()
+    return at.button(key=state.TRAIN_RUN).click().run()
+
+
+def test_the_app_shows_a_bug_as_a_bug(monkeypatch, fresh_streamlit_cache):
+    """A bug inside training surfaces as an exception on the page, not as "Training failed: <your input>"."""
+
+    def broken(*args, **kwargs):
+        raise KeyError("an internal bug")
+
+    at = _train_with(monkeypatch, broken)
     assert at.exception and "an internal bug" in at.exception[0].value
     assert not any("Training failed" in e.value for e in at.error)
 
 
 def test_user_errors_in_the_app_are_messages(monkeypatch, fresh_streamlit_cache):
-    from streamlit.testing.v1 import AppTest
-
     from aff_app.gp.force import FactorizationError
-    from aff_app.io.files import load_trajectory
-    from aff_app.ui import state
-    from aff_app.workflows import pipeline
 
     def refused(*args, **kwargs):
         raise FactorizationError("Cholesky of PE set 0 failed with λ = 1e-12: raise λ")
 
-    monkeypatch.setattr(pipeline, "train", refused)
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
-    at.session_state[state.TRAJECTORY] = load_trajectory(SAMPLE)
-    at.session_state[state.DEFAULT_SAMPLE_TRIED] = True
-    at.switch_page("pages/train.py").run()
-    at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()
-    at.button(key=state.TRAIN_RUN).click().run()
+    at = _train_with(monkeypatch, refused)
     assert not at.exception
     assert any("Training failed" in e.value and "raise λ" in e.value for e in at.error)

@@ -78,15 +78,9 @@ def models_table(registry: ModelRegistry) -> None:
 
 def require_labelled(traj: Trajectory) -> None:
     """Stop the page, with the reason, unless the data can give learning curves."""
-    if not traj.has_labels:
-        st.warning("The loaded data has no energies and forces: learning curves need labelled data.")
-        st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
-        st.stop()
-    report = dw.validation_report(traj)
-    if not report.trainable:
-        st.error("Learning curves need trainable data: " + " ".join(f"✗ {e}." for e in report.errors))
-        st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
-        st.stop()
+    dw.require_trainable(traj, unlabelled="The loaded data has no energies and forces: learning curves need "
+                                          "labelled data.",
+                         untrainable="Learning curves need trainable data: ")
 
 
 def curve_form(traj: Trajectory) -> CurveForm:

@@ -380,3 +380,21 @@ def download_buttons(traj: Trajectory) -> None:
          disabled=not traj.has_labels,
         help=None if traj.has_labels else "sGDML datasets need energies and forces.",
     )
+
+
+def require_trainable(traj: Trajectory, *, unlabelled: str, untrainable: str):
+    """Stop the page with the reason and a link to the Data page unless ``traj`` can be trained on.
+
+    ``unlabelled``: the warning for view-only data; ``untrainable``: the prefix of the error that
+    lists the validation's errors. Returns the validation report (its warnings are the caller's).
+    """
+    if not traj.has_labels:
+        st.warning(unlabelled)
+        st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
+        st.stop()
+    report = validation_report(traj)
+    if not report.trainable:
+        st.error(untrainable + " ".join(f"✗ {e}." for e in report.errors))
+        st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
+        st.stop()
+    return report

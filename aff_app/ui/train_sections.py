@@ -67,16 +67,10 @@ def notices() -> None:
 
 def require_trainable(traj: Trajectory) -> None:
     """Stop the page, with the reason and a link, unless the data can be trained on; show its warnings."""
-    if not traj.has_labels:
-        st.warning(f"{traj.name or traj.formula} has no energies and forces (view-only): it cannot be used for training. "
-                   "Load a labelled file on the Data page.")
-        st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
-        st.stop()
-    report = dw.validation_report(traj)
-    if not report.trainable:
-        st.error("Cannot train on the loaded data: " + " ".join(f"✗ {e}." for e in report.errors))
-        st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
-        st.stop()
+    report = dw.require_trainable(
+        traj, unlabelled=f"{traj.name or traj.formula} has no energies and forces (view-only): it cannot be used for "
+                         "training. Load a labelled file on the Data page.",
+        untrainable="Cannot train on the loaded data: ")
     for text in report.warnings:
         st.warning(text + " (see the Data page)")
 
