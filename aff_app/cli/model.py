@@ -215,8 +215,8 @@ def _run_train(args) -> dict:
         "criterion": rec.criterion,
         "search_converged": rec.search.converged,
         "converged": rec.search.converged,
-        "warnings": [w + (". Check its held-out error (evaluate), or fix them with --gamma/--lam, or train on more "
-                          "frames" if w.startswith("the hyperparameter search") else "") for w in trained.warnings],
+        "warnings": [w + (" On the command line: evaluate the model, or fix γ and λ with --gamma/--lam."
+                          if w.startswith("The hyperparameter search") else "") for w in trained.warnings],
         "n_perms": int(model.perms.shape[0]),
         "pe_sets": _pe_set_records(model.pe_sets, model.z),
         "energy_model": _energy_kind(energy),

@@ -206,7 +206,8 @@ def fit(
     warnings: list[str] = []
     edge = force.record.search.edge_warning(force.gamma, force.lam)
     if edge:
-        warnings.append(edge)
+        warnings.append(f"{edge[0].upper()}{edge[1:]}. The held-out error tells whether it matters; γ and λ set by "
+                        "hand, or more training frames, change it.")
     energy = None
     t_energy = None
     if with_energy:
