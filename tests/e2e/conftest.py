@@ -2,7 +2,8 @@
 
 Reusable by every browser test (``@pytest.mark.browser``):
 
-- ``app_url``: base URL of ``streamlit run app.py`` bound to 127.0.0.1 on a free port.
+- ``app_server``/``app_url``: the app served by ``bash scripts/start.sh`` (as the README says) on a free
+  127.0.0.1 port: (url, server pid) / the url.
 - ``browser``: Playwright chromium at ``/usr/bin/chromium`` (never ``playwright install``).
 - ``page``: a fresh page (new context, 1400x1000) whose every request is recorded in
   ``request_log``; at teardown any request that left 127.0.0.1 fails the test.
@@ -16,10 +17,8 @@ failure under ``CI=true`` (the browser tests must never silently skip in CI).
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -27,18 +26,15 @@ from .helpers import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, free_port, unavailable,
 
 
 @pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
-    """Start ``streamlit run app.py`` on 127.0.0.1:<free port>; yield its base URL."""
+def app_server(tmp_path_factory):
+    """Serve the app exactly as the README does (``bash scripts/start.sh``) on a free port; yield (url, pid).
+
+    Only the port and headless mode are added: every other setting (the file watcher among them) is
+    the one a user gets. ``start.sh`` execs Streamlit, so ``pid`` is the server's own process.
+    """
     port = free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.headless", "true",
-        "--server.port", str(port),
-        "--server.address", "127.0.0.1",
-        "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-    ]
+    cmd = ["bash", "scripts/start.sh", "--server.headless", "true", "--server.port", str(port)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -56,7 +52,7 @@ def app_url(tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"streamlit did not answer /_stcore/health within 90 s:\n{log_path.read_text(errors='replace')}")
             time.sleep(0.3)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
@@ -64,6 +60,12 @@ def app_url(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def app_url(app_server) -> str:
+    """Base URL of the served app."""
+    return app_server[0]
 
 
 @pytest.fixture(scope="session")
