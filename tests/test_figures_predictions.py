@@ -189,6 +189,8 @@ def test_learning_curve_figure_log_log_per_model_with_units():
     ytitles = [lay[a]["title"]["text"] for a in ("yaxis", "yaxis2", "yaxis3")]
     assert ytitles == ["force MAE (kcal/mol/Å)", "energy MAE (kcal/mol)", "training time (s)"]
     assert all(lay[a]["type"] == "log" for a in ("yaxis", "yaxis2", "yaxis3"))
+    # minor log ticks carry their whole value ("0.5", not plotly's bare "5" that read 10× off)
+    assert all(lay[a]["minorloglabels"] == "complete" for a in ("xaxis", "xaxis2", "xaxis3", "yaxis", "yaxis2", "yaxis3"))
     assert sum(1 for t in spec["data"] if t.get("showlegend") is not False) == 2  # each model once in the legend
     assert lay["title"]["text"]
 

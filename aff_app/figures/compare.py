@@ -84,8 +84,10 @@ def learning_curve_figure(rows: Sequence[dict], *, title: str | None = None, hei
                 hovertemplate=f"{model}<br>M = %{{x}}<br>%{{y:.4g}} {ytitle.split('(')[-1].rstrip(')')}<extra></extra>",
             ), row=1, col=col)
             seen.add(model)
-        fig.update_xaxes(type="log", title_text="training frames M", row=1, col=col)
-        fig.update_yaxes(type="log", title_text=ytitle, dtick="D2", row=1, col=col)  # 1, 2, 5 per decade
+        # 1, 2, 5 per decade, each tick with its whole value: plotly's default for these minor ticks is a
+        # bare leading digit ("5" for 0.5), which read as 10× off
+        fig.update_xaxes(type="log", title_text="training frames M", minorloglabels="complete", row=1, col=col)
+        fig.update_yaxes(type="log", title_text=ytitle, dtick="D2", minorloglabels="complete", row=1, col=col)
     fig.update_layout(
         title={"text": title or "Learning curves: held-out error and training time against M (log–log)",
                "x": 0.0, "xanchor": "left"},
