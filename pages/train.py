@@ -21,15 +21,14 @@ st.caption(
 traj = state.require_trajectory()
 registry = mw.get_registry()
 ts.notices()
-ts.require_trainable(traj)
 
-# -- what to fit, and what it will cost before anything runs
-form = ts.settings_form(traj)
-symmetry = ts.symmetry_caption(traj, form.mode)
-over_budget = ts.cost_card(traj, form, symmetry)
-
-# -- the fit: progress, cancel, then the new model's summary (or why it failed)
-ts.train_button(traj, form, symmetry, over_budget)
+if ts.trainable(traj):  # else it says why, and the models below stay usable
+    # -- what to fit, and what it will cost before anything runs
+    form = ts.settings_form(traj)
+    symmetry = ts.symmetry_caption(traj, form.mode)
+    over_budget = ts.cost_card(traj, form, symmetry)
+    # -- the fit: progress, cancel, then the new model's summary (or why it failed)
+    ts.train_button(traj, form, symmetry, over_budget)
 
 # -- the session's models: table, rename, remove, download; and uploads from this page or the CLI
 ts.models_section(registry, traj.fingerprint)

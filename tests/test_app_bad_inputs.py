@@ -214,6 +214,23 @@ def test_view_only_file_loads_says_so_and_train_refuses():
     assert not at.exception
     assert "view-only" in _texts(at, "warning") and not [b for b in at.button if b.key == state.TRAIN_RUN]
     assert at.session_state[state.MODELS].names() == ["kept model"]
+    # no dead end: the session's models stay listed, downloadable, and uploads stay possible
+    assert [s.value for s in at.selectbox if s.key == state.TRAIN_MANAGE] == ["kept model"]
+    assert any("Download kept model" in d.proto.label for d in at.get("download_button"))
+    assert at.get("file_uploader")
+
+
+def test_a_two_frame_file_says_what_it_allows_and_keeps_the_models():
+    a = _uracil_arrays(2)
+    at = _upload(_open(), "two_frames.npz", _npz_bytes(**a))
+    assert at.session_state[state.TRAJECTORY].n_frames == 2
+    at.switch_page(TRAIN).run()
+    assert not at.exception, at.exception
+    errors = _texts(at, "error")
+    assert "has 2 frames: a fit needs at least 3 (2 to train on, 1 held out to test on)" in errors
+    assert "choose a smaller M" not in errors  # the old dead end: 2 is already the smallest M
+    assert not [b for b in at.button if b.key == state.TRAIN_RUN]
+    assert [s.value for s in at.selectbox if s.key == state.TRAIN_MANAGE] == ["kept model"]
 
 
 def test_duplicate_frames_are_reported_and_dropped_by_the_button():

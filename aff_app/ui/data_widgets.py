@@ -382,19 +382,27 @@ def download_buttons(traj: Trajectory) -> None:
     )
 
 
-def require_trainable(traj: Trajectory, *, unlabelled: str, untrainable: str):
-    """Stop the page with the reason and a link to the Data page unless ``traj`` can be trained on.
+def trainability(traj: Trajectory, *, unlabelled: str, untrainable: str):
+    """The validation report when ``traj`` can be trained on; else None, after saying why (with a link).
 
     ``unlabelled``: the warning for view-only data; ``untrainable``: the prefix of the error that
-    lists the validation's errors. Returns the validation report (its warnings are the caller's).
+    lists the validation's errors. The report's warnings are the caller's to show.
     """
     if not traj.has_labels:
         st.warning(unlabelled)
         st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
-        st.stop()
+        return None
     report = validation_report(traj)
     if not report.trainable:
         st.error(untrainable + " ".join(f"✗ {e}." for e in report.errors))
         st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
+        return None
+    return report
+
+
+def require_trainable(traj: Trajectory, *, unlabelled: str, untrainable: str):
+    """:func:`trainability`, stopping the page when the data cannot be trained on."""
+    report = trainability(traj, unlabelled=unlabelled, untrainable=untrainable)
+    if report is None:
         st.stop()
     return report

@@ -65,14 +65,30 @@ def notices() -> None:
         getattr(st, level)(text)
 
 
-def require_trainable(traj: Trajectory) -> None:
-    """Stop the page, with the reason and a link, unless the data can be trained on; show its warnings."""
-    report = dw.require_trainable(
+#: Fewest frames a fit needs: 2 to train on, 1 to test on.
+MIN_FRAMES = 3
+
+
+def trainable(traj: Trajectory) -> bool:
+    """Whether the data can be trained on; when not, say why (with a link) and what the data allows.
+
+    The page goes on either way: the session's models, their downloads and the upload stay usable.
+    """
+    report = dw.trainability(
         traj, unlabelled=f"{traj.name or traj.formula} has no energies and forces (view-only): it cannot be used for "
                          "training. Load a labelled file on the Data page.",
         untrainable="Cannot train on the loaded data: ")
+    if report is None:
+        return False
+    if traj.n_frames < MIN_FRAMES:
+        st.error(f"{traj.name or traj.formula} has {traj.n_frames} frame{'s' if traj.n_frames != 1 else ''}: a fit "
+                 f"needs at least {MIN_FRAMES} (2 to train on, 1 held out to test on). Load more frames on the Data "
+                 "page.")
+        st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
+        return False
     for text in report.warnings:
         st.warning(text + " (see the Data page)")
+    return True
 
 
 def settings_form(traj: Trajectory) -> TrainForm:
