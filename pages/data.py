@@ -8,7 +8,6 @@ import streamlit as st
 
 from aff_app.ui import data_sections as ds
 from aff_app.ui import data_widgets as dw
-from aff_app.ui import state
 
 st.title("Data")
 st.caption(
@@ -27,10 +26,7 @@ with tab_sim:
     ds.simulate_tab(tab_sim)
 
 # -- the loaded data set: summary, checks before training, frames, downloads
-traj = state.get_trajectory()
-if traj is None:
-    st.info("Nothing loaded yet: pick a bundled sample, upload a file or run a simulation above.")
-    st.stop()
+traj = ds.require_loaded()
 dw.summary_card(traj)
 st.markdown("##### Checks before training")
 dw.show_validation(traj)

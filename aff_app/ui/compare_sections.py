@@ -28,7 +28,6 @@ SIZE_CHOICES = (25, 50, 100, 200, 400, 800, 1000, 1200, 1600, 2000)
 HYPER_LABELS = {"likelihood": "estimate γ, λ at every point (likelihood)", "fixed": "fix γ and λ"}
 
 
-
 @dataclass(frozen=True)
 class CurveForm:
     """The learning-curve settings: models, sizes, test frames, seed, hyperparameters, energies."""
@@ -46,6 +45,7 @@ class CurveForm:
 
     @property
     def params(self) -> dict:
+        """The settings as stored with the computed curves (to tell when they changed)."""
         return {"models": list(self.chosen), "sizes": sorted(int(s) for s in self.sizes), "n_test": self.n_test,
                 "seed": self.seed, "gamma": float(self.gamma) if self.fixed else None,
                 "lam": float(self.lam) if self.fixed else None, "energy": bool(self.with_energy)}

@@ -38,6 +38,7 @@ class View:
     zmax: float | None
 
     def show(self, matrix):
+        """``matrix`` as shown: its correlation when that toggle is on, else itself."""
         return cov.to_correlation(matrix) if self.as_corr else matrix
 
 

@@ -12,6 +12,7 @@ from aff_app.cancel import Cancelled
 from aff_app.errors import AFFError
 from aff_app.io import files as data_lib
 from aff_app.io import simulate
+from aff_app.io.trajectory import Trajectory
 from aff_app.ui import data_widgets as dw
 from aff_app.ui import jobs, state
 from aff_app.units import ENERGY_UNITS, LENGTH_UNITS
@@ -20,6 +21,7 @@ AUTO = "auto"
 
 
 def _kept_tail() -> str:
+    """The sentence saying which data set stays loaded after a failure (empty when none)."""
     kept = state.get_trajectory()
     return f"\n\nThe previously loaded data set ({kept.name or kept.formula}) is still loaded." if kept else ""
 
@@ -50,7 +52,6 @@ def load_into_session(loader, where, *, announce: bool = True, token=None) -> No
     state.set_trajectory(traj)
     if announce:
         where.success(f"Loaded {traj.name or traj.formula}: {traj.n_frames:,} frames of {traj.formula}.")
-
 
 
 def notices_and_default_sample() -> None:
@@ -145,6 +146,7 @@ def upload_tab(tab_upload) -> None:
                      "dropped (and listed in the report below).")
 
             def _load_upload():
+                """The upload read with the options chosen above (cached on its hash)."""
                 return dw.load_cached(
                     content_hash, upload.name, fmt, frames.strip() or ":", label_set,
                     None if energy_key == AUTO else energy_key,
@@ -193,6 +195,7 @@ def simulate_tab(tab_sim) -> None:
         bar = tab_sim.progress(0.0, text="Starting…")
 
         def _simulate():
+            """The simulation with the settings above, driving the progress bar."""
             return simulate.simulate_trajectory(
                 molecule, smiles=smiles, steps=int(steps), temperature_K=float(temperature),
                 timestep_fs=float(timestep), equilibration_steps=int(equilibration),
@@ -202,3 +205,12 @@ def simulate_tab(tab_sim) -> None:
 
         load_into_session(_simulate, tab_sim, token=token)
         bar.empty()
+
+
+def require_loaded() -> Trajectory:
+    """The loaded trajectory; when there is none, say how to get one and stop the page."""
+    traj = state.get_trajectory()
+    if traj is None:
+        st.info("Nothing loaded yet: pick a bundled sample, upload a file or run a simulation above.")
+        st.stop()
+    return traj

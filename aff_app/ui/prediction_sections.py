@@ -31,7 +31,6 @@ COLOR_BY = {
 VIEW_HEIGHT = 430
 
 
-
 def require_labels(traj: Trajectory) -> None:
     """Stop the page with a pointer to the Data page when the data has no reference forces."""
     if not traj.has_labels:

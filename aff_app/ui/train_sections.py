@@ -54,6 +54,7 @@ class TrainForm:
 
     @property
     def fixed(self) -> bool:
+        """Whether γ and λ are set by hand."""
         return self.hyper == "fixed"
 
 
