@@ -40,6 +40,8 @@ _ALIASES = {
 }
 
 ENERGY_UNITS = tuple(_ENERGY_IN_EV)
+#: Boltzmann's constant in kcal/mol/K.
+BOLTZMANN = _u.kB / _ENERGY_IN_EV["kcal/mol"]
 LENGTH_UNITS = tuple(_LENGTH_IN_ANGSTROM)
 
 

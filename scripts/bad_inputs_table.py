@@ -154,6 +154,23 @@ def _ev_energies(folder: Path) -> Path:
     return _npz(folder, "energy_in_eV.npz", R=t.R, z=t.z, E=t.E * units.energy_factor("kcal/mol", "eV"), F=t.F)
 
 
+def _kcal_as_ev(folder: Path) -> Path:
+    """The numbers of an MD17 file (kcal/mol) in an extxyz without unit metadata: ASE's default is eV."""
+    import ase
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    t = data.load_trajectory(MD17 / "uracil.npz", frames=":400")
+    images = []
+    for R, E, F in zip(t.R, t.E, t.F):
+        atoms = ase.Atoms(numbers=t.z, positions=R)
+        atoms.calc = SinglePointCalculator(atoms, energy=float(E), forces=F)
+        images.append(atoms)
+    path = folder / "kcal_no_units.extxyz"
+    ase.io.write(path, images, format="extxyz")
+    return path
+
+
 def _gradients(folder: Path) -> Path:
     t = data.load_trajectory(MD17 / "uracil.npz", frames=":400")
     return _npz(folder, "gradients.npz", R=t.R, z=t.z, E=t.E, F=-t.F)
@@ -233,6 +250,7 @@ CASES: list[Case] = [
          lambda d: _write(d, "one.npz", base_trajectory()), ("--frames", "0")),
     Case("duplicates", "duplicate frames (frame 1 three times)", _duplicates),
     Case("ev", "energies written in eV, forces in kcal/mol/Å (uracil, 400 frames)", _ev_energies),
+    Case("kcal_as_ev", "extxyz in kcal/mol without unit metadata (read as eV)", _kcal_as_ev),
     Case("gradients", "gradients stored as forces (sign flipped)", _gradients),
     Case("big", "240 atoms", _big_molecule),
     Case("unit", "`e_unit = 'furlong'`", _unknown_unit),

@@ -268,6 +268,37 @@ def test_unit_mismatch_warns_with_the_likely_unit():
     assert at.session_state[state.TRAJECTORY].n_frames == 400  # it loads (a warning, not an error)
 
 
+def test_kcal_file_read_as_ev_offers_kcal_and_the_button_fixes_it():
+    """Issue 20 item 2: an extxyz in kcal/mol without unit metadata loads as eV; the page says the labels are
+    implausible, with the numbers, and one click reads them in kcal/mol."""
+    import ase
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    t = _traj("uracil")
+    images = []
+    for i in range(100):
+        atoms = ase.Atoms(numbers=t.z, positions=t.R[i])
+        atoms.calc = SinglePointCalculator(atoms, energy=float(t.E[i]), forces=t.F[i])
+        images.append(atoms)
+    buf = io.StringIO()
+    ase.io.write(buf, images, format="extxyz")
+    at = _upload(_open(), "uracil_kcal.extxyz", buf.getvalue().encode())
+    warning = _texts(at, "warning")
+    assert "labels implausibly large" in warning and "eV was assumed" in warning, warning
+    button = at.button(key=state.DATA_READ_UNIT)
+    assert button.label == "Read the labels as kcal/mol"
+    button.click().run()
+    assert not at.exception, at.exception
+    traj = at.session_state[state.TRAJECTORY]
+    np.testing.assert_allclose(traj.E, t.E[:100], rtol=1e-10)
+    np.testing.assert_allclose(traj.F, t.F[:100], rtol=0, atol=1e-8)  # ASE writes 8 decimals
+    assert traj.provenance.energy_unit == "kcal/mol"
+    assert "Energies and forces now read in kcal/mol (they were read in eV)" in _texts(at, "success")
+    assert "implausibly" not in _texts(at, "warning")
+    assert not [b for b in at.button if b.key == state.DATA_READ_UNIT]
+
+
 def test_single_frame_and_too_many_atoms_cannot_be_trained():
     at = _open()
     at.file_uploader(key=state.UPLOAD_FILE).set_value(("uracil.npz", _good_npz(), "application/octet-stream")).run()

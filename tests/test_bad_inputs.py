@@ -28,6 +28,8 @@ from aff_app.io.files import DataError, load_trajectory
 from aff_app.gp.force import ForceModel, ModelError, fit_force_model
 from aff_app.io.trajectory import Trajectory
 from aff_app.io.validation import (
+    check_label_scale,
+    with_energy_unit,
     MAX_ATOMS,
     UNIT_RATIO_TOLERANCE,
     check_unit_consistency,
@@ -89,6 +91,7 @@ EXPECTED = {
     "single": (None, r"has 1 frame; training needs at least 2"),
     "duplicates": (None, r"2 duplicate frame\(s\) in 1 group\(s\).*frames 1, 4, 8.*singular"),
     "ev": (None, r"disagree.*expected with energies in eV, forces in kcal/mol/Å"),
+    "kcal_as_ev": (None, r"implausibly large.*eV was assumed.*Read in kcal/mol they would be"),
     "gradients": (None, r"disagree in sign.*gradients"),
     "big": (None, rf"N = 240 atoms, above the {MAX_ATOMS}"),
     "unit": ("UnitError", r"'furlong.npz': unknown energy unit 'furlong'"),
@@ -325,6 +328,78 @@ def test_unit_check_shuffled_frames_and_inconclusive_cases(shared_data):
     chk = check_unit_consistency(noise)
     assert chk.consistent is None and "inconclusive" in chk.message
     assert check_unit_consistency(dataclasses.replace(t, E=None, F=None)).consistent is None
+
+
+# -- label scale (issue 20 item 2) -----------------------------------------------------------
+def _extxyz_without_units(t, path, frames=80):
+    """An extxyz with the numbers of ``t`` (kcal/mol, kcal/mol/Å) and no unit metadata: ASE reads it as eV."""
+    import ase
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    images = []
+    for i in range(frames):
+        a = ase.Atoms(numbers=t.z, positions=t.R[i])
+        a.calc = SinglePointCalculator(a, energy=float(t.E[i]), forces=t.F[i])
+        images.append(a)
+    ase.io.write(path, images, format="extxyz")
+    return path
+
+
+@pytest.mark.parametrize("mol", MOLECULES)
+def test_label_scale_of_real_md_is_plausible(shared_data, mol):
+    """MD17 at 500 K: RMS force components 21–32 kcal/mol/Å, energy spread of a ~600 K trajectory."""
+    chk = check_label_scale(load_trajectory(shared_data / f"{mol}.npz"))
+    assert chk.plausible is True, chk.message
+    assert 15 < chk.rms_force < 40 and 250 < chk.temperature < 800, chk
+
+
+def test_kcal_file_read_as_ev_is_caught_in_report_cli_and_training(shared_data, tmp_path, capsys):
+    """The issue's case: an extxyz in kcal/mol without unit metadata. The ΔE/(−F·ΔR) check passes (a common
+    factor), the scale check names kcal/mol, and reading it so gives back the original numbers."""
+    t = load_trajectory(shared_data / "uracil.npz", frames=":400")
+    path = _extxyz_without_units(t, tmp_path / "uracil_kcal.extxyz")
+    read = load_trajectory(path)
+    assert read.provenance.energy_unit == "eV" and read.provenance.energy_unit_source == "default"
+    rep = validate_trajectory(read)
+    assert rep.unit_check.consistent is True  # blind to the common factor
+    chk = rep.scale_check
+    assert chk.plausible is False and chk.likely_unit == "kcal/mol"
+    assert chk.rms_force == pytest.approx(np.sqrt(np.mean(t.F[:80] ** 2)) * units.energy_factor("eV"), rel=1e-6)
+    warning = next(w for w in rep.warnings if "implausibly large" in w)
+    assert "no energy unit, so eV was assumed" in warning and "--energy-unit 'kcal/mol'" in warning
+    fixed = with_energy_unit(read, "kcal/mol")
+    assert np.allclose(fixed.E, t.E[:80], rtol=1e-12) and np.allclose(fixed.F, t.F[:80], rtol=1e-12)
+    assert fixed.provenance.energy_unit == "kcal/mol" and check_label_scale(fixed).plausible is True
+    # the CLI says it with `info`, and `--energy-unit` makes it go away
+    assert cli.main(["info", str(path), "--json"]) == 0
+    out = _last_json(capsys.readouterr().out)
+    assert out["validation"]["scale_check"]["likely_unit"] == "kcal/mol"
+    assert any("implausibly large" in w for w in out["warnings"])
+    assert cli.main(["info", str(path), "--energy-unit", "kcal/mol", "--json"]) == 0
+    out = _last_json(capsys.readouterr().out)
+    assert out["validation"]["scale_check"]["plausible"] is True and not out["warnings"]
+    # a model trained on the mis-read file carries the warning too
+    from aff_app.workflows import pipeline
+
+    trained = pipeline.fit(read, np.arange(0, 60, 3), settings=pipeline.TrainSettings(gamma=0.1, lam=1e-6,
+                                                                                        energy=False))
+    assert any("implausibly large" in w for w in trained.warnings)
+
+
+def test_label_scale_small_and_unexplained(shared_data):
+    """An eV file read as kcal/mol is implausibly small (named: eV); a scale no unit explains is said so."""
+    t = load_trajectory(shared_data / "benzene.npz", frames=":300")
+    small = dataclasses.replace(t, E=t.E * units.energy_factor("kcal/mol", "eV"),
+                                F=t.F * units.energy_factor("kcal/mol", "eV"))
+    chk = check_label_scale(small)
+    assert chk.plausible is False and chk.likely_unit == "eV" and "implausibly small" in chk.message
+    odd = dataclasses.replace(t, E=t.E * 1e4, F=t.F * 1e4)
+    chk = check_label_scale(odd)
+    assert chk.plausible is False and chk.likely_unit is None and "No supported energy unit" in chk.message
+    assert check_label_scale(dataclasses.replace(t, E=None, F=None)).plausible is None
+    forces_only = check_label_scale(dataclasses.replace(t, E=None))
+    assert forces_only.plausible is True and forces_only.temperature is None
 
 
 # -- numbers on display ------------------------------------------------------------------

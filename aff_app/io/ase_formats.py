@@ -201,6 +201,7 @@ def from_atoms_list(
     info0 = images[0].info
     try:
         eu = units.canonical_energy_unit(energy_unit or info0.get("energy_unit") or "eV")
+        eu_source = "given" if energy_unit else ("file" if info0.get("energy_unit") else "default")
         lu = units.canonical_length_unit(length_unit or info0.get("length_unit") or "Å")
     except units.UnitError as exc:
         raise units.UnitError(f"{src!r}: {exc} (override with energy_unit=/length_unit=)") from None
@@ -260,7 +261,7 @@ def from_atoms_list(
         z, R, E, F,
         name=name or str(info0.get("name") or ""),
         energy_unit=eu, length_unit=lu,
-        provenance=dataclasses.replace(prov, label_set=label),
+        provenance=dataclasses.replace(prov, label_set=label, energy_unit_source=eu_source),
         nonfinite=nonfinite,
     )
 

@@ -197,6 +197,7 @@ def _load_npz(src, *, frames, label_set, energy_key, forces_key, energy_unit, le
             e_file = _npz_str(npz, "e_unit", src.name)
             r_file = _npz_str(npz, "r_unit", src.name)
             eu = units.canonical_energy_unit(energy_unit or e_file or units.ENERGY_UNIT)
+            eu_source = "given" if energy_unit else ("file" if e_file else "default")
             lu = units.canonical_length_unit(length_unit or r_file or units.LENGTH_UNIT)
         except units.UnitError as exc:
             raise units.UnitError(f"{src.name!r}: {exc} (override with energy_unit=/length_unit=)") from None
@@ -245,7 +246,7 @@ def _load_npz(src, *, frames, label_set, energy_key, forces_key, energy_unit, le
         energy_unit=eu, length_unit=lu,
         provenance=Provenance(
             source=src.name, content_hash=src.sha256, label_set=label_name,
-            frames=_frames_text(frames), settings=settings,
+            frames=_frames_text(frames), settings=settings, energy_unit_source=eu_source,
         ),
         nonfinite=nonfinite,
     )

@@ -34,6 +34,10 @@ class Provenance:
         SHA-256 hex digest of the source file's bytes ('' when not from a file).
     energy_unit, length_unit : str
         Units of the *original* file, before conversion to internal units.
+    energy_unit_source : str
+        Where ``energy_unit`` came from: ``'given'`` (the caller named it),
+        ``'file'`` (the file's metadata), ``'default'`` (assumed: the format's
+        default), or ``''`` (not recorded).
     label_set : str
         Which labels were read (e.g. ``'rmd17'`` = ``E``/``F``, ``'md17'`` =
         ``E_md17``/``F_md17``, ``'calculator'``, or the user-named keys).
@@ -48,6 +52,7 @@ class Provenance:
     content_hash: str = ""
     energy_unit: str = ENERGY_UNIT
     length_unit: str = LENGTH_UNIT
+    energy_unit_source: str = ""
     label_set: str = ""
     frames: str = ":"
     settings: dict[str, Any] = field(default_factory=dict)

@@ -15,6 +15,12 @@ what a user should know before training on them:
   ΔE ≈ −½ (F_a + F_b)·ΔR. The fitted ratio ΔE / (−½ (F_a + F_b)·ΔR) over close
   pairs of frames is 1 for consistent labels, ≈ 1/23.06 for energies in eV and
   forces in kcal/mol/Å, and so on: the ratio names the likely unit mismatch.
+* :func:`check_label_scale`: a common scale factor on energies *and* forces
+  (a file in kcal/mol read as eV) passes the check above; it shows in the size
+  of the labels. The RMS force and the temperature implied by the energy
+  fluctuations (docs/method.md, "Plausible labels") are compared with what
+  molecular dynamics produces, and the unit that would make them plausible is named.
+* :func:`with_energy_unit`: the same file's labels read in another energy unit.
 * :func:`format_value` shows NaN/inf as "—", never as a number.
 
 Units are the library's internal ones (Å, kcal/mol, kcal/mol/Å).
@@ -46,6 +52,9 @@ __all__ = [
     "drop_duplicate_frames",
     "drop_nonfinite_frames",
     "check_unit_consistency",
+    "ScaleCheck",
+    "check_label_scale",
+    "with_energy_unit",
     "check_model_limits",
     "format_value",
 ]
@@ -68,6 +77,15 @@ UNIT_MAX_RMS_STEP = 0.05
 UNIT_MIN_PAIRS = 5
 #: Relative RMS residual of the fit above which the check is inconclusive.
 UNIT_MAX_RESIDUAL = 0.5
+
+#: RMS force component range (kcal/mol/Å) seen in molecular dynamics of molecules: MD17 at 500 K reads
+#: 21–32 per component (36–55 for |F|), the bundled 300 K samples 18–22. Outside it, by far, the scale is suspect.
+PLAUSIBLE_RMS_FORCE = (1.5, 200.0)
+#: Temperature (K) implied by the potential-energy fluctuations (method.md, "Plausible labels"): MD17 ≈ 600,
+#: the samples ≈ 300. Labels above the upper bound are far too spread; below the lower, far too flat.
+PLAUSIBLE_TEMPERATURE = (20.0, 5000.0)
+#: The centre a corrected scale is judged against when naming the likely unit.
+TYPICAL_RMS_FORCE = 25.0
 
 
 # ---------------------------------------------------------------------------
@@ -357,6 +375,144 @@ def check_unit_consistency(traj: Trajectory, *, max_pairs: int = 200) -> UnitChe
 
 
 # ---------------------------------------------------------------------------
+# plausible label scale
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScaleCheck:
+    """Outcome of :func:`check_label_scale`.
+
+    Attributes
+    ----------
+    rms_force : float or None
+        RMS force component, kcal/mol/Å (None without forces).
+    max_force : float or None
+        Largest |F| of any atom, kcal/mol/Å.
+    temperature : float or None
+        Temperature (K) whose equipartition fluctuations match the potential
+        energy's standard deviation (None without energies or with one frame).
+    plausible : bool or None
+        False when either number is far outside molecular dynamics; None when
+        there is nothing to judge.
+    likely_unit : str or None
+        The energy unit that would make the labels plausible, when one does.
+    message : str
+    """
+
+    rms_force: float | None
+    max_force: float | None
+    temperature: float | None
+    plausible: bool | None
+    likely_unit: str | None
+    message: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _implied_temperature(E: np.ndarray, n_atoms: int) -> float | None:
+    """T with std(E) = k_B T √(f/2), f = max(3N − 6, 1) harmonic modes (method.md, "Plausible labels")."""
+    if E is None or E.size < 2:
+        return None
+    modes = max(3 * n_atoms - 6, 1)
+    kb = units.BOLTZMANN  # kcal/mol/K
+    return float(np.std(E) / (kb * math.sqrt(modes / 2.0)))
+
+
+def _in(x: float | None, bounds: tuple[float, float]) -> bool:
+    return x is None or bounds[0] <= x <= bounds[1]
+
+
+def check_label_scale(traj: Trajectory) -> ScaleCheck:
+    """Are the energies and forces of plausible size for molecular dynamics?
+
+    A file whose energies and forces are both in kcal/mol but read as eV passes
+    :func:`check_unit_consistency` (the ratio ΔE / (−F·ΔR) is still 1), yet its
+    forces are 23× too large and its energies fluctuate as a trajectory at
+    thousands of kelvin would. This check reports the RMS force component and
+    the temperature implied by the energy spread, flags either one far outside
+    :data:`PLAUSIBLE_RMS_FORCE` / :data:`PLAUSIBLE_TEMPERATURE`, and names the
+    supported energy unit that would bring both inside (closest to
+    :data:`TYPICAL_RMS_FORCE`). Data that is not MD (a relaxation, a scan) can
+    be flagged although right: the message says what was measured.
+
+    Parameters
+    ----------
+    traj : Trajectory
+        Internal units.
+
+    Returns
+    -------
+    ScaleCheck
+    """
+    good = np.setdiff1d(np.arange(traj.n_frames), _nonfinite_frames(traj.R, traj.E, traj.F))
+    E = None if traj.E is None else traj.E[good]
+    F = None if traj.F is None else traj.F[good]
+    if (E is None and F is None) or good.size == 0:
+        return ScaleCheck(None, None, None, None, None, "label scale not checked: the data has no labels")
+    rms = None if F is None else float(np.sqrt(np.mean(F**2)))
+    fmax = None if F is None else float(np.max(np.linalg.norm(F, axis=-1)))
+    temp = _implied_temperature(E, traj.n_atoms)
+    if temp is not None and temp == 0.0:
+        temp = None  # constant energies (one geometry repeated, or energies not really given): nothing to judge
+    measured = "; ".join(
+        t for t in (
+            None if rms is None else f"RMS force component {rms:.3g} kcal/mol/Å (largest |F| {fmax:,.4g})",
+            None if temp is None else f"energy spread of a {temp:,.0f} K trajectory",
+        ) if t
+    )
+    if rms is None and temp is None:
+        return ScaleCheck(rms, fmax, temp, None, None, "label scale not checked: one frame and no forces")
+    if _in(rms, PLAUSIBLE_RMS_FORCE) and _in(temp, PLAUSIBLE_TEMPERATURE):
+        return ScaleCheck(rms, fmax, temp, True, None, f"label scale plausible for molecular dynamics: {measured}")
+    read_as = traj.provenance.energy_unit
+    source = traj.provenance.energy_unit_source
+    how = {"default": f"the file names no energy unit, so {read_as} was assumed",
+           "file": f"the file says its energies are in {read_as}",
+           "given": f"the energies were read as {read_as}, as asked"}.get(source, f"the energies were read as {read_as}")
+    size = "large" if not (_in(rms, (0, PLAUSIBLE_RMS_FORCE[1])) and _in(temp, (0, PLAUSIBLE_TEMPERATURE[1]))) else "small"
+    text = (f"labels implausibly {size} for molecular dynamics: {measured} (MD of molecules: RMS force component "
+            f"{PLAUSIBLE_RMS_FORCE[0]:g}–{PLAUSIBLE_RMS_FORCE[1]:g} kcal/mol/Å, a few hundred K); {how}")
+    best = None
+    for unit in units.ENERGY_UNITS:
+        if unit == read_as:
+            continue
+        c = units.energy_factor(unit) / units.energy_factor(read_as)  # internal value per internal value as read
+        r2 = None if rms is None else rms * c
+        t2 = None if temp is None else temp * c
+        if _in(r2, PLAUSIBLE_RMS_FORCE) and _in(t2, PLAUSIBLE_TEMPERATURE):
+            score = abs(math.log(r2 / TYPICAL_RMS_FORCE)) if r2 is not None else abs(math.log(t2 / 400.0))
+            if best is None or score < best[0]:
+                best = (score, unit, r2, t2)
+    if best is None:
+        return ScaleCheck(rms, fmax, temp, False, None,
+                          f"{text}. No supported energy unit makes them plausible: check what the file's labels hold")
+    _, unit, r2, t2 = best
+    then = ", ".join(t for t in (None if r2 is None else f"RMS force component {r2:.3g} kcal/mol/Å",
+                                 None if t2 is None else f"{t2:,.0f} K") if t)
+    return ScaleCheck(rms, fmax, temp, False, unit,
+                      f"{text}. Read in {unit} they would be {then}: if the file is in {unit}, load it with "
+                      f"energy unit {unit} (CLI --energy-unit '{unit}')")
+
+
+def with_energy_unit(traj: Trajectory, energy_unit: str) -> Trajectory:
+    """``traj`` as if its file had been read with energies in ``energy_unit`` (forces per the same length).
+
+    The file's numbers were multiplied by ``energy_factor(provenance.energy_unit)``
+    at load; this replaces that factor by ``energy_factor(energy_unit)``.
+    Positions are untouched. Used by the app's "read the labels as ..." fix.
+    """
+    unit = units.canonical_energy_unit(energy_unit)
+    c = units.energy_factor(unit) / units.energy_factor(traj.provenance.energy_unit)
+    prov = dataclasses.replace(traj.provenance, energy_unit=unit, energy_unit_source="given")
+    return dataclasses.replace(
+        traj,
+        E=None if traj.E is None else traj.E * c,
+        F=None if traj.F is None else traj.F * c,
+        provenance=prov,
+    )
+
+
+# ---------------------------------------------------------------------------
 # limits and the report
 # ---------------------------------------------------------------------------
 def check_model_limits(traj: Trajectory, *, max_atoms: int = MAX_ATOMS) -> list[str]:
@@ -396,6 +552,7 @@ class ValidationReport:
     nonfinite_frames : list of int
         Frames with NaN/inf values.
     unit_check : UnitCheck or None
+    scale_check : ScaleCheck or None
     n_frames, n_atoms : int
     """
 
@@ -405,6 +562,7 @@ class ValidationReport:
     duplicate_groups: list[list[int]] = field(default_factory=list)
     nonfinite_frames: list[int] = field(default_factory=list)
     unit_check: UnitCheck | None = None
+    scale_check: ScaleCheck | None = None
     n_frames: int = 0
     n_atoms: int = 0
 
@@ -434,6 +592,7 @@ class ValidationReport:
             "duplicate_groups": [list(g) for g in self.duplicate_groups[:20]],
             "nonfinite_frames": list(self.nonfinite_frames[:100]),
             "unit_check": None if self.unit_check is None else self.unit_check.to_dict(),
+            "scale_check": None if self.scale_check is None else self.scale_check.to_dict(),
         }
 
 
@@ -449,7 +608,8 @@ def validate_trajectory(
     Errors (training impossible): no energies or forces (view-only), fewer
     than :data:`MIN_TRAINING_FRAMES` frames, NaN/inf values, too many atoms or a
     single atom. Warnings: duplicate frames (singular kernel; offer
-    :func:`drop_duplicate_frames`), energies and forces in disagreeing units.
+    :func:`drop_duplicate_frames`), energies and forces in disagreeing units,
+    labels of implausible size (:func:`check_label_scale`).
     Notes: frames dropped at load time, the unit check's verdict.
 
     Parameters
@@ -506,4 +666,10 @@ def validate_trajectory(
             rep.warnings.append(rep.unit_check.message)
         else:
             rep.notes.append(rep.unit_check.message)
+    if check_units and (traj.E is not None or traj.F is not None):
+        rep.scale_check = check_label_scale(traj)
+        if rep.scale_check.plausible is False:
+            rep.warnings.append(rep.scale_check.message)
+        elif rep.scale_check.plausible:
+            rep.notes.append(rep.scale_check.message)
     return rep

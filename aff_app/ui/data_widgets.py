@@ -27,7 +27,13 @@ from aff_app.io import formats
 from aff_app.figures import data as figures
 from aff_app.figures import viewer
 from aff_app.io.trajectory import Trajectory
-from aff_app.io.validation import ValidationReport, drop_duplicate_frames, format_value, validate_trajectory
+from aff_app.io.validation import (
+    ValidationReport,
+    drop_duplicate_frames,
+    format_value,
+    validate_trajectory,
+    with_energy_unit,
+)
 from aff_app.units import ENERGY_UNIT, FORCE_UNIT, LENGTH_UNIT
 
 from aff_app.ui import state
@@ -185,6 +191,18 @@ def _drop_duplicates() -> None:
                        "kept). Models trained before still refer to the old frame numbers.")
 
 
+def _read_energy_unit(unit: str) -> None:
+    """``on_click`` of "Read the labels as <unit>": rescales energies and forces as if loaded in that unit."""
+    traj = state.get_trajectory()
+    if traj is None:
+        return
+    old = traj.provenance.energy_unit
+    state.set_trajectory(with_energy_unit(traj, unit))
+    st.session_state[state.DATA_NOTICE] = (
+        "success", f"Energies and forces now read in {unit} (they were read in {old}). Models trained before "
+                   "were fitted on the old numbers.")
+
+
 def show_validation(traj: Trajectory, report: ValidationReport | None = None, *, offer_fixes: bool = True) -> ValidationReport:
     """The validation report of ``traj``: errors (cannot train), warnings, notes; fixes offered as buttons."""
     report = report if report is not None else validation_report(traj)
@@ -199,6 +217,11 @@ def show_validation(traj: Trajectory, report: ValidationReport | None = None, *,
         st.button(f"Drop duplicate frames ({report.n_duplicates} in {len(report.duplicate_groups)} groups)",
                   key=state.DATA_DROP_DUPLICATES, on_click=_drop_duplicates,
                   help="Keeps the first frame of each group of identical geometries; everything else stays.")
+    if offer_fixes and report.scale_check is not None and report.scale_check.likely_unit:
+        unit = report.scale_check.likely_unit
+        st.button(f"Read the labels as {unit}", key=state.DATA_READ_UNIT, on_click=_read_energy_unit, args=(unit,),
+                  help=f"Rescales energies and forces as if the file had been loaded with energy unit {unit} "
+                       f"(forces in {unit}/Å); positions stay.")
     return report
 
 

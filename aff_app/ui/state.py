@@ -233,6 +233,8 @@ CMP_CANCEL = "cmp_cancel"
 SIM_CANCEL = "data_sim_cancel"
 #: Data page: drop the duplicate frames the validation report found.
 DATA_DROP_DUPLICATES = "data_drop_duplicates"
+#: Data page: read the labels in the energy unit the label-scale check names.
+DATA_READ_UNIT = "data_read_unit"
 #: ``(level, message)`` shown once after the Data page changed the loaded data by a button.
 DATA_NOTICE = "data_notice"
 #: Upload option: drop frames with NaN/inf values instead of refusing the file.

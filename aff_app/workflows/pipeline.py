@@ -33,6 +33,7 @@ from aff_app.gp.integrated import IntegratedEnergyModel, fit_integrated_energy
 from aff_app.gp.force import MODES, FactorizationError, ForceModel, ModelError, fit_force_model
 from aff_app.gp.record import DataRecord, FitRecord, SplitRecord, Timings
 from aff_app.io.trajectory import Trajectory
+from aff_app.io.validation import check_label_scale
 from aff_app.symmetry import SymmetryInfo
 from aff_app.workflows.predictions import HeldOut, predict_held_out
 from aff_app.workflows.training import (
@@ -172,7 +173,8 @@ def fit(
     -------
     Trained
         ``warnings`` says when the energy model could not be fitted (the force
-        model is kept) or the search ended on the edge of its range.
+        model is kept), the search ended on the edge of its range, or the
+        labels are of implausible size (a unit mistake; ``check_label_scale``).
 
     Raises
     ------
@@ -204,6 +206,9 @@ def fit(
     except ComputeBudgetError as exc:
         raise _budget_error(exc) from None
     warnings: list[str] = []
+    scale = check_label_scale(traj)
+    if scale.plausible is False:  # a unit mistake survives the fit: say it where the model is shown
+        warnings.append(f"The {scale.message[0].upper()}{scale.message[1:]}.")
     edge = force.record.search.edge_warning(force.gamma, force.lam)
     if edge:
         warnings.append(f"{edge[0].upper()}{edge[1:]}. The held-out error tells whether it matters; γ and λ set by "
