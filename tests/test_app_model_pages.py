@@ -362,3 +362,38 @@ def test_compare_lists_models_and_computes_learning_curves_with_refusals(monkeyp
     result = at.dataframe[1].value
     assert list(result["status"]) == ["ok", "ok", "ok", "over budget"]
     assert result["force MAE (kcal/mol/Å)"].iloc[3] == "—" and "refused" in result["note"].iloc[3]
+
+
+def test_hand_set_hyperparameters_start_from_the_data_s_last_search_and_reset_with_the_data():
+    """Issue 20 item 5: γ and λ by hand are pre-filled from the newest searched model of the loaded data (not the
+    rough defaults, not another data set's values), on Train and on Compare; a user's own value survives reruns."""
+    traj = _traj()
+    reg = _registry()  # "small AFF": fixed γ, λ: not a search, so not a source
+    at = _open(TRAIN, registry=reg)
+    at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()
+    assert "No search has run on this data yet" in _texts(at, "caption")
+    default_gamma = at.number_input(key=state.TRAIN_GAMMA).value
+    searched = pipeline.train_model(traj, model="aff", n_train=30, n_test=10)
+    assert not searched.record.search.fixed
+    reg.add(searched, name="searched", data_fingerprint=traj.fingerprint)
+    at.run()
+    assert at.number_input(key=state.TRAIN_GAMMA).value == pytest.approx(searched.gamma)
+    assert at.number_input(key=state.TRAIN_LAM).value == pytest.approx(searched.lam)
+    assert "Filled in from the search of **searched**" in _texts(at, "caption")
+    at.number_input(key=state.TRAIN_GAMMA).set_value(0.5).run()  # the user's own value stays
+    at.run()
+    assert at.number_input(key=state.TRAIN_GAMMA).value == 0.5
+    at.switch_page(COMPARE).run()
+    assert not at.exception, at.exception
+    at.radio(key=state.CMP_HYPER).set_value("fixed").run()
+    assert at.number_input(key=state.CMP_GAMMA).value == pytest.approx(searched.gamma)
+    # another data set: its own defaults on both pages, nothing inherited
+    uracil = _traj("uracil")
+    at.session_state[state.TRAJECTORY] = uracil
+    at.run()
+    assert at.number_input(key=state.CMP_GAMMA).value != pytest.approx(searched.gamma)
+    assert "No search has run on this data yet" in _texts(at, "caption")
+    at.switch_page(TRAIN).run()
+    at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()
+    gamma = at.number_input(key=state.TRAIN_GAMMA).value
+    assert gamma != pytest.approx(searched.gamma) and gamma != 0.5 and gamma != default_gamma

@@ -85,3 +85,24 @@ def test_parallel_map_keeps_order_and_runs_nested_maps_serially():
     out = parallel_map(outer, range(12), threads=2)
     assert out == [sum(i * i for i in range(k)) for k in range(12)]
     assert all(name.startswith("aff") for name in seen)
+
+
+def test_lambda_floor_is_not_an_edge_but_the_top_of_the_grid_is():
+    """Noise-free benzene forces put λ on the bottom of its grid (the precision floor): the search has converged
+    and the record says so; forces with noise far above the kernel's reach push λ to the top: not converged."""
+    from pathlib import Path
+
+    from aff_app.gp.force import fit_force_model
+    from aff_app.io.files import load_trajectory
+    from aff_app.workflows import pipeline
+
+    t = load_trajectory(Path(__file__).resolve().parents[1] / "sample_data" / "benzene.npz")
+    fit = pipeline.train(t, n_train=50, seed=0, settings=pipeline.TrainSettings(energy=False)).force  # C and H sets
+    search = fit.record.search
+    assert search.lam_at_floor and search.converged, search
+    assert fit.record.search.edge_warning(fit.gamma, fit.lam) is None
+    noise = np.random.default_rng(0).normal(scale=300.0, size=t.F[:60].shape)  # 10× the force scale, independent
+    fit = fit_force_model(t.R[:60], noise, t.z, pe_sets=fit.pe_sets, perms=fit.perms)
+    search = fit.record.search
+    assert not search.lam_at_floor and search.converged is False, search
+    assert "λ at the top of its grid" in search.edge_warning(fit.gamma, fit.lam)

@@ -215,6 +215,7 @@ def _run_train(args) -> dict:
         "criterion": rec.criterion,
         "search_converged": rec.search.converged,
         "converged": rec.search.converged,
+        "lam_at_floor": rec.search.lam_at_floor,
         "warnings": [w + (" On the command line: evaluate the model, or fix γ and λ with --gamma/--lam."
                           if w.startswith("The hyperparameter search") else "") for w in trained.warnings],
         "n_perms": int(model.perms.shape[0]),

@@ -277,7 +277,11 @@ def _search(evaluate, cache, criterion, gamma, rho_scale, n_grid, n_refine, n_fr
         parabolic_refine_max(evaluate, points, n_refine)
         best_g = max(cache, key=lambda g: cache[g][0])
     score, lam, k = cache[best_g]
-    lam_edge = k in (0, LAMBDA_GRID_REL.size - 1)
+    # λ at the bottom of its grid is not a failed search: 1e-13 of the kernel variance is the floor that
+    # double precision allows (a Cholesky factor of a 10⁴-sided kernel loses ~1e-12 relative), and ab initio
+    # labels are nearly noise-free, so the nugget goes there whenever the kernel fits them. Only the top edge
+    # (labels noisier than any λ on the grid) leaves the optimum outside the search.
+    lam_edge = k == LAMBDA_GRID_REL.size - 1
     history = sorted((g, v[1], v[0] if criterion == "likelihood" else -v[0]) for g, v in cache.items())
     return SearchResult(
         gamma=float(best_g),

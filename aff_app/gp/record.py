@@ -102,6 +102,16 @@ class SearchRecord:
         d["history"] = tuple(tuple(float(x) for x in h) for h in d.get("history") or ())
         return cls(**d)
 
+    @property
+    def lam_at_floor(self) -> bool:
+        """True when the search put λ at the bottom of its grid (method.md "AFF force model": the precision floor)."""
+        from aff_app.gp.hyper import LAMBDA_GRID_REL
+
+        if self.fixed or self.gamma is None or self.lam is None:
+            return False
+        relative = self.lam * 3.0 * self.gamma**2 / 5.0  # in units of the kernel variance 5/(3γ²)
+        return bool(relative <= LAMBDA_GRID_REL[0] * (1 + 1e-6))
+
     def edge_warning(self, gamma: float, lam: float) -> str | None:
         """A warning when the search stopped on the edge of its range, saying which; None otherwise."""
         if self.converged is not False:
@@ -115,7 +125,8 @@ class SearchRecord:
             elif gamma >= max(gs) * (1 - 1e-12):
                 where.append(f"γ at the high end of the searched range ({min(gs):.4g}..{max(gs):.4g} 1/Å)")
         if not where:
-            where.append("λ at the edge of its grid" if hist else "the optimum on the edge of the searched range")
+            where.append("λ at the top of its grid: the labels look noisier than the kernel allows" if hist
+                         else "the optimum on the edge of the searched range")
         return (f"the hyperparameter search did not converge ({'; '.join(where)}); the model was fitted with the "
                 f"last values γ = {gamma:.6g} 1/Å, λ = {lam:.3g}")
 

@@ -90,8 +90,8 @@ def curve_form(traj: Trajectory) -> CurveForm:
                "the same held-out frames, so the curves are comparable (nested training sets).")
     st.session_state.setdefault(state.CMP_MODELS, ["aff", "gdml"])
     st.session_state.setdefault(state.CMP_HYPER, "likelihood")
-    st.session_state.setdefault(state.CMP_GAMMA, float(sw.default_gamma_cached(fp, _R=traj.R)))
-    st.session_state.setdefault(state.CMP_LAM, 1e-8)
+    prefill = mw.prefill_hyperparameters(traj, state.CMP_GAMMA, state.CMP_LAM, state.CMP_HYPER_FROM,
+                                         default_gamma=sw.default_gamma_cached(fp, _R=traj.R))
     c1, c2, c3, c4 = st.columns([1.4, 2.2, 1, 1])
     chosen = c1.multiselect("Models", list(MODE_LABELS), format_func=MODE_LABELS.get, key=state.CMP_MODELS)
     n_test = int(c3.number_input("Test frames", min_value=1, max_value=max(traj.n_frames - 2, 1),
@@ -113,6 +113,8 @@ def curve_form(traj: Trajectory) -> CurveForm:
     lam = h3.number_input("λ", min_value=0.0, max_value=1.0, format="%.1e", key=state.CMP_LAM, disabled=not fixed)
     with_energy = h4.checkbox("Energy models too", value=bool(traj.E is not None), key=state.CMP_ENERGY,
                               disabled=traj.E is None, help="AFF: the energy GP; GDML/sGDML: the integrated force GP.")
+    if fixed:
+        st.caption(prefill)
 
     symmetry = sw.ensure_symmetry(traj) if any(m != "gdml" for m in chosen) else None
     ready = bool(chosen) and bool(sizes)

@@ -117,6 +117,45 @@ def model_label(entry: TrainedModel) -> str:
 # -- training --------------------------------------------------------------------------------------------
 
 
+def last_searched(traj: Trajectory) -> TrainedModel | None:
+    """The newest model of the session trained on ``traj`` (same fingerprint) whose γ and λ came from a search."""
+    for entry in reversed(get_registry().for_data(traj.fingerprint)):
+        if not entry.force.record.search.fixed:
+            return entry
+    return None
+
+
+def prefill_hyperparameters(traj: Trajectory, gamma_key: str, lam_key: str, marker_key: str, *,
+                            default_gamma: float, default_lam: float = 1e-8) -> str:
+    """Put the hand-set γ and λ inputs at the current data's last search, and say where they come from.
+
+    The inputs are (re)set only when the data or the newest searched model
+    changed since they were last filled (``marker_key`` remembers which), so
+    values the user typed survive reruns and page switches; a new data set
+    never inherits the old one's values. Call before the inputs are drawn.
+
+    Returns
+    -------
+    str
+        A caption: which model's search the values are from, or that they are
+        rough defaults because nothing was searched on this data yet.
+    """
+    source = last_searched(traj)
+    marker = (traj.fingerprint, None if source is None else source.uid)
+    if st.session_state.get(marker_key) != marker:
+        if source is None:
+            st.session_state[gamma_key], st.session_state[lam_key] = float(default_gamma), float(default_lam)
+        else:
+            st.session_state[gamma_key], st.session_state[lam_key] = float(source.gamma), float(source.lam)
+        st.session_state[marker_key] = marker
+    if source is None:
+        return ("No search has run on this data yet: γ is the median descriptor distance and λ = 1e-8, rough "
+                "starting values (a search is often an order of magnitude more accurate). Train once with an "
+                "estimate and its γ and λ are filled in here.")
+    return (f"Filled in from the search of **{source.name}** on this data (γ = {fmt(source.gamma, '.4g')} 1/Å, "
+            f"λ = {fmt(source.lam, '.2e')}).")
+
+
 def train_and_register(
     traj: Trajectory,
     *,

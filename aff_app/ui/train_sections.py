@@ -101,9 +101,8 @@ def settings_form(traj: Trajectory) -> TrainForm:
     st.session_state.setdefault(state.TRAIN_M, min(200, max_train))
     st.session_state.setdefault(state.TRAIN_SEED, 0)
     st.session_state.setdefault(state.TRAIN_HYPER, "likelihood")
-    st.session_state.setdefault(state.TRAIN_LAM, 1e-8)
-    if state.TRAIN_GAMMA not in st.session_state:
-        st.session_state[state.TRAIN_GAMMA] = float(sw.default_gamma_cached(fp, _R=traj.R))
+    prefill = mw.prefill_hyperparameters(traj, state.TRAIN_GAMMA, state.TRAIN_LAM, state.TRAIN_HYPER_FROM,
+                                         default_gamma=sw.default_gamma_cached(fp, _R=traj.R))
 
     c_model, c_m, c_seed, c_test = st.columns([1.4, 1, 1, 1])
     mode = c_model.radio("Model", list(MODE_LABELS), format_func=MODE_LABELS.get, horizontal=True,
@@ -132,6 +131,8 @@ def settings_form(traj: Trajectory) -> TrainForm:
                                     disabled=not fixed, help="Default: the median descriptor distance of the data.")
     lam_in = c_lam.number_input("λ (nugget)", min_value=0.0, max_value=1.0, format="%.1e", key=state.TRAIN_LAM,
                                 disabled=not fixed, help="Labels are nearly noise-free: small values (1e-10…1e-6) fit best.")
+    if fixed:
+        st.caption(prefill)
     sw.save_settings(state.TRAIN_SETTINGS, SETTINGS, fingerprint=fp)
     return TrainForm(mode=mode, n_train=n_train, seed=seed, n_test=n_test, hyper=hyper, gamma=float(gamma_in),
                      lam=float(lam_in))
@@ -223,6 +224,9 @@ def train_button(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | Non
                 msg = (f"Trained **{entry.name}**: γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; "
                        "held-out force MAE "
                        f"{mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}, PCI(95%) {mw.fmt(m.get('pci'), percent=True)}.")
+                if record.search.lam_at_floor:
+                    msg += (" λ is at its floor, 10⁻¹³ of the kernel variance (what double precision resolves): "
+                            "the search found the labels noise-free at this γ.")
                 check = record.lam_check
                 if check.lowered:
                     msg += (f" λ lowered {check.factor:.0f}× from the search's {mw.fmt(check.candidates[0], '.2e')}: on "
