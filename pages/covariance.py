@@ -19,6 +19,7 @@ st.caption(
 traj = state.require_trajectory()
 sym = sw.ensure_symmetry(traj)
 view = cs.settings(traj, sym)
-cs.full_and_empirical(traj, view)
+frames = cs.full_and_empirical(traj, sym, view)
+cs.what_aff_keeps(traj, sym, view, frames)
 cs.one_set(traj, sym, view)
 sw.save_settings(state.COV_SETTINGS, cs.SETTINGS, fingerprint=traj.fingerprint)

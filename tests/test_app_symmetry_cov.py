@@ -223,6 +223,14 @@ def test_covariance_page_renders_three_symmetric_heatmaps():
     # the empirical panel is np.corrcoef of the forces
     F = _benzene().F.reshape(_benzene().n_frames, -1)
     np.testing.assert_allclose(_z(empirical["data"][0]), np.corrcoef(F.T), atol=1e-9)
+    # AFF's blocks are outlined: C6 and H6 against themselves in each of the 3 × 3 frame pairs
+    rects = [sh for sh in kernel["layout"]["shapes"] if sh["type"] == "rect"]
+    assert len(rects) == 2 * 3 * 3
+    assert len([sh for sh in empirical["layout"]["shapes"] if sh["type"] == "rect"]) == 2
+    # ... and the page says how much of the coupling they hold, plainly (benzene's is weak: issue 20 item 3)
+    share = at.dataframe[0].value.to_dict("records")
+    assert [r["correlation of"].split(" (")[0] for r in share] == ["kernel shown", "data"]
+    assert "The decoupling is weak for C6H6" in " ".join(w.value for w in at.warning)
     # default γ: the median descriptor distance
     from aff_app.gp.covariance import default_gamma
 
@@ -266,3 +274,33 @@ def test_covariance_uses_the_overridden_sets():
     # no benzene symmetry fixes every carbon: the restricted group is the identity, so the plain kernel
     assert "plain kernel" in one_set["layout"]["title"]["subtitle"]["text"]
     assert at.toggle(key=state.COV_PS).disabled
+
+
+def test_what_aff_keeps_includes_the_trained_model_s_gamma():
+    """A trained AFF model of the loaded data adds a row at its own γ and sets, and the verdict uses it."""
+    from aff_app.workflows import pipeline
+    from aff_app.workflows.registry import ModelRegistry
+
+    traj = _benzene()
+    model = pipeline.train_model(traj, model="aff", n_train=20, n_test=10, gamma=0.5, lam=1e-8)
+    reg = ModelRegistry()
+    reg.add(model, name="tiny", data_fingerprint=traj.fingerprint)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state[state.TRAJECTORY] = traj
+    at.session_state[state.DEFAULT_SAMPLE_TRIED] = True
+    at.session_state[state.MODELS] = reg
+    at.switch_page(COVARIANCE_PAGE).run()
+    assert not at.exception, at.exception
+    rows = at.dataframe[0].value.to_dict("records")
+    assert rows[1]["correlation of"].startswith("kernel of tiny (γ = 0.5 1/Å")
+    assert "of the coupling in the trained model's kernel" in " ".join(w.value for w in [*at.warning, *at.success])
+
+
+def test_heatmap_set_outlines_must_match_the_atoms():
+    from aff_app.figures.covariance import CovarianceFigureError, covariance_heatmap
+
+    z = np.array([6, 6, 1])
+    with pytest.raises(CovarianceFigureError, match="cover 2 atoms"):
+        covariance_heatmap(np.eye(9), z, title="t", colorbar_title="c", set_sizes=[1, 1])
+    fig = covariance_heatmap(np.eye(9), z, title="t", colorbar_title="c", set_sizes=[2, 1])
+    assert [(s.x0, s.x1) for s in fig.layout.shapes] == [(-0.5, 5.5), (5.5, 8.5)]

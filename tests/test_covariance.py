@@ -154,3 +154,36 @@ def test_cost_comparison_benzene_numbers_and_formatting():
     assert u.flops_ratio == pytest.approx(144.0) and u.bytes_ratio == pytest.approx(12.0)
     with pytest.raises(cov.CovarianceError):
         cov.compare_cost(0, [6, 6])
+
+
+def test_block_share_properties():
+    """Block-diagonal by sets → everything kept; evenly spread → the share of entries; permuting atoms together with
+    their sets changes nothing; frame blocks count a set against itself in every pair of frames."""
+    rng = np.random.default_rng(0)
+    sets = [[0, 2], [1], [3, 4]]
+    n_atoms, k = 5, 2
+    n = 3 * n_atoms * k
+    label = np.tile(np.repeat([0, 1, 0, 2, 2], 3), k)
+    A = rng.normal(size=(n, n))
+    C = cov.to_correlation(A @ A.T)
+    inside = C * (label[:, None] == label[None, :])
+    share = cov.block_share(inside, sets, n_atoms, k)
+    assert share.kept == pytest.approx(1.0) and share.dropped == pytest.approx(0.0) and share.verdict == "strong"
+    assert share.mean_between == 0.0
+    even = np.ones((n, n))
+    share = cov.block_share(even, sets, n_atoms, k)
+    off = n * n - n
+    same = (label[:, None] == label[None, :]).sum() - n
+    assert share.kept == pytest.approx(same / off) == pytest.approx(share.entries)
+    assert share.mean_within == share.mean_between == 1.0
+    # relabelling atoms (and the sets with them) is invisible
+    perm = np.array([4, 0, 3, 1, 2])  # new atom a is old atom perm[a]
+    inv = np.argsort(perm)
+    ix = cov.component_index(n_atoms, k, perm)
+    moved = cov.block_share(C[np.ix_(ix, ix)], [[int(inv[a]) for a in s] for s in sets], n_atoms, k)
+    assert moved.kept == pytest.approx(cov.block_share(C, sets, n_atoms, k).kept)
+    with pytest.raises(cov.CovarianceError, match="do not cover atoms \\[4\\]"):
+        cov.block_share(C, [[0, 2], [1], [3]], n_atoms, k)
+    with pytest.raises(cov.CovarianceError, match="needs"):
+        cov.block_share(C, sets, n_atoms, 1)
+    assert cov.set_order([[3, 1], [0], [2, 4]]) == [1, 3, 0, 2, 4]

@@ -7,7 +7,9 @@ negative, white zero, red positive) symmetric about zero (``zmin = −zmax``,
 element, the 0-based atom index and the component (``C0 x``); when there are
 too many components to label, each atom is labelled once, at its x component.
 Blocks belonging to different configurations are separated by lines and named
-above the plot.
+above the plot. With ``set_sizes`` (atoms listed set by set), the blocks AFF
+keeps, one PE set against itself in any pair of frames, are outlined: every
+entry outside an outline is coupling the AFF decomposition leaves out.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def covariance_heatmap(
     zmax: float | None = None,
     axis_title: str | None = None,
     height: int = 620,
+    set_sizes: Sequence[int] | None = None,
 ) -> go.Figure:
     """Heatmap of a force covariance or correlation matrix.
 
@@ -102,6 +105,10 @@ def covariance_heatmap(
         Both axis titles (default: says how the ticks are placed) (rows and columns are ordered alike; frame blocks are named above the plot).
     height : int
         Pixels.
+    set_sizes : sequence of int, optional
+        Sizes of the PE sets in the order of ``atoms`` (which must list them set
+        by set, as :func:`aff_app.gp.covariance.set_order` does): the kept blocks
+        are outlined.
 
     Returns
     -------
@@ -162,6 +169,19 @@ def covariance_heatmap(
                 x=b * per_block + (per_block - 1) / 2, y=-0.5, xref="x", yref="y", yanchor="bottom",
                 text=f"<b>frame {f}</b>", showarrow=False, font={"size": 11},
             )
+    if set_sizes is not None:
+        sizes = [int(v) for v in set_sizes]
+        if 3 * sum(sizes) != per_block:
+            raise CovarianceFigureError(f"set sizes {sizes} cover {sum(sizes)} atoms; the matrix has {per_block // 3} per frame")
+        starts = 3 * np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        n_blocks = n // per_block
+        outline = {"color": "rgba(20, 20, 20, 0.85)", "width": 1.2}
+        for fa in range(n_blocks):
+            for fb in range(n_blocks):
+                for s0, size in zip(starts, sizes):
+                    x0, y0 = fa * per_block + s0 - 0.5, fb * per_block + s0 - 0.5
+                    fig.add_shape(type="rect", x0=x0, x1=x0 + 3 * size, y0=y0, y1=y0 + 3 * size, xref="x", yref="y",
+                                  line=outline, fillcolor="rgba(0,0,0,0)")
     main, _, sub = title.partition("\n")
     title_spec = {"text": main, "x": 0.0, "xanchor": "left", "y": 0.985, "yanchor": "top", "font": {"size": 15}}
     if sub:

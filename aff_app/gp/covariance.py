@@ -35,7 +35,10 @@ from aff_app.gp.kernels import force_covariance
 
 __all__ = [
     "COMPONENTS",
+    "BlockShare",
     "CostComparison",
+    "block_share",
+    "set_order",
     "CovarianceError",
     "compare_cost",
     "component_index",
@@ -318,6 +321,96 @@ def empirical_force_correlation(F: Any) -> np.ndarray:
     Xc = X - X.mean(axis=0)
     cov = Xc.T @ Xc / (X.shape[0] - 1)
     return to_correlation(cov)
+
+
+# ---------------------------------------------------------------------------
+# what AFF keeps (method.md "AFF force model": blocks of one PE set, every frame)
+# ---------------------------------------------------------------------------
+#: Dropped share of the off-diagonal correlation above which the decoupling is called weak.
+WEAK_DECOUPLING = 0.30
+#: ... and below which it is called strong.
+STRONG_DECOUPLING = 0.10
+
+
+def set_order(pe_sets: Sequence[Sequence[int]]) -> list[int]:
+    """Atoms listed set by set (each set sorted): the order in which AFF's blocks are contiguous."""
+    return [int(a) for s in pe_sets for a in sorted(int(i) for i in s)]
+
+
+@dataclass(frozen=True)
+class BlockShare:
+    """How much of a force correlation matrix lies inside AFF's PE-set blocks (:func:`block_share`).
+
+    Attributes
+    ----------
+    kept : float
+        Share of the off-diagonal squared Frobenius norm Σ C_ab² (a ≠ b) whose
+        two components belong to atoms of one PE set (any frames): what AFF models.
+    entries : float
+        Share of the off-diagonal entries inside those blocks: ``kept`` would
+        equal it if the correlation were spread evenly.
+    mean_within, mean_between : float
+        Mean |C_ab| (a ≠ b) inside the blocks and between different sets.
+    """
+
+    kept: float
+    entries: float
+    mean_within: float
+    mean_between: float
+
+    @property
+    def dropped(self) -> float:
+        """1 − ``kept``: the share of the coupling the AFF decomposition leaves out."""
+        return 1.0 - self.kept
+
+    @property
+    def verdict(self) -> str:
+        """``'strong'``, ``'partial'`` or ``'weak'`` decoupling (thresholds :data:`STRONG_DECOUPLING`, :data:`WEAK_DECOUPLING`)."""
+        if self.dropped < STRONG_DECOUPLING:
+            return "strong"
+        return "weak" if self.dropped > WEAK_DECOUPLING else "partial"
+
+
+def block_share(C: Any, pe_sets: Sequence[Sequence[int]], n_atoms: int, n_frames: int = 1) -> BlockShare:
+    """Share of a force correlation matrix inside the AFF blocks.
+
+    Parameters
+    ----------
+    C : array_like, shape (3·N·k, 3·N·k)
+        Correlation (unitless; :func:`to_correlation` of a covariance), ordered
+        (frame, atom, component) as every matrix here.
+    pe_sets : sequence of sequences of int
+        The PE sets, a partition of the N atoms.
+    n_atoms, n_frames : int
+        N and k.
+
+    Returns
+    -------
+    BlockShare
+        The diagonal (each component with itself, 1 by definition) is left out of
+        every number, so a matrix with no coupling at all reads ``kept = 0/0 → 1``.
+    """
+    C = np.asarray(C, dtype=np.float64)
+    n = 3 * int(n_atoms) * int(n_frames)
+    if C.shape != (n, n):
+        raise CovarianceError(f"C has shape {C.shape}; {n_atoms} atoms × 3 × {n_frames} frames needs ({n}, {n})")
+    label = np.full(int(n_atoms), -1)
+    for k, s in enumerate(pe_sets):
+        label[np.asarray(list(s), dtype=np.int64)] = k
+    if np.any(label < 0):
+        raise CovarianceError(f"the PE sets do not cover atoms {np.flatnonzero(label < 0).tolist()}")
+    row_set = np.tile(np.repeat(label, 3), int(n_frames))
+    same = row_set[:, None] == row_set[None, :]
+    off = ~np.eye(n, dtype=bool)
+    inside, outside = same & off, ~same
+    sq = C * C
+    total = float(sq[off].sum())
+    kept = float(sq[inside].sum()) / total if total > 0 else 1.0
+    entries = float(inside.sum()) / max(float(off.sum()), 1.0)
+    absC = np.abs(C)
+    within = float(absC[inside].mean()) if inside.any() else float("nan")
+    between = float(absC[outside].mean()) if outside.any() else float("nan")
+    return BlockShare(kept=kept, entries=entries, mean_within=within, mean_between=between)
 
 
 # ---------------------------------------------------------------------------
