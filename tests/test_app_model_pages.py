@@ -131,7 +131,17 @@ def test_train_page_shows_the_cost_before_training():
     est = estimate_cost(200, [6, 6], n_perms=12)  # benzene AFF at the default M = 200: two PE sets of 6 atoms
     assert m["Cholesky work Σ(3Mlᵢ)³/3"] == format_flops(est.cholesky_flops) == "31.1 GFLOP"
     assert m["Peak memory"] == f"{est.peak_bytes / 2**30:.2f} GB"
-    assert "Memory budget" in m and "Factorisation time (est.)" in m
+    assert "Memory budget" in m
+    # the time estimate covers the whole action, part by part (issue 20 item 4)
+    from aff_app.gp.budget import estimate_time
+
+    times = estimate_time(est, 12, search=True, energy=True, n_test=at.number_input(key=state.TRAIN_N_TEST).value)
+    assert m["Time, train and test (est.)"] == f"{times.total_s:.1f} s"
+    caption = _texts(at, "caption")
+    assert "Estimated parts: search" in caption and "held-out predictions" in caption
+    at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()
+    assert "Estimated parts: force fit" in _texts(at, "caption")  # no search with γ and λ by hand
+    at.radio(key=state.TRAIN_HYPER).set_value("likelihood").run()
     assert at.number_input(key=state.TRAIN_M).value == 200
     assert "PE sets: 2" in _texts(at, "caption")
     assert not at.button(key=state.TRAIN_RUN).disabled

@@ -213,3 +213,27 @@ def test_train_time_none_when_missing():
     e = ModelRegistry().add(clone, source="uploaded")
     assert e.train_time_s is None and e.source == "uploaded"
     assert all(v is None or not isinstance(v, float) or math.isfinite(v) for v in e.row().values())
+
+
+def test_progress_text_shows_elapsed_and_remaining_time():
+    from aff_app.ui.jobs import progress_text
+
+    assert progress_text("fitting", 0.5, 1.0) == "fitting (50%)"  # nothing to say in the first 2 s
+    assert progress_text("fitting", 0.5, 10.0) == "fitting (50%) · 10 s elapsed, about 10 s left"
+    assert progress_text("search", 0.1, 4.0, estimate_s=30.0) == "search (10%) · 4 s elapsed, about 26 s left"
+    assert progress_text("search", 0.1, 4.0) == "search (10%) · 4 s elapsed"
+    assert progress_text("done", 1.0, 200.0) == "done (100%) · 3 min 20 s elapsed, finishing"
+
+
+def test_time_estimate_parts_follow_the_settings():
+    from aff_app.gp.budget import estimate_cost, estimate_time
+
+    cost = estimate_cost(300, [6, 6], n_perms=12)
+    full = estimate_time(cost, 12, search=True, energy=True, n_test=200)
+    assert full.total_s == pytest.approx(full.search_s + full.fit_s + full.energy_s + full.held_out_s)
+    bare = estimate_time(cost, 12, search=False, energy=False, n_test=200)
+    assert bare.search_s == bare.energy_s == 0 and bare.fit_s == full.fit_s
+    assert estimate_time(cost, 12, search=True, energy=True, n_test=400).held_out_s == pytest.approx(2 * full.held_out_s)
+    assert 0 < full.training_share < 1
+    bigger = estimate_time(estimate_cost(800, [6, 6], n_perms=12), 12, search=True, energy=True, n_test=200)
+    assert bigger.fit_s > 5 * full.fit_s  # the factorisation grows as M³

@@ -122,3 +122,56 @@ def check_budget(estimate: CostEstimate, budget_bytes: int | None = None, *, wha
 def _gb(n_bytes: float) -> str:
     """'1.5 GB', '0.0012 GB': three significant digits, never a misleading '0.0 GB'."""
     return f"{n_bytes / 2**30:.3g} GB"
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    """Seconds one "train and test" action is expected to take, part by part (:func:`estimate_time`).
+
+    Attributes
+    ----------
+    search_s, fit_s, energy_s, held_out_s : float
+        The hyperparameter search (0 with γ, λ fixed), the force fit (kernel
+        assembly, factorisation, λ check, calibration), the energy model, and
+        the held-out predictions (forces with their sd, and energies).
+    """
+
+    search_s: float
+    fit_s: float
+    energy_s: float
+    held_out_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.search_s + self.fit_s + self.energy_s + self.held_out_s
+
+    @property
+    def training_share(self) -> float:
+        """Share of the total spent before the held-out predictions (for a time-linear progress bar)."""
+        return (self.search_s + self.fit_s + self.energy_s) / max(self.total_s, 1e-9)
+
+
+#: Constants of :func:`estimate_time`, fitted to fits of the bundled samples (benzene, uracil, aspirin; M = 100,
+#: 300, 800; 200 test frames) on the 2-core reference machine: every part within a factor of 2 of the measured
+#: one (docs/benchmarks.md, "What a fit costs, part by part").
+_FIT_FACTOR, _FIT_OVERHEAD_S = 0.6, 0.3
+_SEARCH_OVERHEAD_S, _SEARCH_PER_FRAME_ATOM_S = 0.6, 0.002 / 12
+_ENERGY_OVERHEAD_S, _ENERGY_PER_FRAME_S = 0.05, 0.0014
+_HELD_OUT_PER_FRAME_S, _HELD_OUT_PER_PAIR_S, _HELD_OUT_SOLVE_FLOPS = 1.3e-3, 1.4e-7, 6.0e10
+
+
+def estimate_time(cost: CostEstimate, n_atoms: int, *, search: bool, energy: bool, n_test: int) -> TimeEstimate:
+    """Seconds of each part of training and testing one model, from its :class:`CostEstimate`.
+
+    The force fit scales with the factorisation estimate; the search with M·N
+    (it works on a subset, capped in size); the held-out predictions per test
+    frame with the N²·M kernel entries of its rows plus the triangular solves
+    of the sd, Σ_i 3l_i (3Ml_i)² flops.
+    """
+    m, n = cost.n_train, int(n_atoms)
+    fit = _FIT_FACTOR * cost.seconds + _FIT_OVERHEAD_S
+    srch = (_SEARCH_OVERHEAD_S + _SEARCH_PER_FRAME_ATOM_S * m * n) if search else 0.0
+    en = (_ENERGY_OVERHEAD_S + _ENERGY_PER_FRAME_S * m) if energy else 0.0
+    solve = sum(3 * l * (3 * m * l) ** 2 for l in cost.set_sizes) / _HELD_OUT_SOLVE_FLOPS
+    held = int(n_test) * (_HELD_OUT_PER_FRAME_S + _HELD_OUT_PER_PAIR_S * n * n * m + solve)
+    return TimeEstimate(search_s=srch, fit_s=fit, energy_s=en, held_out_s=held)

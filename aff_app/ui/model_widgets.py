@@ -170,6 +170,7 @@ def train_and_register(
     name: str | None,
     progress: Progress,
     token: CancelToken | None = None,
+    training_share: float = 0.8,
 ) -> tuple[TrainedModel, list[str]]:
     """Train a force model (and its energy model), evaluate it on the held-out frames, register it.
 
@@ -180,6 +181,8 @@ def train_and_register(
     ``token``: the job's :class:`~aff_app.cancel.CancelToken` (``jobs.begin``);
     right before registering, the job must still be the session's current one
     (``jobs.ensure_current``), so an interrupted or cancelled run adds nothing.
+    ``training_share``: the part of the progress bar for training (the rest is
+    the held-out predictions); the estimate's share keeps the bar time-linear.
 
     Raises
     ------
@@ -189,12 +192,13 @@ def train_and_register(
     settings = pipeline.TrainSettings(mode=mode, gamma=gamma, lam=lam, criterion=criterion)
     trained = pipeline.train(traj, n_train=int(n_train), n_test=int(n_test), seed=int(seed), settings=settings,
                              symmetry=None if mode == "gdml" else symmetry,
-                             progress=lambda f, m: progress(0.8 * f, m))
+                             progress=lambda f, m: progress(training_share * f, m))
     force, energy, warnings = trained.force, trained.energy, list(trained.warnings)
     reg = get_registry()
     entry = TrainedModel(name="(pending)", force=force, energy=energy, data_fingerprint=traj.fingerprint)
     held = held_out(entry, traj, n_test=int(n_test), seed=int(seed),
-                    progress=lambda f, m: progress(0.8 + 0.2 * f, "held-out predictions: " + m))
+                    progress=lambda f, m: progress(training_share + (1 - training_share) * f,
+                                                   "held-out predictions: " + m))
     # the wall time of the whole action: symmetry, search, force fit, energy fit and held-out predictions
     timings = force.record.timings
     timings.evaluation_s = held.predict_s
@@ -291,7 +295,7 @@ def held_out(entry: TrainedModel, traj: Trajectory, *, n_test: int | None, seed:
     return result
 
 
-def progress_adapter(bar, token: CancelToken | None = None) -> Progress:
+def progress_adapter(bar, token: CancelToken | None = None, *, estimate_s: float | None = None) -> Progress:
     """A ``progress(fraction, message)`` callback driving an ``st.progress`` element.
 
     Thread-safe: the library may report from worker threads (the per-set
@@ -300,4 +304,4 @@ def progress_adapter(bar, token: CancelToken | None = None) -> Progress:
     script's own thread. With a ``token`` every report raises
     :class:`aff_app.cancel.Cancelled` once it is cancelled (see ``jobs``).
     """
-    return jobs.progress_callback(bar, token)
+    return jobs.progress_callback(bar, token, estimate_s=estimate_s)

@@ -166,22 +166,34 @@ def cost_card(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | None) 
         k[1].metric("Peak memory", f"{est.peak_bytes / 2**30:.2f} GB",
                     help="All kernel matrices (float64) plus work space; 1 GB = 2³⁰ bytes.")
         k[2].metric("Memory budget", f"{budget / 2**30:.1f} GB", help="AFF_MEMORY_BUDGET_GB, or 60% of this machine's RAM.")
-        k[3].metric("Factorisation time (est.)", f"{est.seconds:.2g} s",
-                    help="Kernel assembly and Cholesky factorisation at an assumed 30 GFLOP/s, for fixed γ and λ.")
+        times = learning.time_for(mode, n_train, traj.n_atoms, symmetry, search=not fixed, energy=traj.E is not None,
+                                  n_test=form.n_test)
+        k[3].metric("Time, train and test (est.)", _seconds(times.total_s),
+                    help="Within about a factor of 2 on the reference 2-core machine (docs/benchmarks.md). Parts: "
+                         + _parts(times) + ".")
         if over_budget:
             st.error(f"Refused before training: {over_budget}")
-        elif est.seconds > SLOW_SECONDS:
-            st.warning(f"This fit may take several minutes (≈ {est.seconds:,.0f} s for the factorisation alone).")
-        if not fixed:
-            st.caption(
-                "The hyperparameter search comes on top of this (about 10 evaluations, roughly the cost of the fit "
-                "itself): it builds and eigendecomposes the kernels of max(100, M/4) training frames (fewer for "
-                "large PE sets) for each γ tried"
-                + (f", averaging {len(symmetry.perms)} permutations in each" if symmetry is not None and mode != "gdml"
-                   and len(symmetry.perms) > 1 else "")
-                + ". Set γ and λ by hand for a fit that takes about the estimate."
-            )
+        elif times.total_s > SLOW_SECONDS:
+            st.warning(f"This run may take several minutes (≈ {_seconds(times.total_s)}: {_parts(times)}).")
+        st.caption(f"Estimated parts: {_parts(times)}."
+                   + ("" if fixed else " The search builds and eigendecomposes the kernels of max(100, M/4) training "
+                      "frames for about 10 values of γ; set γ and λ by hand to skip it."))
     return over_budget
+
+
+def _seconds(s: float) -> str:
+    """'0.8 s', '42 s', '3 min 20 s'."""
+    if s < 10:
+        return f"{s:.1g} s" if s < 1 else f"{s:.1f} s"
+    if s < 120:
+        return f"{s:.0f} s"
+    return f"{int(s // 60)} min {int(s % 60):02d} s"
+
+
+def _parts(t) -> str:
+    parts = [("search", t.search_s), ("force fit", t.fit_s), ("energy fit", t.energy_s),
+             ("held-out predictions", t.held_out_s)]
+    return ", ".join(f"{name} {_seconds(v)}" for name, v in parts if v > 0)
 
 
 def train_button(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | None, over_budget: str | None) -> None:
@@ -197,6 +209,8 @@ def train_button(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | Non
     if run:
         job_label = f"{MODE_LABELS[mode]}, M = {n_train}"
         token = jobs.begin("training", job_label)
+        times = learning.time_for(mode, n_train, traj.n_atoms, symmetry, search=not fixed, energy=traj.E is not None,
+                                  n_test=n_test)
         with st.status(f"Training {MODE_LABELS[mode]} on M = {n_train} frames…", expanded=True) as status:
             jobs.cancel_button(state.TRAIN_CANCEL, "Cancel training")
             bar = st.progress(0.0, text="starting")
@@ -205,7 +219,8 @@ def train_button(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | Non
                     traj, mode=mode, n_train=n_train, seed=seed, n_test=n_test,
                     gamma=float(gamma_in) if fixed else None, lam=float(lam_in) if fixed else None,
                     criterion="cv" if hyper == "cv" else "likelihood", symmetry=symmetry, name=name,
-                    progress=mw.progress_adapter(bar, token), token=token,
+                    progress=mw.progress_adapter(bar, token, estimate_s=times.total_s), token=token,
+                    training_share=min(max(times.training_share, 0.2), 0.95),
                 )
             except Cancelled:
                 jobs.end(token)

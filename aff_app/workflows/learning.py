@@ -22,7 +22,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from aff_app.gp.budget import ComputeBudgetError, CostEstimate, check_budget, default_budget_bytes, estimate_cost
+from aff_app.gp.budget import (
+    ComputeBudgetError,
+    CostEstimate,
+    TimeEstimate,
+    check_budget,
+    default_budget_bytes,
+    estimate_cost,
+    estimate_time,
+)
 from aff_app.gp.force import MODES, FactorizationError, ModelError
 from aff_app.workflows import pipeline
 from aff_app.workflows.pipeline import TrainSettings
@@ -81,6 +89,13 @@ def cost_for(mode: str, n_train: int, n_atoms: int, symmetry: SymmetryInfo | Non
     """``estimate_cost`` of one fit: Σ(3 M l_i)³/3 flops, peak memory, rough seconds."""
     sizes, n_perms = set_sizes_for(mode, n_atoms, symmetry)
     return estimate_cost(int(n_train), sizes, n_perms=n_perms)
+
+
+def time_for(mode: str, n_train: int, n_atoms: int, symmetry: SymmetryInfo | None, *, search: bool, energy: bool,
+             n_test: int) -> TimeEstimate:
+    """``estimate_time`` of training one model and predicting ``n_test`` held-out frames."""
+    return estimate_time(cost_for(mode, n_train, n_atoms, symmetry), n_atoms, search=search, energy=energy,
+                         n_test=n_test)
 
 
 @dataclass(frozen=True, eq=False)
