@@ -407,3 +407,19 @@ def test_hand_set_hyperparameters_start_from_the_data_s_last_search_and_reset_wi
     at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()
     gamma = at.number_input(key=state.TRAIN_GAMMA).value
     assert gamma != pytest.approx(searched.gamma) and gamma != 0.5 and gamma != default_gamma
+
+
+def test_compare_plots_the_session_s_models_against_training_time():
+    reg = _registry()
+    m, em = _fitted()
+    reg.add(m, energy=em, name="second AFF", data_fingerprint=_traj().fingerprint)
+    reg.set_metrics("small AFF", {"force_mae": 0.9, "energy_mae": 0.5})
+    reg.set_metrics("second AFF", {"force_mae": 0.6, "energy_mae": 0.4})
+    at = _open(COMPARE, registry=reg)
+    charts = [s for s in _specs(at) if "Accuracy against training time" in s["layout"]["title"]["text"]]
+    assert len(charts) == 1
+    names = [n for t in charts[0]["data"] if t.get("mode") == "markers+text" and t.get("xaxis", "x") == "x"
+             for n in t["text"]]
+    assert sorted(names) == ["second AFF", "small AFF"]
+    assert "second AFF (AFF) is the most accurate" in _texts(at, "markdown") or "both the most accurate" in \
+        _texts(at, "markdown")

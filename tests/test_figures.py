@@ -60,3 +60,29 @@ def test_bad_shapes_and_selection_raise():
         figures.energy_per_frame_figure(np.zeros(3), selected=3)
     with pytest.raises(figures.FigureError, match="empty"):
         figures.energy_per_frame_figure(np.zeros(0))
+
+
+def test_accuracy_time_figure_front_and_summary():
+    """Issue 20 item 6: the session's models on one accuracy-against-time plot; the trade-off front joins the
+    models nothing beats on both axes; the summary says who is more accurate at what time."""
+    from aff_app.figures.compare import ModelPoint, accuracy_time_figure, accuracy_time_summary, pareto_front
+
+    pts = [
+        ModelPoint("aff", "AFF", 200, 3.0, 0.0412, 0.05),
+        ModelPoint("sgdml", "sGDML", 200, 6.9, 0.0327, 0.04),
+        ModelPoint("gdml", "GDML", 200, 9.0, 0.09, 0.2),  # slower and worse than both: off the front
+        ModelPoint("uploaded", "AFF", 200, None, 0.05),  # no time: not plotted
+    ]
+    assert [p.name for p in pareto_front(pts)] == ["aff", "sgdml"]
+    fig = accuracy_time_figure(pts)
+    markers = [t for t in fig.data if t.mode == "markers+text"]
+    assert sorted(t.name for t in markers if t.xaxis == "x") == ["AFF", "GDML", "sGDML"]
+    assert sum(len(t.x) for t in markers if t.xaxis == "x") == 3
+    front = [t for t in fig.data if t.name == "best trade-off"]
+    assert len(front) == 2 and list(front[0].x) == [3.0, 6.9]  # force and energy panels
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.title.text == "force MAE (kcal/mol/Å)"
+    assert fig.layout.xaxis.title.text == "training time (s)"
+    text = accuracy_time_summary(pts)
+    assert text.startswith("sgdml (sGDML) is the most accurate, force MAE 0.0327 against 0.0412")
+    assert "1.3× smaller error at 2.3× the training time" in text
+    assert accuracy_time_summary(pts[:1]) is None

@@ -8,6 +8,8 @@ note instead).
 * :func:`learning_curve_figure` — Fig. 3: force MAE and training time against
   M, both log–log, one colour per model; a third panel with the energy MAE
   when any row has one.
+* :func:`accuracy_time_figure` — the session's models as points, held-out error
+  against training time (log–log), the ones no other model beats on both joined.
 * :func:`uncertainty_figure` — Fig. 5: L_norm (mean 95% interval length over
   the range of the held-out forces, bars) and Δp = 0.95 − PCI (lines, right
   axis) against M.
@@ -16,6 +18,7 @@ note instead).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import plotly.graph_objects as go
@@ -23,7 +26,8 @@ from plotly.subplots import make_subplots
 
 from aff_app.units import ENERGY_UNIT, FORCE_UNIT
 
-__all__ = ["MODEL_COLORS", "MODEL_SYMBOLS", "usable_rows", "learning_curve_figure", "uncertainty_figure"]
+__all__ = ["MODEL_COLORS", "MODEL_SYMBOLS", "ModelPoint", "usable_rows", "learning_curve_figure", "uncertainty_figure",
+           "accuracy_time_figure", "pareto_front", "accuracy_time_summary"]
 
 #: Okabe–Ito colours, one per model (colour-blind safe), and marker symbols as a second cue.
 MODEL_COLORS = {"AFF": "#0072B2", "GDML": "#E69F00", "sGDML": "#009E73"}
@@ -132,5 +136,92 @@ def uncertainty_figure(rows: Sequence[dict], *, level: float = 0.95, title: str 
                "x": 0.0, "xanchor": "left"},
         height=height, barmode="group", margin={"l": 70, "r": 70, "t": 80, "b": 50},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1.0},
+    )
+    return fig
+
+
+@dataclass(frozen=True)
+class ModelPoint:
+    """One trained model on the accuracy-against-time plot (units: s, kcal/mol/Å, kcal/mol)."""
+
+    name: str
+    model: str
+    n_train: int
+    train_s: float | None
+    force_mae: float | None
+    energy_mae: float | None = None
+
+
+def _plottable(points: Sequence[ModelPoint], key: str) -> list[ModelPoint]:
+    return [p for p in points if _finite(p.train_s) and p.train_s > 0 and _finite(getattr(p, key))
+            and getattr(p, key) > 0]
+
+
+def pareto_front(points: Sequence[ModelPoint], key: str = "force_mae") -> list[ModelPoint]:
+    """The models no other beats on both training time and ``key`` (ties kept), fastest first."""
+    pts = _plottable(points, key)
+    front = [p for p in pts if not any(
+        (q.train_s <= p.train_s and getattr(q, key) <= getattr(p, key))
+        and (q.train_s < p.train_s or getattr(q, key) < getattr(p, key)) for q in pts)]
+    return sorted(front, key=lambda p: (p.train_s, getattr(p, key)))
+
+
+def accuracy_time_summary(points: Sequence[ModelPoint]) -> str | None:
+    """One sentence on the trade-off: the most accurate model against the fastest (None with < 2 models)."""
+    pts = _plottable(points, "force_mae")
+    if len(pts) < 2:
+        return None
+    best = min(pts, key=lambda p: (p.force_mae, p.train_s))
+    fastest = min(pts, key=lambda p: (p.train_s, p.force_mae))
+    if best is fastest:
+        return (f"{best.name} is both the most accurate (force MAE {best.force_mae:.3g} {FORCE_UNIT}) and the fastest "
+                f"to train ({best.train_s:.3g} s).")
+    return (f"{best.name} ({best.model}) is the most accurate, force MAE {best.force_mae:.3g} against "
+            f"{fastest.force_mae:.3g} {FORCE_UNIT} for the fastest, {fastest.name} ({fastest.model}): "
+            f"{fastest.force_mae / best.force_mae:.2g}× smaller error at {best.train_s / fastest.train_s:.2g}× the "
+            "training time.")
+
+
+def accuracy_time_figure(points: Sequence[ModelPoint], *, height: int = 380) -> go.Figure:
+    """Held-out force (and energy) MAE against training time, one marker per model, log–log.
+
+    Models without a finite positive time or error are left out. The models
+    no other model beats on both axes are joined by a dashed line (the
+    trade-off front): everything above it is slower and less accurate than
+    something on it.
+    """
+    panels = [("force_mae", f"force MAE ({FORCE_UNIT})", "Force error against training time")]
+    if _plottable(points, "energy_mae"):
+        panels.append(("energy_mae", f"energy MAE ({ENERGY_UNIT})", "Energy error against training time"))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[2] for p in panels], horizontal_spacing=0.1)
+    seen: set[str] = set()
+    for col, (key, ytitle, _) in enumerate(panels, start=1):
+        front = pareto_front(points, key)
+        if len(front) > 1:
+            fig.add_trace(go.Scatter(
+                x=[p.train_s for p in front], y=[getattr(p, key) for p in front], mode="lines",
+                line={"color": "#888", "dash": "dash", "width": 1}, name="best trade-off", legendgroup="front",
+                showlegend="front" not in seen, hoverinfo="skip",
+            ), row=1, col=col)
+            seen.add("front")
+        for model in sorted({p.model for p in _plottable(points, key)}):
+            pts = [p for p in _plottable(points, key) if p.model == model]
+            fig.add_trace(go.Scatter(
+                x=[p.train_s for p in pts], y=[getattr(p, key) for p in pts], mode="markers+text",
+                text=[p.name for p in pts], textposition="top center", textfont={"size": 10},
+                name=model, legendgroup=model, showlegend=model not in seen,
+                marker={"color": _color(model), "symbol": MODEL_SYMBOLS.get(model, "circle"), "size": 10},
+                customdata=[p.n_train for p in pts],
+                hovertemplate=f"%{{text}}<br>{model}, M = %{{customdata}}<br>training %{{x:.3g}} s<br>"
+                              f"{ytitle.split(' (')[0]} %{{y:.4g}} {ytitle.split('(')[-1].rstrip(')')}<extra></extra>",
+            ), row=1, col=col)
+            seen.add(model)
+        fig.update_xaxes(type="log", title_text="training time (s)", minorloglabels="complete", row=1, col=col)
+        fig.update_yaxes(type="log", title_text=ytitle, dtick="D2", minorloglabels="complete", row=1, col=col)
+    fig.update_layout(
+        title={"text": "Accuracy against training time (held-out MAE, log–log; lower left is better)",
+               "x": 0.0, "xanchor": "left"},
+        height=height, margin={"l": 70, "r": 15, "t": 80, "b": 50},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "xanchor": "right", "x": 1.0},
     )
     return fig

@@ -74,6 +74,14 @@ def models_table(registry: ModelRegistry) -> None:
         st.dataframe(rows, hide_index=True, width="stretch")
         st.caption("Metrics on each model's held-out frames, latent 95% intervals. — : not known yet (an uploaded model "
                    "is evaluated when it is opened on the Predictions page) or not available (no energy model).")
+        points = [figc.ModelPoint(name=e.name, model=e.mode_label, n_train=e.n_train, train_s=e.train_time_s,
+                                  force_mae=(e.metrics or {}).get("force_mae"),
+                                  energy_mae=(e.metrics or {}).get("energy_mae")) for e in registry]
+        if len([p for p in points if p.force_mae and p.train_s]) >= 2:  # a single point says nothing
+            st.plotly_chart(figc.accuracy_time_figure(points), key=state.CMP_SCATTER_CHART)
+            summary = figc.accuracy_time_summary(points)
+            if summary:
+                st.markdown(summary)
 
 
 def require_labelled(traj: Trajectory) -> None:

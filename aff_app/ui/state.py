@@ -223,6 +223,7 @@ CMP_ENERGY = "cmp_energy"
 CMP_RUN = "cmp_run"
 CMP_CURVE_CHART = "cmp_curve_chart"
 CMP_UNCERTAINTY_CHART = "cmp_uncertainty_chart"
+CMP_SCATTER_CHART = "cmp_scatter_chart"
 # == end of Train, Predictions and Compare keys ==================================================
 
 
