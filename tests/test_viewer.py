@@ -109,3 +109,26 @@ def test_missing_library_says_run_setup(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         viewer.threedmol_js.cache_clear()
+
+
+def test_view_fits_arrows_and_keeps_the_legend_off_the_atoms():
+    """Issue 20 item 8: the arrow tips are part of what zoomTo fits (an invisible second model), no extra zoom
+    crops a large molecule, and the legend is a band under the canvas, not an overlay."""
+    from aff_app.figures import viewer
+
+    z = np.array([6, 1])
+    R = np.array([[0.0, 0.0, 0.0], [1.1, 0.0, 0.0]])
+    F = np.array([[0.0, 50.0, 0.0], [0.0, 0.0, 0.0]])
+    js = viewer.molecule_view_script(z, R, forces=F, force_scale=0.05)
+    assert js.count("viewer.addModel(") == 2 and "viewer.setStyle({model: 1}, {});" in js
+    assert "viewer.zoom(" not in js and js.index("addModel") < js.index("zoomTo")
+    # the tip of atom 0's arrow, 50 × 0.05 = 2.5 Å along y, is an atom of the hidden model
+    assert "0.000000 2.500000 0.000000" in js.split("viewer.addModel(")[2]
+    assert viewer.molecule_view_script(z, R).count("viewer.addModel(") == 1  # no arrows, no second model
+    try:
+        html = viewer.molecule_view_html(z, R, forces=F, force_scale=0.05, caption="frame 0")
+    except viewer.ViewerAssetError:
+        pytest.fail("3Dmol.js missing: run scripts/setup.sh")
+    canvas = html.index('<div id="aff-viewer"')
+    assert html.index('<div id="aff-legend"') > html.index("</div>", canvas)  # after the canvas div closes
+    assert "position:absolute" not in html.split('<div id="aff-legend"')[1].split(">")[0]

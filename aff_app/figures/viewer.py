@@ -199,9 +199,14 @@ def molecule_view_script(
                 "color": arrow_color,
             }
             js.append(f"    viewer.addArrow({json.dumps(spec)});")
+    # fit the view to everything drawn: arrow tips join the atoms as an invisible second model, so zoomTo's
+    # bounding box holds them too (an arrow that leaves the molecule is not cropped)
+    tips = [p + force_scale * f for p, f in zip(R, F)] if F is not None and force_scale > 0 else []
+    if tips:
+        js.append(f"    viewer.addModel({json.dumps(_xyz_block(np.ones(len(tips), dtype=int), np.array(tips)))}, 'xyz');")
+        js.append("    viewer.setStyle({model: 1}, {});")
     js += [
         "    viewer.zoomTo();",
-        "    viewer.zoom(1.25);",  # zoomTo leaves a wide margin around a small molecule
         "    viewer.render();",
         "    document.body.dataset['3dmolReady'] = '1';",
         "  } catch (err) {",
@@ -281,9 +286,10 @@ def molecule_view_html(
         )
     if caption:
         legend.append(_html.escape(caption))
+    # the legend is a band under the canvas, never over the atoms
     legend_html = (
-        '<div id="aff-legend" style="position:absolute;left:6px;bottom:4px;font:12px sans-serif;'
-        'color:#333;background:rgba(255,255,255,0.75);padding:2px 5px;border-radius:3px;pointer-events:none;z-index:10">'
+        '<div id="aff-legend" style="flex:0 0 auto;font:12px sans-serif;color:#333;padding:2px 6px;'
+        'border-top:1px solid #eee">'
         + "<br>".join(legend)
         + "</div>"
         if legend
@@ -293,6 +299,8 @@ def molecule_view_html(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>aff_app 3D view</title>\n"
         "<style>html,body{margin:0;padding:0;overflow:hidden;background:" + background + "}</style>\n"
         "<script>\n" + threedmol_js() + "\n</script>\n</head>\n<body>\n"
-        f'<div id="aff-viewer" style="position:relative;width:{w};height:{h};">{legend_html}</div>\n'
+        f'<div style="display:flex;flex-direction:column;width:{w};height:{h};">\n'
+        '<div id="aff-viewer" style="position:relative;flex:1 1 auto;min-height:0;"></div>\n'
+        f"{legend_html}</div>\n"
         "<script>\n" + script + "\n</script>\n</body></html>\n"
     )
