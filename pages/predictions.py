@@ -19,20 +19,23 @@ st.caption(
 )
 
 traj = state.require_trajectory()
-ps.require_labels(traj)
 models = mw.require_models(traj)
 
 # -- which model, which interval, which frames
 entry, kind = ps.pick_model(models)
-held, frames_note = ps.held_out(entry, traj)
-rep = mw.held_report(held, ps.LEVEL, kind)
+if ps.has_reference(traj):
+    held, frames_note = ps.held_out(entry, traj)
+    rep = mw.held_report(held, ps.LEVEL, kind)
 
-# -- Table I, then the figures: forces and energy along the frames (Fig. 4), parity, calibration, the molecule
-ps.metrics_card(entry, held, rep, frames_note, kind)
-residual = ps.force_band(traj, held, kind)
-ps.energy_band(entry, held, residual)
-ps.parity_and_calibration(held, rep, kind)
-ps.molecule_view(traj, held, kind)
+    # -- Table I, then the figures: forces and energy along the frames (Fig. 4), parity, calibration, the molecule
+    ps.metrics_card(entry, held, rep, frames_note, kind)
+    residual = ps.force_band(traj, held, kind)
+    ps.energy_band(entry, held, residual)
+    ps.parity_and_calibration(held, rep, kind)
+    ps.molecule_view(traj, held, kind)
 
-# -- the same predictions file as the CLI writes
-ps.downloads(entry, held, kind)
+    # -- the same predictions file as the CLI writes
+    ps.downloads(entry, held, kind)
+
+# -- structures without labels: the loaded ones, or an upload (forces, energies, sds, download)
+ps.other_structures(entry, traj)

@@ -423,3 +423,59 @@ def test_compare_plots_the_session_s_models_against_training_time():
     assert sorted(names) == ["second AFF", "small AFF"]
     assert "second AFF (AFF) is the most accurate" in _texts(at, "markdown") or "both the most accurate" in \
         _texts(at, "markdown")
+
+
+def _plain_xyz(traj, frames) -> bytes:
+    import io as _io
+
+    import ase
+    import ase.io
+
+    buf = _io.StringIO()
+    ase.io.write(buf, [ase.Atoms(numbers=traj.z, positions=traj.R[i]) for i in frames], format="xyz")
+    return buf.getvalue().encode()
+
+
+def test_predictions_on_uploaded_structures_without_labels():
+    """Issue 20 item 7: a plain XYZ (no labels) gets forces, energies and sds on the Predictions page, with the
+    CLI's files for download; the numbers are the library's."""
+    from aff_app.workflows.predictions import predict_structures
+
+    reg = _registry()
+    at = _open(PREDICTIONS, registry=reg)
+    traj = _traj()
+    frames = [2900, 2950, 2999]
+    at.file_uploader(key=state.PRED_OWN_UPLOAD).set_value(("three.xyz", _plain_xyz(traj, frames), "text/plain")).run()
+    assert not at.exception, at.exception
+    at.button(key=state.PRED_OWN_RUN).click().run()
+    assert not at.exception, at.exception
+    table = [d for d in at.dataframe if "largest force sd (kcal/mol/Å)" in d.value.columns][0].value
+    assert len(table) == 3
+    entry = reg.get("small AFF")
+    want = predict_structures(entry.force, entry.energy, traj.subset(frames))
+    np.testing.assert_allclose(table["energy (kcal/mol)"], np.round(want.E_mean, 3))
+    np.testing.assert_allclose(table["largest force sd (kcal/mol/Å)"], np.round(want.F_std.max(axis=(1, 2)), 4))
+    assert at.get("download_button")  # extxyz and CSV (served by the CLI's writer)
+    # another molecule is refused with the reason
+    uracil = _traj("uracil")
+    at.file_uploader(key=state.PRED_OWN_UPLOAD).set_value(("u.xyz", _plain_xyz(uracil, [0]), "text/plain")).run()
+    at.button(key=state.PRED_OWN_RUN).click().run()
+    assert not at.exception, at.exception
+    assert "Cannot predict" in _texts(at, "error")
+
+
+def test_predictions_page_on_unlabelled_loaded_data():
+    import dataclasses
+
+    reg = _registry()
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state[state.TRAJECTORY] = dataclasses.replace(_traj().subset(range(10)), E=None, F=None)
+    at.session_state[state.DEFAULT_SAMPLE_TRIED] = True
+    at.session_state[state.MODELS] = reg
+    at.switch_page(PREDICTIONS).run()
+    assert not at.exception, at.exception
+    assert "no reference energies and forces" in _texts(at, "info")
+    at.button(key=state.PRED_OWN_RUN).click().run()
+    assert not at.exception, at.exception
+    table = [d for d in at.dataframe if "energy sd (kcal/mol)" in d.value.columns][0].value
+    assert len(table) == 10 and (table["energy sd (kcal/mol)"] > 0).all()

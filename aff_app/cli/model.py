@@ -336,9 +336,8 @@ def _parse_force_unit(text: str) -> tuple[str, str]:
 
 
 def _run_predict(args) -> dict:
-    from aff_app.gp.energy import EnergyModel
-    from aff_app.workflows.predictions import PREDICTION_KEYS, Predicted, predictions_file
-    from aff_app.workflows.training import check_atoms_match, training_positions_mask
+    from aff_app.workflows.predictions import PREDICTION_KEYS, predict_structures, predictions_file
+    from aff_app.workflows.training import check_atoms_match
 
     out = Path(args.out).expanduser()
     suffix = out.suffix.lower()
@@ -356,21 +355,11 @@ def _run_predict(args) -> dict:
     progress = _progress_printer(args)
     t0 = time.perf_counter()
     try:
-        pred = model.predict(traj.R, progress=lambda f, m: progress(0.8 * f if energy else f, m))
-        epred = None
-        if energy is not None:
-            progress(0.8, "energies")
-            epred = (energy.predict(traj.R, forces=pred) if isinstance(energy, EnergyModel)
-                     else energy.predict(traj.R))
+        record = predict_structures(model, energy, traj, progress=progress)
     finally:
         _end_progress(args)
     seconds = time.perf_counter() - t0
-    in_train = training_positions_mask(model, traj)
-    record = Predicted(
-        z=traj.z, R=traj.R, frames=np.arange(traj.n_frames), F_mean=pred.mean, F_std=pred.std,
-        E_mean=None if epred is None else epred.mean, E_std=None if epred is None else epred.std,
-        F_ref=traj.F, E_ref=traj.E, in_train=in_train,
-    )
+    pred_F, epred_E, in_train = record.F_mean, record.E_mean, record.in_train
     out.write_bytes(predictions_file(record, fmt, energy_unit=eu, length_unit=lu))
     result: dict[str, Any] = {
         "path": str(out),
@@ -390,10 +379,10 @@ def _run_predict(args) -> dict:
     }
     held = ~in_train
     if traj.F is not None and held.any():
-        result["force_mae_held_out"] = float(np.mean(np.abs(pred.mean[held] - traj.F[held])))
+        result["force_mae_held_out"] = float(np.mean(np.abs(pred_F[held] - traj.F[held])))
         result["force_mae_unit"] = units.FORCE_UNIT
-    if traj.E is not None and epred is not None and held.any():
-        result["energy_mae_held_out"] = float(np.mean(np.abs(epred.mean[held] - traj.E[held])))
+    if traj.E is not None and epred_E is not None and held.any():
+        result["energy_mae_held_out"] = float(np.mean(np.abs(epred_E[held] - traj.E[held])))
         result["energy_mae_unit"] = units.ENERGY_UNIT
     return result
 

@@ -10,13 +10,14 @@ import numpy as np
 import streamlit as st
 from ase.data import chemical_symbols
 
+from aff_app.errors import AFFError
 from aff_app.figures import predictions as figp
 from aff_app.io.trajectory import Trajectory
 from aff_app.ui import data_widgets as dw
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
 from aff_app.units import ENERGY_UNIT, FORCE_UNIT
-from aff_app.workflows.predictions import HeldOut, Predicted, energy_csv, predictions_file
+from aff_app.workflows.predictions import HeldOut, Predicted, energy_csv, predict_structures, predictions_file
 from aff_app.workflows.registry import TrainedModel
 
 LEVEL = 0.95
@@ -31,13 +32,14 @@ COLOR_BY = {
 VIEW_HEIGHT = 430
 
 
-def require_labels(traj: Trajectory) -> None:
-    """Stop the page with a pointer to the Data page when the data has no reference forces."""
-    if not traj.has_labels:
-        st.warning("The loaded data has no reference forces: there is nothing to compare predictions with. "
-                   "Load a labelled trajectory on the Data page.")
-        st.page_link(state.DATA_PAGE, label="Go to the Data page", icon="🗂️")
-        st.stop()
+def has_reference(traj: Trajectory) -> bool:
+    """True when the data has reference labels to score held-out predictions; otherwise say what the page offers."""
+    if traj.has_labels:
+        return True
+    st.info("The loaded data has no reference energies and forces: there are no held-out errors to show. The "
+            "model's predictions on its frames, with their sds, are below (and a download). Load a labelled "
+            "trajectory on the Data page for the comparison.")
+    return False
 
 
 def pick_model(models: list[TrainedModel]) -> tuple[TrainedModel, str]:
@@ -262,3 +264,73 @@ def downloads(entry: TrainedModel, held: HeldOut, kind: str) -> None:
                        on_click="ignore",
                        help="Reference energy/forces as ASE calculator results; arrays forces_pred, forces_std; "
                             "info energy_pred, energy_std (eV, eV/Å). The same file as `python -m aff_app predict`.")
+
+
+#: Most frames predicted at once on the page (the CLI's ``predict`` has no limit).
+MAX_OWN_FRAMES = 5000
+
+
+def other_structures(entry: TrainedModel, traj: Trajectory) -> None:
+    """Predictions on structures without labels: the loaded data when it has none, or an uploaded file.
+
+    Forces, energies and their latent sds, a per-frame table and the same
+    files as ``python -m aff_app predict`` (issue 20: this was CLI-only).
+    """
+    st.subheader("Predict on other structures" if traj.has_labels else "Predictions on the loaded structures")
+    source = traj
+    if traj.has_labels:
+        st.caption(f"Upload structures of {traj.formula} (any format the Data page reads; labels are not needed, "
+                   "a plain XYZ will do): the model predicts their forces and energies with sds.")
+        upload = st.file_uploader("Structures", key=state.PRED_OWN_UPLOAD, label_visibility="collapsed")
+        if upload is None:
+            return
+        raw = upload.getvalue()
+        try:
+            source = dw.load_cached(dw.digest(raw), upload.name, _data=raw)
+        except AFFError as exc:
+            st.error(f"{upload.name}: {dw.error_message(exc)}")
+            return
+    if source.n_frames > MAX_OWN_FRAMES:
+        st.error(f"{source.n_frames:,} structures: the page predicts at most {MAX_OWN_FRAMES:,} at once; use "
+                 "`python -m aff_app predict MODEL FILE --out OUT.extxyz` (or select frames) for more.")
+        return
+    results = st.session_state.setdefault(state.PRED_OWN_RESULTS, {})
+    key = (entry.uid, source.fingerprint)
+    if key not in results:
+        if not st.button(f"Predict {source.n_frames:,} structure(s) with {entry.name}", key=state.PRED_OWN_RUN):
+            return
+        bar = st.progress(0.0, text="predicting")
+        try:
+            results[key] = predict_structures(entry.force, entry.energy, source,
+                                              progress=mw.progress_adapter(bar))
+        except AFFError as exc:
+            bar.empty()
+            st.error(f"Cannot predict: {exc}")
+            return
+        bar.empty()
+    pred: Predicted = results[key]
+    fmax = np.linalg.norm(pred.F_mean, axis=-1).max(axis=1)
+    sdmax = pred.F_std.max(axis=(1, 2))
+    rows = {"frame": pred.frames[:200],
+            f"largest |F| ({FORCE_UNIT})": np.round(fmax[:200], 3),
+            f"largest force sd ({FORCE_UNIT})": np.round(sdmax[:200], 4)}
+    if pred.E_mean is not None:
+        rows[f"energy ({ENERGY_UNIT})"] = np.round(pred.E_mean[:200], 3)
+        rows[f"energy sd ({ENERGY_UNIT})"] = np.round(pred.E_std[:200], 4)
+    if pred.in_train is not None and pred.in_train.any():
+        rows["training frame"] = pred.in_train[:200]
+    st.dataframe(rows, hide_index=True, width="stretch")
+    st.caption(f"{source.n_frames:,} structure(s) of {source.formula}"
+               + (" (first 200 shown)" if source.n_frames > 200 else "")
+               + ". sd: latent (the model's uncertainty about the force itself), calibrated on its training frames; "
+               "a large one marks a structure unlike anything the model trained on."
+               + ("" if pred.E_mean is not None else " This model has no energy model: forces only."))
+    stem = f"{entry.name}_{source.name or 'structures'}".replace(" ", "_").replace("/", "_").replace("=", "")
+    d1, d2 = st.columns(2)
+    d1.download_button("Predictions, extended XYZ (eV, Å)", data=lambda: predictions_file(pred, "extxyz"),
+                       file_name=f"{stem}_predictions.extxyz", mime="text/plain", key=state.PRED_OWN_DOWNLOAD_EXTXYZ,
+                       on_click="ignore", help="Arrays forces_pred, forces_std; info energy_pred, energy_std (eV, eV/Å): "
+                                               "the same file as `python -m aff_app predict`.")
+    d2.download_button(f"Predictions CSV ({FORCE_UNIT})", data=lambda: predictions_file(pred, "csv"),
+                       file_name=f"{stem}_predictions.csv", mime="text/csv", key=state.PRED_OWN_DOWNLOAD_CSV,
+                       on_click="ignore", help="One row per structure and atom, in kcal/mol and kcal/mol/Å.")

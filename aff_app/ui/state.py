@@ -208,6 +208,12 @@ PRED_CALIBRATION_CHART = "pred_calibration_chart"
 PRED_DOWNLOAD_CSV = "pred_download_csv"
 PRED_DOWNLOAD_ENERGY_CSV = "pred_download_energy_csv"
 PRED_DOWNLOAD_EXTXYZ = "pred_download_extxyz"
+#: Predictions page, "other structures": the upload, the button, results {(model uid, data fingerprint): Predicted}.
+PRED_OWN_UPLOAD = "pred_own_upload"
+PRED_OWN_RUN = "pred_own_run"
+PRED_OWN_RESULTS = "pred_own_results"
+PRED_OWN_DOWNLOAD_CSV = "pred_own_download_csv"
+PRED_OWN_DOWNLOAD_EXTXYZ = "pred_own_download_extxyz"
 # -- Compare page -------------------------------------------------------------------------------------------
 #: ``{'fingerprint', 'params', 'rows'}`` of the last learning-curve run.
 CMP_RESULT = "cmp_result"

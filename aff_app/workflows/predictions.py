@@ -37,6 +37,7 @@ from aff_app.io.trajectory import Trajectory
 from aff_app.workflows.training import SplitError, TrainTestOverlapError, UnlabelledDataError, check_atoms_match, training_positions_mask
 
 __all__ = [
+    "predict_structures",
     "HeldOut",
     "select_test_frames",
     "predict_held_out",
@@ -357,6 +358,36 @@ class Predicted:
     def from_held_out(cls, held: HeldOut, kind: str = "latent") -> "Predicted":
         return cls(z=held.z, R=held.R, frames=held.test_idx, F_mean=held.F_mean, F_std=held.force_std(kind),
                    kind=kind, E_mean=held.E_mean, E_std=held.E_std, F_ref=held.F_ref, E_ref=held.E_ref)
+
+
+def predict_structures(model: ForceModel, energy: EnergyModel | IntegratedEnergyModel | None, traj: Trajectory, *,
+                       progress: Callable[[float, str], None] | None = None) -> Predicted:
+    """Forces, energies and their latent sds of a model on any structures (labels optional).
+
+    What ``python -m aff_app predict`` and the Predictions page's "your own
+    structures" section compute. Frames the model trained on are marked
+    (``in_train``: their errors say nothing about the model).
+
+    Raises
+    ------
+    AtomsMismatchError
+        ``traj`` is not the model's molecule (same atoms, same order).
+    """
+    progress = progress or _noop
+    check_atoms_match(model.z, traj.z, what=f"the structures {traj.name or traj.provenance.source or ''!r}")
+    share = 0.8 if energy is not None else 1.0
+    pred = model.predict(traj.R, progress=lambda f, m: progress(share * f, m))
+    epred = None
+    if energy is not None:
+        progress(share, "energies")
+        # the energy GP conditions on the predicted forces at x* (method.md "Energy prediction")
+        epred = energy.predict(traj.R, forces=pred) if isinstance(energy, EnergyModel) else energy.predict(traj.R)
+    progress(1.0, "done")
+    return Predicted(
+        z=traj.z, R=traj.R, frames=np.arange(traj.n_frames), F_mean=pred.mean, F_std=pred.std,
+        E_mean=None if epred is None else epred.mean, E_std=None if epred is None else epred.std,
+        F_ref=traj.F, E_ref=traj.E, in_train=training_positions_mask(model, traj),
+    )
 
 
 #: The one set of names a predictions file uses (extxyz arrays/info keys; CSV columns add the unit).
