@@ -393,6 +393,7 @@ def test_hand_set_hyperparameters_start_from_the_data_s_last_search_and_reset_wi
     at.number_input(key=state.TRAIN_GAMMA).set_value(0.5).run()  # the user's own value stays
     at.run()
     assert at.number_input(key=state.TRAIN_GAMMA).value == 0.5
+    assert "Your own values; the last search on this data (**searched**) found" in _texts(at, "caption")
     at.switch_page(COMPARE).run()
     assert not at.exception, at.exception
     at.radio(key=state.CMP_HYPER).set_value("fixed").run()

@@ -433,8 +433,8 @@ def test_search_not_converged_warning():
     hyper = {"converged": False, "history": [[0.1, 1e-6, -5.0], [0.3, 1e-6, -3.0], [0.9, 1e-7, -1.0]]}
     w = SearchRecord.from_dict(hyper).edge_warning(0.9, 1e-7)
     assert "did not converge" in w and "high end" in w and "γ = 0.9" in w
-    w = SearchRecord.from_dict(hyper).edge_warning(0.3, 1e-13)
-    assert "λ at the edge" in w
+    w = SearchRecord.from_dict(hyper).edge_warning(0.3, 0.1)  # γ inside: the λ grid's top is the edge left
+    assert "λ at the top of its grid" in w
     assert SearchRecord.from_dict({"converged": True}).edge_warning(0.3, 1e-6) is None
     assert SearchRecord(fixed=True).edge_warning(0.3, 1e-6) is None
 

@@ -152,8 +152,12 @@ def prefill_hyperparameters(traj: Trajectory, gamma_key: str, lam_key: str, mark
         return ("No search has run on this data yet: γ is the median descriptor distance and λ = 1e-8, rough "
                 "starting values (a search is often an order of magnitude more accurate). Train once with an "
                 "estimate and its γ and λ are filled in here.")
-    return (f"Filled in from the search of **{source.name}** on this data (γ = {fmt(source.gamma, '.4g')} 1/Å, "
-            f"λ = {fmt(source.lam, '.2e')}).")
+    found = f"γ = {fmt(source.gamma, '.4g')} 1/Å, λ = {fmt(source.lam, '.2e')}"
+    same = (np.isclose(st.session_state.get(gamma_key, np.nan), source.gamma, rtol=1e-3)
+            and np.isclose(st.session_state.get(lam_key, np.nan), source.lam, rtol=1e-2))
+    if same:
+        return f"Filled in from the search of **{source.name}** on this data ({found})."
+    return f"Your own values; the last search on this data (**{source.name}**) found {found}."
 
 
 def train_and_register(
