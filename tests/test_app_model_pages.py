@@ -359,6 +359,7 @@ def test_compare_lists_models_and_computes_learning_curves_with_refusals(monkeyp
     assert "GDML M = 50" in _texts(at, "warning") and "over the memory budget" in _texts(at, "warning")
     at.button(key=state.CMP_RUN).click().run()
     assert not at.exception, at.exception
+    assert not [b for b in at.button if b.key == state.CMP_CANCEL]  # the finished run takes its Cancel with it
     rows = at.session_state[state.CMP_RESULT]["rows"]
     assert [(r["model"], r["M"], r["status"]) for r in rows] == [
         ("AFF", 25, "ok"), ("AFF", 50, "ok"), ("GDML", 25, "ok"), ("GDML", 50, "over budget")]

@@ -151,8 +151,10 @@ def compute_button(traj: Trajectory, form: CurveForm) -> None:
     if run and ready:
         job_label = f"{', '.join(MODE_LABELS[m] for m in chosen)}; M = {', '.join(map(str, params['sizes']))}"
         token = jobs.begin("learning_curve", job_label)
-        jobs.cancel_button(state.CMP_CANCEL, "Cancel learning curves")
-        bar = st.progress(0.0, text="starting")
+        running = st.empty()  # the cancel button and the bar go away with the run
+        with running.container():
+            jobs.cancel_button(state.CMP_CANCEL, "Cancel learning curves")
+            bar = st.progress(0.0, text="starting")
         try:
             rows = learning.learning_curve(
                 traj, chosen, sizes, n_test=n_test, seed=seed, symmetry=symmetry, gamma=params["gamma"],
@@ -161,15 +163,15 @@ def compute_button(traj: Trajectory, form: CurveForm) -> None:
             jobs.ensure_current(token, "storing the curves")
         except Cancelled:
             jobs.end(token)
-            bar.empty()
+            running.empty()
             jobs.show_cancelled("learning_curve", job_label)
         except mw.EXPECTED_ERRORS as exc:
             jobs.end(token)
-            bar.empty()
+            running.empty()
             st.error(f"Learning curves failed: {mw.error_text(exc)}")
         else:
             jobs.end(token)
-            bar.empty()
+            running.empty()
             st.session_state[state.CMP_RESULT] = {"fingerprint": fp, "params": params, "rows": rows}
 
 
