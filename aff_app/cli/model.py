@@ -337,7 +337,6 @@ def _parse_force_unit(text: str) -> tuple[str, str]:
 
 def _run_predict(args) -> dict:
     from aff_app.workflows.predictions import PREDICTION_KEYS, predict_structures, predictions_file
-    from aff_app.workflows.training import check_atoms_match
 
     out = Path(args.out).expanduser()
     suffix = out.suffix.lower()
@@ -351,11 +350,11 @@ def _run_predict(args) -> dict:
     trained = _load_model(args.model)
     model, energy = trained.force, trained.energy
     traj = load_from_args(args)
-    check_atoms_match(model.z, traj.z, what=f"the data {Path(str(args.data)).name!r}")
     progress = _progress_printer(args)
     t0 = time.perf_counter()
     try:
-        record = predict_structures(model, energy, traj, progress=progress)
+        record = predict_structures(model, energy, traj, progress=progress,
+                                    what=f"the data {Path(str(args.data)).name!r}")
     finally:
         _end_progress(args)
     seconds = time.perf_counter() - t0

@@ -361,12 +361,13 @@ class Predicted:
 
 
 def predict_structures(model: ForceModel, energy: EnergyModel | IntegratedEnergyModel | None, traj: Trajectory, *,
-                       progress: Callable[[float, str], None] | None = None) -> Predicted:
+                       progress: Callable[[float, str], None] | None = None, what: str | None = None) -> Predicted:
     """Forces, energies and their latent sds of a model on any structures (labels optional).
 
     What ``python -m aff_app predict`` and the Predictions page's "your own
     structures" section compute. Frames the model trained on are marked
-    (``in_train``: their errors say nothing about the model).
+    (``in_train``: their errors say nothing about the model). ``what`` names
+    the structures in the refusal of another molecule (default: their name).
 
     Raises
     ------
@@ -374,7 +375,7 @@ def predict_structures(model: ForceModel, energy: EnergyModel | IntegratedEnergy
         ``traj`` is not the model's molecule (same atoms, same order).
     """
     progress = progress or _noop
-    check_atoms_match(model.z, traj.z, what=f"the structures {traj.name or traj.provenance.source or ''!r}")
+    check_atoms_match(model.z, traj.z, what=what or f"the structures {traj.name or traj.provenance.source or ''!r}")
     share = 0.8 if energy is not None else 1.0
     pred = model.predict(traj.R, progress=lambda f, m: progress(share * f, m))
     epred = None
