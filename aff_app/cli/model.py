@@ -233,11 +233,7 @@ def _run_train(args) -> dict:
 
 
 def _energy_kind(energy) -> str | None:
-    from aff_app.gp.energy import EnergyModel
-
-    if energy is None:
-        return None
-    return "energy GP" if isinstance(energy, EnergyModel) else "integrated force GP"
+    return None if energy is None else energy.label
 
 
 def _render_train(r: dict) -> str:

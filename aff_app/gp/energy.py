@@ -374,6 +374,10 @@ class EnergyModel:
     _chol: np.ndarray | None = field(default=None, repr=False)
     _geom: Geometry | None = field(default=None, repr=False)
 
+    kind = "gp"
+    label = "energy GP"
+    description = "the energy GP: training energies, conditioned on the predicted forces at x*"
+
     @property
     def n_train(self) -> int:
         return int(self.R_train.shape[0])

@@ -251,6 +251,8 @@ def search(
 def _search(evaluate, cache, criterion, gamma, rho_scale, n_grid, n_refine, n_frames) -> SearchResult:
     if gamma is not None:
         evaluate(np.log(gamma))
+        # the cache is keyed by exp(log γ), which need not be γ to the last bit (exp(log 3) = 3.0000000000000004)
+        cache = {float(gamma): next(iter(cache.values()))}
         best_g = float(gamma)
         lo_edge = hi_edge = False
     else:

@@ -71,6 +71,10 @@ class IntegratedEnergyModel:
     _vbar: np.ndarray | None = field(default=None, repr=False)
     _geom_e: Geometry | None = field(default=None, repr=False)
 
+    kind = "integrated"
+    label = "integrated force GP"
+    description = "the energy the force GP implies (GDML recipe), plus a constant"
+
     @property
     def n_atoms(self) -> int:
         return self.force_model.n_atoms
@@ -209,3 +213,35 @@ def fit_integrated_energy(force_model: ForceModel, R, E, *, chunk: int = 64, inf
     })
     return IntegratedEnergyModel(force_model=fm, R_energy=R, E_energy=E, offset=offset, cbar=cbar, kbar=kbar,
                                  info=meta, _geom_e=Ge)
+
+
+def set_energies(force_model: ForceModel, R, *, batch_size: int = 64) -> np.ndarray:
+    """The energy each PE set's force GP implies, Ê_i(x) = Σ_m cov(E(x), F_i(x_m))/σ_i² · α_{i,m}.
+
+    method.md "AFF's energy", eq. (18): set i's GP is that of the forces −∇_{x_i}E of a latent
+    energy E ~ GP(0, σ_i² k), so its posterior mean of E is this sum, and −∂Ê_i/∂x_i (the set's
+    own atoms) is AFF's force prediction for set i exactly. The gradient on the other atoms is
+    what set i's forces say about theirs — an estimate of the same whole energy from one set's
+    forces. That is why Σ_i Ê_i is no energy: it counts the whole energy about once per set
+    (measured in docs/energies.md); it is kept to show it, not used.
+
+    Parameters
+    ----------
+    force_model : ForceModel (any mode)
+    R : (B, N, 3) Å
+
+    Returns
+    -------
+    (B, n_sets) kcal/mol, without a constant.
+    """
+    fm = force_model
+    R = _positions(R, fm.n_atoms)
+    Gt = fm._geometry()
+    out = np.empty((R.shape[0], len(fm.pe_sets)))
+    step = max(1, int(batch_size))
+    for start in range(0, R.shape[0], step):
+        sl = slice(start, min(start + step, R.shape[0]))
+        cx = energy_force_covariance(Geometry.from_positions(R[sl]), Gt, fm.gamma, perms=fm.perms)
+        for k, (atoms, a) in enumerate(zip(fm.pe_sets, fm.alpha)):
+            out[sl, k] = np.einsum("bmac,mac->b", cx[:, :, atoms], a.reshape(fm.n_train, atoms.size, 3))
+    return out

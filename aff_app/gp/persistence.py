@@ -12,7 +12,9 @@ Layout (the ``format`` array tells which):
 * ``aff_app.EnergyModel/1`` — the energy GP, with its force model's arrays
   under keys ``force__*``;
 * ``aff_app.IntegratedEnergyModel/1`` — the integrated force GP (GDML/sGDML),
-  with its force model likewise.
+  with its force model likewise;
+* ``aff_app.SubsetEnergyModel/1`` — AFF's integrated energy (``aff_app.gp.aff_energy``): the AFF
+  force model under ``force__*``, the subset's integrated model under ``integrated__*``.
 
 Pickled (object) arrays are refused, never executed. Every damaged or foreign
 file raises :class:`~aff_app.gp.force.ModelError` with the reason.
@@ -27,14 +29,17 @@ from typing import BinaryIO
 
 from aff_app.gp.energy import ENERGY_FORMAT, INTEGRATED_FORMAT, EnergyModel
 from aff_app.gp.integrated import IntegratedEnergyModel
+from aff_app.gp.aff_energy import SUBSET_FORMAT, SubsetEnergyModel
 from aff_app.gp.force import FORCE_FORMAT, ForceModel, ModelError, read_model_npz
 
-__all__ = ["save_model", "model_bytes", "load_model", "read_arrays", "FORMATS"]
+__all__ = ["save_model", "model_bytes", "load_model", "read_arrays", "FORMATS", "EnergyModelType", "ENERGY_MODEL_CLASSES"]
 
 #: Every format tag a model file may carry.
-FORMATS = (FORCE_FORMAT, ENERGY_FORMAT, INTEGRATED_FORMAT)
+FORMATS = (FORCE_FORMAT, ENERGY_FORMAT, INTEGRATED_FORMAT, SUBSET_FORMAT)
 
-EnergyModelType = EnergyModel | IntegratedEnergyModel
+#: Every energy model class; each has ``kind``, ``label``, ``force_model``, ``n_atoms`` and ``predict(R, forces=...)``.
+ENERGY_MODEL_CLASSES = (EnergyModel, IntegratedEnergyModel, SubsetEnergyModel)
+EnergyModelType = EnergyModel | IntegratedEnergyModel | SubsetEnergyModel
 
 
 def save_model(target: str | os.PathLike | BinaryIO, force: ForceModel,
@@ -101,6 +106,9 @@ def load_model(source: str | os.PathLike | bytes | bytearray, *,
     if fmt == ENERGY_FORMAT:
         em = EnergyModel.from_arrays(arrays, where=where)
         return em.force_model, em
+    if fmt == SUBSET_FORMAT:
+        sm = SubsetEnergyModel.from_arrays(arrays, where=where)
+        return sm.force_model, sm
     if fmt == INTEGRATED_FORMAT:
         im = IntegratedEnergyModel.from_arrays(arrays, where=where)
         return im.force_model, im

@@ -29,7 +29,9 @@ import numpy as np
 from aff_app.gp import persistence
 from aff_app.gp.budget import ComputeBudgetError, check_budget, estimate_cost
 from aff_app.gp.energy import EnergyModel, fit_energy_model
-from aff_app.gp.integrated import IntegratedEnergyModel, fit_integrated_energy
+from aff_app.gp.integrated import fit_integrated_energy
+from aff_app.gp.aff_energy import DEFAULT_SUBSET_SIDE, MIN_HELD_FRAMES, MIN_SUBSET_FRAMES, fit_subset_energy, subset_size
+from aff_app.gp.persistence import EnergyModelType
 from aff_app.gp.force import MODES, FactorizationError, ForceModel, ModelError, fit_force_model
 from aff_app.gp.record import DataRecord, FitRecord, SplitRecord, Timings
 from aff_app.io.trajectory import Trajectory
@@ -54,7 +56,8 @@ __all__ = ["TrainSettings", "Trained", "fit", "train", "train_model", "evaluate"
            "data_record"]
 
 Progress = Callable[[float, str], None]
-EnergyModelType = EnergyModel | IntegratedEnergyModel
+#: AFF's energy models: method.md "AFF's energy" (default) and "Energy prediction".
+ENERGY_MODELS = ("integrated", "gp")
 
 #: Share of the progress bar the force fit takes when an energy model follows.
 FORCE_SHARE = 0.9
@@ -79,8 +82,16 @@ class TrainSettings:
         (see :func:`aff_app.gp.force.fit_force_model`).
     energy : bool
         Also fit the energy model when the data has energies.
+    energy_model : {'integrated', 'gp'}
+        AFF's energy (GDML/sGDML always integrate their own force GP): 'integrated'
+        (default), the sGDML force GP of a spread subset integrated and corrected by a GP on
+        the other training energies (method.md "AFF's energy"; it needs 60 frames, below
+        which the energy GP is fitted with a warning); 'gp', the energy GP conditioned on the
+        forces at x* (method.md "Energy prediction").
+    energy_side : int
+        Largest side 3·M_E·N of the integrated energy's subset kernel.
     energy_gamma, energy_lam : float, optional
-        Fix the energy GP's range and nugget (AFF only); None: its likelihood.
+        Fix the energy GP's range and nugget ('gp' only); None: its likelihood.
     keep_factors : bool
         Keep the Cholesky factors (False when the model is only written to disk).
     budget_bytes : int, optional
@@ -94,6 +105,8 @@ class TrainSettings:
     search_frames: int = 100
     search_fraction: float = 0.25
     energy: bool = True
+    energy_model: str = "integrated"
+    energy_side: int = DEFAULT_SUBSET_SIDE
     energy_gamma: float | None = None
     energy_lam: float | None = None
     keep_factors: bool = True
@@ -104,6 +117,8 @@ class TrainSettings:
             raise TrainingError(f"model must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.criterion not in ("likelihood", "cv"):
             raise TrainingError(f"criterion must be 'likelihood' or 'cv', got {self.criterion!r}")
+        if self.energy_model not in ENERGY_MODELS:
+            raise TrainingError(f"energy model must be one of {', '.join(ENERGY_MODELS)}, got {self.energy_model!r}")
 
 
 @dataclass(eq=False)
@@ -220,7 +235,16 @@ def fit(
         te = time.perf_counter()
         e_progress = lambda f, m: progress(share + (1 - share) * f, "energy model: " + m)  # noqa: E731
         try:
-            if s.mode == "aff":
+            use_gp = s.energy_model == "gp"
+            if s.mode == "aff" and not use_gp and subset_size(idx.size, traj.n_atoms, s.energy_side) < MIN_SUBSET_FRAMES:
+                use_gp = True
+                warnings.append(f"{idx.size} training frames are too few for the integrated energy (it needs "
+                                f"{MIN_SUBSET_FRAMES} for its subset and {MIN_HELD_FRAMES} to calibrate it): the energy GP was fitted instead.")
+            if s.mode == "aff" and not use_gp:
+                # method.md "AFF's energy": integrated sGDML forces on a spread subset + residual GP
+                energy = fit_subset_energy(force, traj.R[idx], traj.E[idx], traj.F[idx], max_side=s.energy_side,
+                                           train_idx=idx, seed=seed, progress=e_progress)
+            elif s.mode == "aff":
                 # method.md "Energy prediction": the energy GP, conditioned on forces at x* and its neighbours
                 energy = fit_energy_model(force, traj.R[idx], traj.E[idx], F=traj.F[idx], gamma=s.energy_gamma,
                                           lam=s.energy_lam, train_idx=idx, seed=seed, progress=e_progress)

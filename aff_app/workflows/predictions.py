@@ -31,7 +31,7 @@ from scipy.special import ndtri  # Φ⁻¹; scipy.stats costs ~0.45 s to import
 from aff_app import units
 from aff_app.workflows import metrics
 from aff_app.gp.energy import EnergyModel
-from aff_app.gp.integrated import IntegratedEnergyModel
+from aff_app.gp.persistence import EnergyModelType
 from aff_app.gp.force import ForceModel
 from aff_app.io.trajectory import Trajectory
 from aff_app.workflows.training import SplitError, TrainTestOverlapError, UnlabelledDataError, check_atoms_match, training_positions_mask
@@ -242,7 +242,7 @@ def predict_held_out(
     force_model: ForceModel,
     traj: Trajectory,
     *,
-    energy_model: EnergyModel | IntegratedEnergyModel | None = None,
+    energy_model: EnergyModelType | None = None,
     n_test: int | None = None,
     test_idx: Sequence[int] | None = None,
     seed: int = 0,
@@ -256,7 +256,7 @@ def predict_held_out(
     force_model : ForceModel
     traj : Trajectory
         Labelled data of the same molecule (same atoms, same order).
-    energy_model : EnergyModel or IntegratedEnergyModel, optional
+    energy_model : EnergyModel, IntegratedEnergyModel or SubsetEnergyModel, optional
         Its energies are predicted too when ``traj`` has energies. An
         ``EnergyModel`` conditions on the force prediction just made (not a
         second one).
@@ -298,19 +298,19 @@ def predict_held_out(
         idx, selection = select_test_frames(force_model, traj, n_test=n_test, seed=seed)
     t0 = time.perf_counter()
     has_e = energy_model is not None and traj.E is not None
-    share = 0.6 if has_e and isinstance(energy_model, EnergyModel) else (0.8 if has_e else 1.0)
+    share = 0.6 if has_e and energy_model.kind == "gp" else (0.8 if has_e else 1.0)
     R = traj.R[idx]
     fp = force_model.predict(R, return_std=with_std, progress=lambda f, m: progress(share * f, "forces: " + m))
     E_mean = E_std = E_ref = None
     kind = None
     if has_e:
+        e_progress = lambda f, m: progress(share + (1 - share) * f, "energies: " + m)  # noqa: E731
         if isinstance(energy_model, EnergyModel):
-            ep = energy_model.predict(R, forces=fp, progress=lambda f, m: progress(share + (1 - share) * f, "energies: " + m))
-            kind = "energy GP"
+            # the energy GP conditions on the predicted forces at x* (method.md "Energy prediction")
+            ep = energy_model.predict(R, forces=fp, progress=e_progress)
         else:
-            ep = energy_model.predict(R, return_std=with_std,
-                                      progress=lambda f, m: progress(share + (1 - share) * f, "energies: " + m))
-            kind = "integrated force GP"
+            ep = energy_model.predict(R, return_std=with_std, progress=e_progress)
+        kind = energy_model.label
         E_ref = np.asarray(traj.E[idx], dtype=np.float64)
         E_mean = np.asarray(ep.mean, dtype=np.float64)
         E_std = (None if not with_std or ep.std is None or not np.all(np.isfinite(ep.std))
@@ -360,7 +360,7 @@ class Predicted:
                    kind=kind, E_mean=held.E_mean, E_std=held.E_std, F_ref=held.F_ref, E_ref=held.E_ref)
 
 
-def predict_structures(model: ForceModel, energy: EnergyModel | IntegratedEnergyModel | None, traj: Trajectory, *,
+def predict_structures(model: ForceModel, energy: EnergyModelType | None, traj: Trajectory, *,
                        progress: Callable[[float, str], None] | None = None, what: str | None = None) -> Predicted:
     """Forces, energies and their latent sds of a model on any structures (labels optional).
 
@@ -382,7 +382,7 @@ def predict_structures(model: ForceModel, energy: EnergyModel | IntegratedEnergy
     if energy is not None:
         progress(share, "energies")
         # the energy GP conditions on the predicted forces at x* (method.md "Energy prediction")
-        epred = energy.predict(traj.R, forces=pred) if isinstance(energy, EnergyModel) else energy.predict(traj.R)
+        epred = energy.predict(traj.R, forces=pred)
     progress(1.0, "done")
     return Predicted(
         z=traj.z, R=traj.R, frames=np.arange(traj.n_frames), F_mean=pred.mean, F_std=pred.std,

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from aff_app.errors import AFFError
 from aff_app.gp.energy import EnergyModel
-from aff_app.gp.integrated import IntegratedEnergyModel
+from aff_app.gp.persistence import ENERGY_MODEL_CLASSES, EnergyModelType
 from aff_app.gp.force import ForceModel
 
 __all__ = [
@@ -74,7 +74,7 @@ class TrainedModel:
     name : str
         Unique within its registry.
     force : ForceModel
-    energy : EnergyModel or IntegratedEnergyModel or None
+    energy : EnergyModel, IntegratedEnergyModel, SubsetEnergyModel or None
         Fitted when the training data had energies.
     data_fingerprint : str or None
         ``Trajectory.fingerprint`` of the data it was trained on (from the
@@ -90,7 +90,7 @@ class TrainedModel:
 
     name: str
     force: ForceModel
-    energy: EnergyModel | IntegratedEnergyModel | None = None
+    energy: EnergyModelType | None = None
     data_fingerprint: str | None = None
     source: str = "trained"
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -212,7 +212,7 @@ class ModelRegistry:
         force: ForceModel,
         *,
         name: str | None = None,
-        energy: EnergyModel | IntegratedEnergyModel | None = None,
+        energy: EnergyModelType | None = None,
         data_fingerprint: str | None = None,
         source: str = "trained",
         metrics: dict | None = None,
@@ -230,7 +230,7 @@ class ModelRegistry:
         if not isinstance(force, ForceModel):
             raise RegistryError(f"expected a ForceModel, got {type(force).__name__}")
         if energy is not None:
-            if not isinstance(energy, (EnergyModel, IntegratedEnergyModel)):
+            if not isinstance(energy, ENERGY_MODEL_CLASSES):
                 raise RegistryError(f"expected an energy model or None, got {type(energy).__name__}")
             if energy.n_atoms != force.n_atoms:
                 raise RegistryError(
