@@ -12,7 +12,10 @@ The calculator converts at this edge and nowhere else::
 
 Results: ``forces`` (N, 3) eV/Å; ``forces_std`` (N, 3) eV/Å; with an energy
 model also ``energy`` (eV) and, when the energy model reports one,
-``energy_std`` (eV). The models know isolated molecules only: periodic
+``energy_std`` (eV). Each is computed when asked for (an MD step asks for forces
+only, so it pays for no sd). ``conservative=True`` takes the forces as −∇ of the
+energy model (method.md "AFF's energy", eq. 22): one energy, so NVE conserves it;
+their sd stays the force model's. The models know isolated molecules only: periodic
 ``Atoms`` are refused, and so are atoms other than the model's, in its order.
 """
 
@@ -27,7 +30,7 @@ from aff_app.errors import AFFError
 from aff_app import units
 from aff_app.workflows.training import AtomsMismatchError, check_atoms_match
 
-__all__ = ["AFFCalculator", "AtomsMismatchError", "PeriodicSystemError"]
+__all__ = ["AFFCalculator", "AtomsMismatchError", "CalculatorSetupError", "PeriodicSystemError"]
 
 #: kcal/mol/Å → eV/Å and kcal/mol → eV.
 _FORCE_TO_ASE = units.force_factor(units.ENERGY_UNIT, units.LENGTH_UNIT, "eV", "Å")
@@ -36,6 +39,10 @@ _ENERGY_TO_ASE = units.energy_factor(units.ENERGY_UNIT, "eV")
 
 class PeriodicSystemError(AFFError, ValueError):
     """Periodic ``Atoms`` given to a model of an isolated molecule."""
+
+
+class CalculatorSetupError(AFFError, ValueError):
+    """A calculator asked for what its models cannot give (conservative forces without an energy model)."""
 
 
 class AFFCalculator(Calculator):
@@ -51,6 +58,10 @@ class AFFCalculator(Calculator):
         ``mean`` (B,) in kcal/mol (and optionally ``std``); ``R`` (B, N, 3) Å,
         ``F`` the force model's predicted mean (B, N, 3) kcal/mol/Å, as
         method.md "Energy prediction" conditions on F̂(x*).
+    conservative : bool
+        Forces from ``energy_model.forces(R)`` (−∇Ê, kcal/mol/Å) instead of the
+        force model's mean (needs an energy model with ``forces``, e.g.
+        :class:`aff_app.gp.aff_energy.SubsetEnergyModel`).
     **kwargs
         Passed to :class:`ase.calculators.calculator.Calculator`.
 
@@ -63,14 +74,21 @@ class AFFCalculator(Calculator):
 
     implemented_properties = ["forces", "forces_std"]
 
-    def __init__(self, force_model: Any, energy_model: Any = None, **kwargs: Any) -> None:
+    def __init__(self, force_model: Any, energy_model: Any = None, *, conservative: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not hasattr(force_model, "predict") or not hasattr(force_model, "z"):
             raise TypeError(f"force_model must have z and predict(R); got {type(force_model).__name__}")
         if energy_model is not None and not hasattr(energy_model, "predict"):
             raise TypeError(f"energy_model must have predict(R, forces=...); got {type(energy_model).__name__}")
+        if conservative and not hasattr(energy_model, "forces"):
+            raise CalculatorSetupError(
+                "conservative forces need an energy model with forces(R) (AFF's integrated energy); "
+                f"got {'no energy model' if energy_model is None else type(energy_model).__name__}"
+            )
         self.force_model = force_model
         self.energy_model = energy_model
+        self.conservative = bool(conservative)
         # per instance: which properties exist depends on the models given
         self.implemented_properties = list(AFFCalculator.implemented_properties)
         if energy_model is not None:
@@ -89,13 +107,22 @@ class AFFCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         self.check_atoms(self.atoms)
         R = self.atoms.get_positions()[None]  # (1, N, 3); ASE lengths are Å, as the models'
-        pred = self.force_model.predict(R)
-        self.results = {
-            "forces": np.asarray(pred.mean[0]) * _FORCE_TO_ASE,
-            "forces_std": np.asarray(pred.std[0]) * _FORCE_TO_ASE,
-        }
-        if self.energy_model is not None:
-            epred = self.energy_model.predict(R, forces=pred.mean)
+        wanted = set(properties)
+        # ASE keeps results until the atoms move, and calls again for a property it lacks: compute what is asked
+        if self.conservative and "forces" in wanted:
+            self.results["forces"] = np.asarray(self.energy_model.forces(R)[0]) * _FORCE_TO_ASE
+        need_force_pred = "forces_std" in wanted or (not self.conservative and "forces" in wanted) or (
+            self.energy_model is not None and {"energy", "energy_std"} & wanted and not hasattr(self.energy_model, "forces"))
+        pred = None
+        if need_force_pred:
+            with_std = "forces_std" in wanted
+            pred = self.force_model.predict(R, return_std=with_std)
+            if not self.conservative:
+                self.results["forces"] = np.asarray(pred.mean[0]) * _FORCE_TO_ASE
+            if with_std:
+                self.results["forces_std"] = np.asarray(pred.std[0]) * _FORCE_TO_ASE
+        if self.energy_model is not None and {"energy", "energy_std"} & wanted:
+            epred = self.energy_model.predict(R, forces=None if pred is None else pred.mean)
             self.results["energy"] = float(np.reshape(epred.mean, -1)[0]) * _ENERGY_TO_ASE
             std = getattr(epred, "std", None)
             if std is not None:

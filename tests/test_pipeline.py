@@ -122,3 +122,32 @@ def test_cli_predict_writes_the_same_file_as_the_page(tmp_path, capsys):
     fp = t.force.predict(R)
     ev = 0.0433641043  # eV per kcal/mol
     assert at.info["energy_pred"] == pytest.approx(float(t.energy.predict(R, forces=fp).mean[0]) * ev, rel=1e-6)
+
+
+def test_aff_energy_model_is_chosen_and_named(tmp_path, capsys):
+    """Issue 15: AFF's default energy is the integrated one; the energy GP on request; too few frames fall back
+    to the energy GP with a warning; the CLI and the model file carry the choice."""
+    from aff_app.gp.aff_energy import SubsetEnergyModel
+
+    traj = load_trajectory(SAMPLE)
+    tr = np.arange(0, 240, 2)
+    default = pipeline.fit(traj, tr, pipeline.TrainSettings(gamma=float(GAMMA), lam=float(LAM)))
+    assert isinstance(default.energy, SubsetEnergyModel) and default.energy.label == "integrated energy"
+    assert default.timings.energy_s > 0
+    gp = pipeline.fit(traj, tr, pipeline.TrainSettings(gamma=float(GAMMA), lam=float(LAM), energy_model="gp"))
+    assert isinstance(gp.energy, EnergyModel)
+    few = pipeline.fit(traj, tr[:40], pipeline.TrainSettings(gamma=float(GAMMA), lam=float(LAM)))
+    assert isinstance(few.energy, EnergyModel)
+    assert any("too few for the integrated energy" in w for w in few.warnings)
+    with pytest.raises(pipeline.TrainingError, match="energy model must be one of integrated, gp"):
+        pipeline.TrainSettings(energy_model="neural")
+    out = tmp_path / "m.npz"
+    code, tr_json = _main(capsys, "train", SAMPLE, "--n-train", "120", "--gamma", GAMMA, "--lam", LAM, "--out", out)
+    assert code == 0 and tr_json["energy_model"] == "integrated energy"
+    assert isinstance(load_model(out)[1], SubsetEnergyModel)
+    code, ev = _main(capsys, "evaluate", out, SAMPLE, "--n-test", "100")
+    assert code == 0 and ev["energy_model"] == "integrated energy" and 0 < ev["energy_mae"] < 1.0
+    assert 0 <= ev["energy_pci"] <= 1
+    code, tr_json = _main(capsys, "train", SAMPLE, "--n-train", "120", "--gamma", GAMMA, "--lam", LAM,
+                          "--energy-model", "gp", "--out", out)
+    assert code == 0 and tr_json["energy_model"] == "energy GP"

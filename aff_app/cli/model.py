@@ -155,6 +155,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="hyperparameter search criterion: profile likelihood (default) or leave-one-frame-out CV")
     p.add_argument("--no-energy", action="store_true",
                    help="fit the force model only (default: also the energy model, when the data has energies)")
+    p.add_argument("--energy-model", choices=("integrated", "gp"), default="integrated",
+                   help="AFF's energy: integrated forces of an sGDML fit on a spread subset plus a GP on the other "
+                        "training energies (default; needs 60 frames), or the energy GP conditioned on the "
+                        "predicted forces (method.md)")
     p.add_argument("--pe-sets", default=None,
                    help='override the PE sets: 0-based atom indices, sets split by ";", e.g. "0,1;2 3" '
                         "(unlisted atoms are singletons)")
@@ -179,7 +183,8 @@ def _run_train(args) -> dict:
     traj = load_from_args(args)
     budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30)
     settings = pipeline.TrainSettings(mode=args.model, gamma=args.gamma, lam=args.lam, criterion=args.criterion,
-                                      energy=not args.no_energy, budget_bytes=budget,
+                                      energy=not args.no_energy, energy_model=args.energy_model,
+                                      budget_bytes=budget,
                                       keep_factors=False)  # written and done: one kernel buffer
     progress = _progress_printer(args)
     symmetry, t_sym = None, None

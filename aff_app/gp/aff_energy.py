@@ -310,7 +310,7 @@ def fit_subset_energy(force_model: ForceModel, R, E, F, *, max_side: int = DEFAU
     lam = max(force_model.lam, SUBSET_MIN_LAM * 5.0 / (3.0 * force_model.gamma**2))
     sub_model = fit_force_model(
         R[sub], F[sub], force_model.z, mode="sgdml", perms=force_model.perms, gamma=force_model.gamma, lam=lam,
-        calibrate=None, refine_lam=False, keep_factors=True, seed=seed,
+        calibrate=None, refine_lam=False, keep_factors=False, seed=seed,
         train_idx=(np.asarray(train_idx)[sub] if train_idx is not None else sub),
         progress=lambda f, msg: progress(0.02 + 0.7 * f, "subset: " + msg),
     )

@@ -158,15 +158,21 @@ _FIT_FACTOR, _FIT_OVERHEAD_S = 0.6, 0.3
 _SEARCH_OVERHEAD_S, _SEARCH_PER_FRAME_ATOM_S = 0.6, 0.002 / 12
 _ENERGY_OVERHEAD_S, _ENERGY_PER_FRAME_S = 0.05, 0.0014
 _HELD_OUT_PER_FRAME_S, _HELD_OUT_PER_PAIR_S, _HELD_OUT_SOLVE_FLOPS = 1.3e-3, 1.4e-7, 6.0e10
+#: AFF's integrated energy (method.md "AFF's energy"): the subset's λ search, its residual GP's γ search
+#: (about 15 eigendecompositions of the held frames' kernel, ~10 M_C³ flops each) and each held-out frame's
+#: energy (kernel rows over M_E frames and S permutations).
+_SUBSET_SEARCH_S, _RESIDUAL_EIGH_FLOPS, _SUBSET_PREDICT_PER_ENTRY_S = 1.0, 10.0 * 15, 4.0e-8
 
 
-def estimate_time(cost: CostEstimate, n_atoms: int, *, search: bool, energy: bool, n_test: int) -> TimeEstimate:
+def estimate_time(cost: CostEstimate, n_atoms: int, *, search: bool, energy: bool, n_test: int,
+                  energy_subset: CostEstimate | None = None) -> TimeEstimate:
     """Seconds of each part of training and testing one model, from its :class:`CostEstimate`.
 
     The force fit scales with the factorisation estimate; the search with M·N
     (it works on a subset, capped in size); the held-out predictions per test
     frame with the N²·M kernel entries of its rows plus the triangular solves
-    of the sd, Σ_i 3l_i (3Ml_i)² flops.
+    of the sd, Σ_i 3l_i (3Ml_i)² flops. ``energy_subset``: the cost of the integrated energy's
+    subset fit (M_E frames, one set of all atoms), when the energy model is AFF's integrated one.
     """
     m, n = cost.n_train, int(n_atoms)
     fit = _FIT_FACTOR * cost.seconds + _FIT_OVERHEAD_S
@@ -174,4 +180,9 @@ def estimate_time(cost: CostEstimate, n_atoms: int, *, search: bool, energy: boo
     en = (_ENERGY_OVERHEAD_S + _ENERGY_PER_FRAME_S * m) if energy else 0.0
     solve = sum(3 * l * (3 * m * l) ** 2 for l in cost.set_sizes) / _HELD_OUT_SOLVE_FLOPS
     held = int(n_test) * (_HELD_OUT_PER_FRAME_S + _HELD_OUT_PER_PAIR_S * n * n * m + solve)
+    if energy and energy_subset is not None:
+        m_e, m_c = energy_subset.n_train, max(m - energy_subset.n_train, 0)
+        en = (_FIT_FACTOR * energy_subset.seconds + _SUBSET_SEARCH_S
+              + _RESIDUAL_EIGH_FLOPS * m_c**3 / ASSUMED_FLOPS)
+        held += int(n_test) * _SUBSET_PREDICT_PER_ENTRY_S * m_e * energy_subset.n_perms * n * n
     return TimeEstimate(search_s=srch, fit_s=fit, energy_s=en, held_out_s=held)

@@ -50,7 +50,7 @@ def aff_point(traj, split: ReproSplit, sym: SymmetryInfo, t_sym: float, m: int, 
                       "calibration": dataclasses.asdict(fm.record.calibration),
                       "n_sets": len(fm.pe_sets), "n_perms": int(len(fm.perms)),
                       "timings": _timings(t, t_sym, held.predict_s),
-                      "energy_method": "energy GP conditioned on predicted forces (fit_energy_model)",
+                      "energy_method": None if em is None else em.description,
                       "interval": "latent force, mean ± 1.96 sd",
                       "warnings": trained.warnings,
                   })

@@ -173,6 +173,7 @@ def train_and_register(
     symmetry: SymmetryInfo | None,
     name: str | None,
     progress: Progress,
+    energy_model: str = "integrated",
     token: CancelToken | None = None,
     training_share: float = 0.8,
 ) -> tuple[TrainedModel, list[str]]:
@@ -193,7 +194,7 @@ def train_and_register(
     One of :data:`EXPECTED_ERRORS`; :class:`aff_app.cancel.Cancelled` when
     ``progress`` raised it or the job was cancelled.
     """
-    settings = pipeline.TrainSettings(mode=mode, gamma=gamma, lam=lam, criterion=criterion)
+    settings = pipeline.TrainSettings(mode=mode, gamma=gamma, lam=lam, criterion=criterion, energy_model=energy_model)
     trained = pipeline.train(traj, n_train=int(n_train), n_test=int(n_test), seed=int(seed), settings=settings,
                              symmetry=None if mode == "gdml" else symmetry,
                              progress=lambda f, m: progress(training_share * f, m))

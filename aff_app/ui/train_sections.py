@@ -27,7 +27,7 @@ from aff_app.workflows.registry import MODE_LABELS, ModelRegistry, default_name
 from aff_app.workflows.training import check_atoms_match
 
 SETTINGS = (state.TRAIN_MODEL, state.TRAIN_M, state.TRAIN_SEED, state.TRAIN_N_TEST, state.TRAIN_HYPER,
-            state.TRAIN_GAMMA, state.TRAIN_LAM)
+            state.TRAIN_GAMMA, state.TRAIN_LAM, state.TRAIN_ENERGY_MODEL)
 HYPER_LABELS = {
     "likelihood": "estimate γ, λ by the profile likelihood",
     "cv": "estimate γ, λ by cross-validation",
@@ -38,6 +38,17 @@ MODEL_HELP = (
     "sGDML: one GP over all atoms with the permutationally symmetric kernel. GDML/sGDML factor a 3MN×3MN matrix."
 )
 SLOW_SECONDS = 60.0
+ENERGY_LABELS = {
+    "integrated": "integrated forces (sGDML on a spread subset + residual GP)",
+    "gp": "energy GP (training energies + forces at x*)",
+}
+ENERGY_HELP = (
+    "AFF's energy. Integrated (default): the full-covariance force GP of a spread subset of the training frames "
+    "integrated to an energy, corrected by a GP on the other training energies, its interval calibrated on "
+    "random training frames (method.md \"AFF's energy\"; needs 60 frames). Energy GP: learns the surface from "
+    "the training energies, conditioned on the predicted forces at the frame (method.md \"Energy prediction\"). "
+    "GDML and sGDML always integrate their own force GP."
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class TrainForm:
     hyper: str
     gamma: float
     lam: float
+    energy_model: str = "integrated"
 
     @property
     def fixed(self) -> bool:
@@ -133,9 +145,13 @@ def settings_form(traj: Trajectory) -> TrainForm:
                                 disabled=not fixed, help="Labels are nearly noise-free: small values (1e-10…1e-6) fit best.")
     if fixed:
         st.caption(prefill)
+    st.session_state.setdefault(state.TRAIN_ENERGY_MODEL, "integrated")
+    energy_model = st.radio("Energy model (AFF)", list(ENERGY_LABELS), format_func=ENERGY_LABELS.get,
+                            horizontal=True, key=state.TRAIN_ENERGY_MODEL, help=ENERGY_HELP,
+                            disabled=mode != "aff" or traj.E is None)
     sw.save_settings(state.TRAIN_SETTINGS, SETTINGS, fingerprint=fp)
     return TrainForm(mode=mode, n_train=n_train, seed=seed, n_test=n_test, hyper=hyper, gamma=float(gamma_in),
-                     lam=float(lam_in))
+                     lam=float(lam_in), energy_model=energy_model)
 
 
 def symmetry_caption(traj: Trajectory, mode: str) -> SymmetryInfo | None:
@@ -167,7 +183,7 @@ def cost_card(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | None) 
                     help="All kernel matrices (float64) plus work space; 1 GB = 2³⁰ bytes.")
         k[2].metric("Memory budget", f"{budget / 2**30:.1f} GB", help="AFF_MEMORY_BUDGET_GB, or 60% of this machine's RAM.")
         times = learning.time_for(mode, n_train, traj.n_atoms, symmetry, search=not fixed, energy=traj.E is not None,
-                                  n_test=form.n_test)
+                                  n_test=form.n_test, energy_model=form.energy_model)
         k[3].metric("Time, train and test (est.)", _seconds(times.total_s),
                     help="Within about a factor of 2 on the reference 2-core machine (docs/benchmarks.md). Parts: "
                          + _parts(times) + ".")
@@ -210,7 +226,7 @@ def train_button(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | Non
         job_label = f"{MODE_LABELS[mode]}, M = {n_train}"
         token = jobs.begin("training", job_label)
         times = learning.time_for(mode, n_train, traj.n_atoms, symmetry, search=not fixed, energy=traj.E is not None,
-                                  n_test=n_test)
+                                  n_test=n_test, energy_model=form.energy_model)
         with st.status(f"Training {MODE_LABELS[mode]} on M = {n_train} frames…", expanded=True) as status:
             jobs.cancel_button(state.TRAIN_CANCEL, "Cancel training")
             bar = st.progress(0.0, text="starting")
@@ -219,6 +235,7 @@ def train_button(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | Non
                     traj, mode=mode, n_train=n_train, seed=seed, n_test=n_test,
                     gamma=float(gamma_in) if fixed else None, lam=float(lam_in) if fixed else None,
                     criterion="cv" if hyper == "cv" else "likelihood", symmetry=symmetry, name=name,
+                    energy_model=form.energy_model,
                     progress=mw.progress_adapter(bar, token, estimate_s=times.total_s), token=token,
                     training_share=min(max(times.training_share, 0.2), 0.95),
                 )

@@ -92,10 +92,21 @@ def cost_for(mode: str, n_train: int, n_atoms: int, symmetry: SymmetryInfo | Non
 
 
 def time_for(mode: str, n_train: int, n_atoms: int, symmetry: SymmetryInfo | None, *, search: bool, energy: bool,
-             n_test: int) -> TimeEstimate:
-    """``estimate_time`` of training one model and predicting ``n_test`` held-out frames."""
+             n_test: int, energy_model: str = "integrated") -> TimeEstimate:
+    """``estimate_time`` of training one model and predicting ``n_test`` held-out frames.
+
+    ``energy_model``: AFF's (``TrainSettings.energy_model``); the integrated one adds its subset's
+    sGDML fit (M_E frames of ``aff_app.gp.aff_energy.subset_size``).
+    """
+    from aff_app.gp.aff_energy import MIN_SUBSET_FRAMES, subset_size
+
+    subset = None
+    if mode == "aff" and energy and energy_model == "integrated":
+        m_e = subset_size(int(n_train), int(n_atoms))
+        if m_e >= MIN_SUBSET_FRAMES:
+            subset = cost_for("sgdml", m_e, n_atoms, symmetry)
     return estimate_time(cost_for(mode, n_train, n_atoms, symmetry), n_atoms, search=search, energy=energy,
-                         n_test=n_test)
+                         n_test=n_test, energy_subset=subset)
 
 
 @dataclass(frozen=True, eq=False)
