@@ -132,3 +132,27 @@ def test_short_velocity_verlet_run(uracil, model):
     d0 = np.linalg.norm(start[:, None] - start[None], axis=-1)
     d1 = np.linalg.norm(atoms.positions[:, None] - atoms.positions[None], axis=-1)
     assert np.max(np.abs(d1 - d0)) < 0.2
+
+
+def test_an_md_step_asks_for_forces_only(uracil, model):
+    """ASE asks for one property at a time: forces alone must not pay for their sd (a triangular solve per set)."""
+    calls = []
+
+    class Counting:
+        z = model.z
+
+        def predict(self, R, *, return_std=True):
+            calls.append(return_std)
+            return model.predict(R, return_std=return_std)
+
+    atoms = _atoms(uracil, 200)
+    atoms.calc = AFFCalculator(Counting())
+    forces = atoms.get_forces()
+    assert calls == [False]
+    np.testing.assert_allclose(forces, model.predict(uracil.R[200]).mean[0] * KCAL_MOL_IN_EV, rtol=1e-12)
+    std = atoms.calc.get_forces_std(atoms)  # asked for: computed now, forces unchanged
+    assert calls == [False, True] and std.shape == (uracil.n_atoms, 3)
+    np.testing.assert_allclose(atoms.get_forces(), forces, rtol=0, atol=0)
+    atoms.positions[0, 0] += 0.01  # moved: the results are stale and recomputed, forces only
+    atoms.get_forces()
+    assert calls == [False, True, False]

@@ -108,6 +108,7 @@ def test_rows_carry_hyperparameters_and_metrics_with_none_for_unknown():
     row = reg.rows()[0]
     assert row["force MAE (kcal/mol/Å)"] == 0.5 and row["PCI(95%)"] == 0.93 and row["LCI(95%) (kcal/mol/Å)"] == 2.0
     assert row["energy MAE (kcal/mol)"] is None  # NaN never becomes a number in a table
+    assert row["energy model"] is None  # a force model alone: no energy model to name
     assert e.test_idx == list(m.record.split.test) and len(e.test_idx) == 10
 
 

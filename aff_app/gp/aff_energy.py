@@ -305,8 +305,8 @@ def fit_subset_energy(force_model: ForceModel, R, E, F, *, max_side: int = DEFAU
     ts = time.perf_counter()
     # γ and λ of the AFF fit, λ kept above SUBSET_MIN_LAM of the kernel variance 5/(3γ²): at the
     # λ floor of the force search (1e-13) the full covariance of a subset is so near singular that
-    # the mean force K_*α and the energy's gradient Σ c α, equal in exact arithmetic, differed by
-    # 8% on benzene (rounding in α); at 1e-10 they agree to 1e-6.
+    # the mean force K_*α and the finite-difference gradient of Σ c α, equal in exact arithmetic,
+    # differed by 7% on benzene; at 1e-10 by 2e-5 (h = 1e-4 Å).
     lam = max(force_model.lam, SUBSET_MIN_LAM * 5.0 / (3.0 * force_model.gamma**2))
     sub_model = fit_force_model(
         R[sub], F[sub], force_model.z, mode="sgdml", perms=force_model.perms, gamma=force_model.gamma, lam=lam,

@@ -66,6 +66,7 @@ def models_table(registry: ModelRegistry) -> None:
                 "γ (1/Å)": mw.fmt(r["gamma (1/Å)"], ".4g"), "λ": mw.fmt(r["lambda"], ".2e"),
                 "train time (s)": mw.fmt(r["train time (s)"], ".3g"),
                 f"force MAE ({FORCE_UNIT})": mw.fmt(r["force MAE (kcal/mol/Å)"], ".3g"),
+                "energy model": r["energy model"] or "—",
                 f"energy MAE ({ENERGY_UNIT})": mw.fmt(r["energy MAE (kcal/mol)"], ".3g"),
                 "PCI(95%)": mw.fmt(r["PCI(95%)"], percent=True),
                 f"LCI(95%) ({FORCE_UNIT})": mw.fmt(r["LCI(95%) (kcal/mol/Å)"], ".3g"),

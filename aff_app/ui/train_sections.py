@@ -291,7 +291,7 @@ def models_section(registry: ModelRegistry, fp: str) -> None:
                 "γ (1/Å)": mw.fmt(e.gamma, ".4g"), "λ": mw.fmt(e.lam, ".2e"),
                 "train time (s)": mw.fmt(e.train_time_s, ".3g"),
                 f"force MAE ({FORCE_UNIT})": mw.fmt(m.get("force_mae"), ".3g"),
-                "energy model": "yes" if e.energy is not None else "no",
+                "energy model": e.energy.label if e.energy is not None else "none",
                 "data": "loaded data" if e.data_fingerprint == fp else ("other data" if e.data_fingerprint else "unknown"),
             })
         st.dataframe(rows, hide_index=True, width="stretch")

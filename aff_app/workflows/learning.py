@@ -231,7 +231,7 @@ def learning_curve(
         Fix γ (1/Å) and/or λ; the others are searched by ``criterion``
         ('likelihood' or 'cv') at every point.
     with_energy : bool
-        Also fit an energy model (the energy GP for AFF, the integrated force GP
+        Also fit an energy model (AFF's integrated energy, the energy GP below 60 frames; the integrated force GP
         for GDML/sGDML) on the training frames' energies when the data has them.
     level, kind : interval level and kind ('latent' or 'observation') of PCI, LCI.
     budget_bytes : int, optional

@@ -43,7 +43,7 @@ MAX_NAME_LENGTH = 80
 #: Columns of :meth:`ModelRegistry.rows`, with their units.
 ROW_COLUMNS = (
     "name", "model", "M", "seed", "gamma (1/Å)", "lambda", "train time (s)",
-    "force MAE (kcal/mol/Å)", "energy MAE (kcal/mol)", "PCI(95%)", "LCI(95%) (kcal/mol/Å)", "source",
+    "force MAE (kcal/mol/Å)", "energy model", "energy MAE (kcal/mol)", "PCI(95%)", "LCI(95%) (kcal/mol/Å)", "source",
 )
 
 
@@ -146,6 +146,7 @@ class TrainedModel:
             "lambda": _finite_or_none(self.lam),
             "train time (s)": self.train_time_s,
             "force MAE (kcal/mol/Å)": _finite_or_none(m.get("force_mae")),
+            "energy model": None if self.energy is None else self.energy.label,
             "energy MAE (kcal/mol)": _finite_or_none(m.get("energy_mae")),
             "PCI(95%)": pci,
             "LCI(95%) (kcal/mol/Å)": _finite_or_none(m.get("lci")),
