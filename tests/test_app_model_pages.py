@@ -135,11 +135,11 @@ def test_train_page_shows_the_cost_before_training():
     # the time estimate covers the whole action, part by part (issue 20 item 4)
     from aff_app.gp.budget import estimate_time
 
-    from aff_app.gp.aff_energy import subset_size
+    from aff_app.gp.aff_energy import subset_side, subset_size
     from aff_app.ui.train_sections import _seconds
 
     # AFF's integrated energy adds its subset's sGDML fit (issue 15): M_E frames, one set of all 12 atoms
-    subset = estimate_cost(subset_size(200, 12), [12], n_perms=12)
+    subset = estimate_cost(subset_size(200, 12, subset_side(200, [6, 6])), [12], n_perms=12)
     times = estimate_time(est, 12, search=True, energy=True, n_test=at.number_input(key=state.TRAIN_N_TEST).value,
                           energy_subset=subset)
     assert times.energy_s > estimate_time(est, 12, search=True, energy=True, n_test=200).energy_s

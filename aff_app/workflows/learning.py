@@ -98,11 +98,12 @@ def time_for(mode: str, n_train: int, n_atoms: int, symmetry: SymmetryInfo | Non
     ``energy_model``: AFF's (``TrainSettings.energy_model``); the integrated one adds its subset's
     sGDML fit (M_E frames of ``aff_app.gp.aff_energy.subset_size``).
     """
-    from aff_app.gp.aff_energy import MIN_SUBSET_FRAMES, subset_size
+    from aff_app.gp.aff_energy import MIN_SUBSET_FRAMES, subset_side, subset_size
 
     subset = None
     if mode == "aff" and energy and energy_model == "integrated":
-        m_e = subset_size(int(n_train), int(n_atoms))
+        cost = cost_for(mode, n_train, n_atoms, symmetry)
+        m_e = subset_size(int(n_train), int(n_atoms), subset_side(n_train, cost.set_sizes))
         if m_e >= MIN_SUBSET_FRAMES:
             subset = cost_for("sgdml", m_e, n_atoms, symmetry)
     return estimate_time(cost_for(mode, n_train, n_atoms, symmetry), n_atoms, search=search, energy=energy,

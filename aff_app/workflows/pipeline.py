@@ -30,7 +30,7 @@ from aff_app.gp import persistence
 from aff_app.gp.budget import ComputeBudgetError, check_budget, estimate_cost
 from aff_app.gp.energy import EnergyModel, fit_energy_model
 from aff_app.gp.integrated import fit_integrated_energy
-from aff_app.gp.aff_energy import DEFAULT_SUBSET_SIDE, MIN_HELD_FRAMES, MIN_SUBSET_FRAMES, fit_subset_energy, subset_size
+from aff_app.gp.aff_energy import MIN_HELD_FRAMES, MIN_SUBSET_FRAMES, fit_subset_energy, subset_side, subset_size
 from aff_app.gp.persistence import EnergyModelType
 from aff_app.gp.force import MODES, FactorizationError, ForceModel, ModelError, fit_force_model
 from aff_app.gp.record import DataRecord, FitRecord, SplitRecord, Timings
@@ -88,8 +88,9 @@ class TrainSettings:
         the other training energies (method.md "AFF's energy"; it needs 60 frames, below
         which the energy GP is fitted with a warning); 'gp', the energy GP conditioned on the
         forces at x* (method.md "Energy prediction").
-    energy_side : int
-        Largest side 3·M_E·N of the integrated energy's subset kernel.
+    energy_side : int, optional
+        Largest side 3·M_E·N of the integrated energy's subset kernel; default
+        ``aff_app.gp.aff_energy.subset_side`` (follows the force fit's largest set kernel).
     energy_gamma, energy_lam : float, optional
         Fix the energy GP's range and nugget ('gp' only); None: its likelihood.
     keep_factors : bool
@@ -106,7 +107,7 @@ class TrainSettings:
     search_fraction: float = 0.25
     energy: bool = True
     energy_model: str = "integrated"
-    energy_side: int = DEFAULT_SUBSET_SIDE
+    energy_side: int | None = None
     energy_gamma: float | None = None
     energy_lam: float | None = None
     keep_factors: bool = True
@@ -236,13 +237,14 @@ def fit(
         e_progress = lambda f, m: progress(share + (1 - share) * f, "energy model: " + m)  # noqa: E731
         try:
             use_gp = s.energy_model == "gp"
-            if s.mode == "aff" and not use_gp and subset_size(idx.size, traj.n_atoms, s.energy_side) < MIN_SUBSET_FRAMES:
+            side = s.energy_side or subset_side(idx.size, [a.size for a in force.pe_sets])
+            if s.mode == "aff" and not use_gp and subset_size(idx.size, traj.n_atoms, side) < MIN_SUBSET_FRAMES:
                 use_gp = True
                 warnings.append(f"{idx.size} training frames are too few for the integrated energy (it needs "
                                 f"{MIN_SUBSET_FRAMES} for its subset and {MIN_HELD_FRAMES} to calibrate it): the energy GP was fitted instead.")
             if s.mode == "aff" and not use_gp:
                 # method.md "AFF's energy": integrated sGDML forces on a spread subset + residual GP
-                energy = fit_subset_energy(force, traj.R[idx], traj.E[idx], traj.F[idx], max_side=s.energy_side,
+                energy = fit_subset_energy(force, traj.R[idx], traj.E[idx], traj.F[idx], max_side=side,
                                            train_idx=idx, seed=seed, progress=e_progress)
             elif s.mode == "aff":
                 # method.md "Energy prediction": the energy GP, conditioned on forces at x* and its neighbours
