@@ -111,8 +111,12 @@ class AFFCalculator(Calculator):
         # ASE keeps results until the atoms move, and calls again for a property it lacks: compute what is asked
         if self.conservative and "forces" in wanted:
             self.results["forces"] = np.asarray(self.energy_model.forces(R)[0]) * _FORCE_TO_ASE
-        need_force_pred = "forces_std" in wanted or (not self.conservative and "forces" in wanted) or (
-            self.energy_model is not None and {"energy", "energy_std"} & wanted and not hasattr(self.energy_model, "forces"))
+        energy_wanted = self.energy_model is not None and bool({"energy", "energy_std"} & wanted)
+        # the energy GP (kind 'gp', and any model without a kind) conditions on the predicted forces at x*;
+        # the integrated energies depend on the positions alone
+        energy_needs_forces = energy_wanted and getattr(self.energy_model, "kind", "gp") == "gp"
+        need_force_pred = ("forces_std" in wanted or (not self.conservative and "forces" in wanted)
+                           or energy_needs_forces)
         pred = None
         if need_force_pred:
             with_std = "forces_std" in wanted
@@ -121,7 +125,7 @@ class AFFCalculator(Calculator):
                 self.results["forces"] = np.asarray(pred.mean[0]) * _FORCE_TO_ASE
             if with_std:
                 self.results["forces_std"] = np.asarray(pred.std[0]) * _FORCE_TO_ASE
-        if self.energy_model is not None and {"energy", "energy_std"} & wanted:
+        if energy_wanted:
             epred = self.energy_model.predict(R, forces=None if pred is None else pred.mean)
             self.results["energy"] = float(np.reshape(epred.mean, -1)[0]) * _ENERGY_TO_ASE
             std = getattr(epred, "std", None)

@@ -24,7 +24,6 @@ Units: positions Å, energies kcal/mol, forces kcal/mol/Å.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from aff_app.gp.energy import (
     _info,
     _need,
     _positions,
+    _prefixed_arrays,
     _read_npz,
     _search_energy,
     _split_force,
@@ -217,11 +217,6 @@ class SubsetEnergyModel:
     # -- file -------------------------------------------------------------------------
     def save(self, path) -> None:
         """Write to ``.npz`` (plain arrays, no pickle): both force models, the residual GP."""
-        buf = io.BytesIO()
-        self.integrated.save(buf)
-        buf.seek(0)
-        with np.load(buf, allow_pickle=False) as d:
-            inner = {_INTEGRATED_PREFIX + k: d[k] for k in d.files}
         np.savez_compressed(
             path,
             format=np.array(SUBSET_FORMAT),
@@ -230,7 +225,7 @@ class SubsetEnergyModel:
             weights=self.weights,
             params=np.array([self.gamma, self.lam, self.mean_residual, self.sigma2, self.scale]),
             info=np.array(json.dumps(self.info, default=_json_default)),
-            **inner,
+            **_prefixed_arrays(self.integrated, _INTEGRATED_PREFIX),
             **_force_arrays(self.force_model),
         )
 

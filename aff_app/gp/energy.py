@@ -264,13 +264,18 @@ def _search_energy(G: Geometry, E: np.ndarray, perms, *, gamma=None, n_grid=7, n
     }
 
 
-def _force_arrays(force_model: ForceModel) -> dict:
-    """The force model's own .npz arrays (written by ForceModel.save), prefixed."""
+def _prefixed_arrays(model, prefix: str) -> dict:
+    """A model's own .npz arrays (written by its ``save``), each key prefixed (a model inside another's file)."""
     buf = io.BytesIO()
-    force_model.save(buf)
+    model.save(buf)
     buf.seek(0)
     with np.load(buf, allow_pickle=False) as d:
-        return {_FORCE_PREFIX + k: d[k] for k in d.files}
+        return {prefix + k: d[k] for k in d.files}
+
+
+def _force_arrays(force_model: ForceModel) -> dict:
+    """The force model's own .npz arrays (written by ForceModel.save), prefixed."""
+    return _prefixed_arrays(force_model, _FORCE_PREFIX)
 
 
 def _read_npz(path) -> dict:

@@ -100,14 +100,13 @@ def time_for(mode: str, n_train: int, n_atoms: int, symmetry: SymmetryInfo | Non
     """
     from aff_app.gp.aff_energy import MIN_SUBSET_FRAMES, subset_side, subset_size
 
+    cost = cost_for(mode, n_train, n_atoms, symmetry)
     subset = None
     if mode == "aff" and energy and energy_model == "integrated":
-        cost = cost_for(mode, n_train, n_atoms, symmetry)
         m_e = subset_size(int(n_train), int(n_atoms), subset_side(n_train, cost.set_sizes))
         if m_e >= MIN_SUBSET_FRAMES:
             subset = cost_for("sgdml", m_e, n_atoms, symmetry)
-    return estimate_time(cost_for(mode, n_train, n_atoms, symmetry), n_atoms, search=search, energy=energy,
-                         n_test=n_test, energy_subset=subset)
+    return estimate_time(cost, n_atoms, search=search, energy=energy, n_test=n_test, energy_subset=subset)
 
 
 @dataclass(frozen=True, eq=False)
