@@ -78,21 +78,28 @@ class ForcePrediction:
     ----------
     mean : ndarray, shape (B, N, 3)
         Posterior mean force.
-    std : ndarray, shape (B, N, 3)
-        Posterior standard deviation of the *latent* (noise-free) force.
-    noise_var : ndarray, shape (N,)
+    std : ndarray, shape (B, N, 3), or None
+        Posterior standard deviation of the *latent* (noise-free) force; None for
+        models without an interval (the DCF-style network, the sgdml package).
+    noise_var : ndarray, shape (N,), or None
         σ̂_i² λ of each atom's set: the variance a new noisy observation adds.
     cov : ndarray, shape (B, N, 3, 3) or None
         Posterior 3×3 covariance of each atom's latent force.
     """
 
     mean: np.ndarray
-    std: np.ndarray
-    noise_var: np.ndarray
+    std: np.ndarray | None
+    noise_var: np.ndarray | None
     cov: np.ndarray | None = None
 
-    def std_observation(self) -> np.ndarray:
-        """Standard deviation of a new noisy observation, shape (B, N, 3)."""
+    @property
+    def has_interval(self) -> bool:
+        return self.std is not None
+
+    def std_observation(self) -> np.ndarray | None:
+        """Standard deviation of a new noisy observation, shape (B, N, 3) (None without an interval)."""
+        if self.std is None:
+            return None
         return np.sqrt(self.std**2 + self.noise_var[None, :, None])
 
     def interval(self, level: float = 0.95, *, kind: str = "latent") -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +113,8 @@ class ForcePrediction:
             raise ValueError(f"level must lie in (0, 1), got {level}")
         if kind not in ("latent", "observation"):
             raise ValueError(f"kind must be 'latent' or 'observation', got {kind!r}")
+        if self.std is None:
+            raise ValueError("this model predicts no interval (means only)")
         sd = self.std if kind == "latent" else self.std_observation()
         h = ndtri(0.5 + level / 2.0) * sd
         return self.mean - h, self.mean + h
@@ -149,6 +158,9 @@ class ForceModel:
     record: FitRecord = field(default_factory=FitRecord)
     _chol: list | None = field(default=None, repr=False)
     _geom: Geometry | None = field(default=None, repr=False)
+
+    #: A GP: every prediction can carry its interval (the peers' models say False).
+    has_interval = True
 
     # -- sizes -------------------------------------------------------------------
     @property
