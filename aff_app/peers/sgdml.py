@@ -26,8 +26,10 @@ Units: positions Å, energies kcal/mol, forces kcal/mol/Å (sGDML's own).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
+import math
 import os
 import re
 import signal
@@ -53,6 +55,7 @@ __all__ = [
     "MEMORY_FRACTION",
     "require_sgdml",
     "peer_available",
+    "peer_status",
     "write_sgdml_dataset",
     "sgdml_memory_bytes",
     "sgdml_time_seconds",
@@ -72,6 +75,8 @@ SGDML_COPIES = 4
 MEMORY_FRACTION = 0.85
 #: σ trials assumed by the time estimate when no pilot run says how many the package needs.
 DEFAULT_SIGMA_TRIALS = 6
+#: How often a running ``sgdml all`` reports progress (and can be cancelled), s.
+POLL_S = 1.0
 #: Dense Cholesky rate assumed when none is measured (flop/s; 2-core machine, benchmarks/bench_forces.py).
 DEFAULT_CHOLESKY_RATE = 2.0e10
 
@@ -111,6 +116,17 @@ def require_sgdml(submodule: str = "sgdml") -> Any:
             f"the reference sGDML package is not available ({type(exc).__name__}: {exc}); it is optional — "
             f"install it with `{INSTALL_HINT}` (see requirements-peer.txt), or run without the peer (--no-peer)"
         ) from None
+
+
+@functools.lru_cache(maxsize=1)
+def peer_status() -> str | None:
+    """None when ``sgdml`` imports; else the :class:`PeerUnavailableError` message (found once per process:
+    the import brings torch in, seconds the first time)."""
+    try:
+        require_sgdml("sgdml.predict")
+    except PeerUnavailableError as exc:
+        return str(exc)
+    return None
 
 
 def peer_available() -> bool:
@@ -361,6 +377,8 @@ def run_sgdml(
     gdml: bool = False,
     max_processes: int = 2,
     model_name: str | None = None,
+    progress: Progress | None = None,
+    expected_s: float | None = None,
 ) -> PeerRun:
     """Run ``sgdml all`` on exactly the frames of ``train_path``.
 
@@ -386,6 +404,12 @@ def run_sgdml(
         No symmetries (``--gdml``).
     max_processes : int
         sgdml's ``-p``.
+    progress : callable(fraction, message), optional
+        Called every ``POLL_S`` seconds while the package runs (fraction: of the time limit); when it
+        raises (a cancel), the package's processes are killed and the exception propagates.
+    expected_s : float, optional
+        Expected wall time (:func:`sgdml_time_seconds`): the progress fraction then approaches 1 as
+        1 − exp(−t / expected) rather than t / ``timeout_s``.
 
     Returns
     -------
@@ -414,19 +438,35 @@ def run_sgdml(
     if gdml:
         cmd.append("--gdml")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(int(max_processes))))
+    progress = progress or _noop
     t = time.perf_counter()
     # its own session, so that a run past the limit is ended with the worker processes it started
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        lines = _clean_log((stdout or "") + "\n" + (stderr or ""))
-        return PeerRun(n_train=m, ok=False, wall_s=time.perf_counter() - t,
-                       reason=f"did not finish within {timeout_s:.0f} s (stopped)",
-                       command=cmd, log_tail="\n".join(lines[-5:]), **_parse_log(lines))
+    while True:
+        # wait in short slices: each reports progress, and a progress callback that raises (the app's
+        # Cancel) ends the package's processes before the exception travels on
+        elapsed = time.perf_counter() - t
+        try:
+            stdout, stderr = proc.communicate(timeout=max(min(POLL_S, timeout_s - elapsed), 0.01))
+            break
+        except subprocess.TimeoutExpired:
+            elapsed = time.perf_counter() - t
+            if elapsed >= timeout_s:
+                os.killpg(proc.pid, signal.SIGKILL)
+                stdout, stderr = proc.communicate()
+                lines = _clean_log((stdout or "") + "\n" + (stderr or ""))
+                return PeerRun(n_train=m, ok=False, wall_s=time.perf_counter() - t,
+                               reason=f"did not finish within {timeout_s:.0f} s (stopped)",
+                               command=cmd, log_tail="\n".join(lines[-5:]), **_parse_log(lines))
+            try:
+                frac = (1.0 - math.exp(-elapsed / expected_s)) if expected_s else elapsed / timeout_s
+                progress(min(frac, 0.99), f"sgdml all running ({elapsed:.0f} s"
+                         + (f", about {expected_s:.0f} s expected)" if expected_s else ")"))
+            except BaseException:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise
     wall = time.perf_counter() - t
     lines = _clean_log(stdout + "\n" + stderr)
     parsed = _parse_log(lines)
