@@ -91,6 +91,8 @@ class AFFCalculator(Calculator):
         self.conservative = bool(conservative)
         # per instance: which properties exist depends on the models given
         self.implemented_properties = list(AFFCalculator.implemented_properties)
+        if not getattr(force_model, "has_interval", True):  # the peers predict means only
+            self.implemented_properties.remove("forces_std")
         if energy_model is not None:
             self.implemented_properties += ["energy", "energy_std"]
 
@@ -129,7 +131,7 @@ class AFFCalculator(Calculator):
             epred = self.energy_model.predict(R, forces=None if pred is None else pred.mean)
             self.results["energy"] = float(np.reshape(epred.mean, -1)[0]) * _ENERGY_TO_ASE
             std = getattr(epred, "std", None)
-            if std is not None:
+            if std is not None and np.all(np.isfinite(std)):
                 self.results["energy_std"] = float(np.reshape(std, -1)[0]) * _ENERGY_TO_ASE
 
     def get_forces_std(self, atoms=None) -> np.ndarray:

@@ -4,7 +4,7 @@ Registered with :func:`aff_app.cli.register` at import time (the module is
 listed in ``aff_app.cli.COMMAND_MODULES``)::
 
     python -m aff_app symmetry DATA [--method data|graph] [--frames-used 200] [--seed 0]
-    python -m aff_app train DATA --model aff|gdml|sgdml --n-train M --out MODEL.npz [--seed S]
+    python -m aff_app train DATA --model aff|gdml|sgdml|sgdml-package|dcf --n-train M --out MODEL.npz [--seed S]
                                  [--gamma G --lam L] [--criterion likelihood|cv] [--pe-sets "0,1;2 3"]
                                  [--labels md17|rmd17] [--memory-budget-gb X] [--no-energy]
     python -m aff_app evaluate MODEL DATA [--n-test K] [--seed S] [--level 0.95] [--interval latent|observation]
@@ -143,9 +143,13 @@ def _render_symmetry(r: dict) -> str:
 # -- train ------------------------------------------------------------------------------
 def _add_train(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
-    p.add_argument("--model", choices=("aff", "gdml", "sgdml"), default="aff",
+    from aff_app.workflows.kinds import ALL_MODES
+
+    p.add_argument("--model", choices=ALL_MODES, default="aff",
                    help="aff: one GP per PE set (default); gdml: all atoms, no symmetry; sgdml: all atoms, "
-                        "permutation-symmetric kernel")
+                        "permutation-symmetric kernel; sgdml-package: the sgdml package itself (`sgdml all`, "
+                        "optional install); dcf: a DCF-style direct-force network (forces only). The last two "
+                        "predict no interval")
     p.add_argument("--n-train", type=int, required=True, help="training frames M, drawn at random with --seed")
     p.add_argument("--seed", type=int, default=0, help="seed of the training-frame draw (default 0)")
     p.add_argument("--out", required=True, help="model file to write (.npz)")
@@ -177,8 +181,12 @@ def _run_train(args) -> dict:
     out = _out_path_npz(args.out)
     if args.memory_budget_gb is not None and not args.memory_budget_gb > 0:
         raise CLIError(f"--memory-budget-gb must be > 0, got {args.memory_budget_gb}")
-    if args.model == "gdml" and args.pe_sets:
-        raise CLIError("--pe-sets applies to --model aff and sgdml; gdml uses one set of all atoms and no symmetry")
+    from aff_app.workflows.kinds import PEER_MODES, uses_symmetry
+
+    if not uses_symmetry(args.model) and args.pe_sets:
+        raise CLIError(f"--pe-sets applies to --model aff and sgdml; {args.model} takes no PE sets")
+    if args.model in PEER_MODES and (args.gamma is not None or args.lam is not None):
+        raise CLIError(f"--gamma/--lam are the GP's hyperparameters; --model {args.model} chooses its own")
     t0 = time.perf_counter()
     traj = load_from_args(args)
     budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30)
@@ -188,7 +196,7 @@ def _run_train(args) -> dict:
                                       keep_factors=False)  # written and done: one kernel buffer
     progress = _progress_printer(args)
     symmetry, t_sym = None, None
-    if args.model != "gdml" and (args.pe_sets or args.symmetry_method != "data"):
+    if uses_symmetry(args.model) and (args.pe_sets or args.symmetry_method != "data"):
         ts = time.perf_counter()
         symmetry = resolve_symmetry(traj, method=args.symmetry_method, n_samples=args.symmetry_frames,
                                     seed=args.seed, pe_sets=args.pe_sets)
@@ -214,17 +222,18 @@ def _run_train(args) -> dict:
         "n_frames": traj.n_frames,
         "seed": args.seed,
         "label_set": traj.provenance.label_set,
-        "gamma": model.gamma,
-        "lam": model.lam,
-        "sigma2": model.sigma2.tolist(),
+        "gamma": _finite_or_none(model.gamma),
+        "lam": _finite_or_none(model.lam),
+        "sigma2": model.sigma2.tolist() if hasattr(model, "sigma2") else None,
+        "has_interval": bool(model.has_interval),
         "criterion": rec.criterion,
         "search_converged": rec.search.converged,
         "converged": rec.search.converged,
         "lam_at_floor": rec.search.lam_at_floor,
         "warnings": [w + (" On the command line: evaluate the model, or fix γ and λ with --gamma/--lam."
                           if w.startswith("The hyperparameter search") else "") for w in trained.warnings],
-        "n_perms": int(model.perms.shape[0]),
-        "pe_sets": _pe_set_records(model.pe_sets, model.z),
+        "n_perms": int(model.perms.shape[0]) if hasattr(model, "perms") else getattr(model, "n_perms", None),
+        "pe_sets": _pe_set_records(model.pe_sets, model.z) if hasattr(model, "pe_sets") else None,
         "energy_model": _energy_kind(energy),
         "energy_gamma": None if energy is None else getattr(energy, "gamma", None),
         "energy_lam": None if energy is None else getattr(energy, "lam", None),
@@ -241,20 +250,34 @@ def _energy_kind(energy) -> str | None:
     return None if energy is None else energy.label
 
 
+def _finite_or_none(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
 def _render_train(r: dict) -> str:
     t = r["timings"]
     energy = "no energy model" if r["energy_model"] is None else f"energy model: {r['energy_model']}"
+    from aff_app.workflows.kinds import MODE_LABELS, no_interval_note
+
     lines = [
-        f"{r['model'].upper()} model of {r['formula']} written to {r['path']} ({energy})",
+        f"{MODE_LABELS.get(r['model'], r['model'])} model of {r['formula']} written to {r['path']} ({energy})",
         f"trained on {r['n_train']} of {r['n_frames']} frames (seed {r['seed']}, labels {r['label_set'] or '?'})",
-        f"γ = {r['gamma']:.6g} 1/Å, λ = {r['lam']:.3g} ({r['criterion']}"
-        + ("" if r["search_converged"] is None else f", converged: {r['search_converged']}") + ")",
-        f"PE sets ({len(r['pe_sets'])}, {r['n_perms']} permutations): {_describe_sets(r['pe_sets'])}",
-        f"training time {r['training_time_s']:.2f} s: symmetry {t['symmetry_s']:.2f} s, force fit {t['force_s']:.2f} s "
-        f"(search {t['search_s']:.2f} s, build {t['build_s']:.2f} s, Cholesky {t['cholesky_s']:.2f} s)"
-        + ("" if t["energy_s"] is None else f", energy fit {t['energy_s']:.2f} s")
-        + f"; the whole command {r['wall_time_s']:.2f} s",
     ]
+    if r["gamma"] is not None:
+        lines.append(f"γ = {r['gamma']:.6g} 1/Å, λ = {r['lam']:.3g} ({r['criterion']}"
+                     + ("" if r["search_converged"] is None else f", converged: {r['search_converged']}") + ")")
+    if r["pe_sets"] is not None:
+        lines.append(f"PE sets ({len(r['pe_sets'])}, {r['n_perms']} permutations): {_describe_sets(r['pe_sets'])}")
+    if not r["has_interval"]:
+        lines.append(no_interval_note(r["model"]))
+    if t["search_s"] is not None:
+        lines.append(f"training time {r['training_time_s']:.2f} s: symmetry {t['symmetry_s']:.2f} s, force fit "
+                     f"{t['force_s']:.2f} s (search {t['search_s']:.2f} s, build {t['build_s']:.2f} s, Cholesky "
+                     f"{t['cholesky_s']:.2f} s)" + ("" if t["energy_s"] is None else f", energy fit {t['energy_s']:.2f} s")
+                     + f"; the whole command {r['wall_time_s']:.2f} s")
+    else:
+        lines.append(f"training time {r['training_time_s']:.2f} s; the whole command {r['wall_time_s']:.2f} s")
     lines.extend(f"warning: {w}" for w in r.get("warnings") or [])
     return "\n".join(lines)
 
@@ -297,14 +320,16 @@ def _run_evaluate(args) -> dict:
 def _render_evaluate(r: dict) -> str:
     u, eu = r["units"]["force"], r["units"]["energy"]
     level = f"{100 * r['level']:g}%"
+    from aff_app.workflows.kinds import MODE_LABELS, no_interval_note
+
     lines = [
-        f"{r['model'].upper()} model ({r['n_train']} training frames) on {r['n_test']} held-out frames of "
-        f"{r['formula']} ({r['test_selection']})",
+        f"{MODE_LABELS.get(r['model'], r['model'])} model ({r['n_train']} training frames) on {r['n_test']} held-out "
+        f"frames of {r['formula']} ({r['test_selection']})",
         f"force MAE  {format_value(r['force_mae'], u, 5)}",
         f"force RMSE {format_value(r['force_rmse'], u, 5)}   "
         f"(reference force std {format_value(r['reference_force_std'], u, 4)})",
-        f"PCI({level}) {format_value(100 * r['pci'], '%', 3)}   LCI {format_value(r['lci'], u, 5)}   "
-        f"({r['interval']} interval)",
+        (f"PCI({level}) {format_value(100 * r['pci'], '%', 3)}   LCI {format_value(r['lci'], u, 5)}   "
+         f"({r['interval']} interval)") if r["pci"] is not None else f"no interval: {no_interval_note(r['model'])}",
     ]
     if r["energy_mae"] is None:
         lines.append("energy: no energy model in the file" if r["energy_model"] is None

@@ -14,7 +14,10 @@ Layout (the ``format`` array tells which):
 * ``aff_app.IntegratedEnergyModel/1`` — the integrated force GP (GDML/sGDML),
   with its force model likewise;
 * ``aff_app.SubsetEnergyModel/1`` — AFF's integrated energy (``aff_app.gp.aff_energy``): the AFF
-  force model under ``force__*``, the subset's integrated model under ``integrated__*``.
+  force model under ``force__*``, the subset's integrated model under ``integrated__*``;
+* ``aff_app.SGDMLPackageModel/1`` — a model trained by the sgdml package (``aff_app.peers.package_model``):
+  its forces and energies, the package's own arrays under ``package__*``;
+* ``aff_app.DCFModel/1`` — the DCF-style direct-force network (``aff_app.dcf``): forces only.
 
 Pickled (object) arrays are refused, never executed. Every damaged or foreign
 file raises :class:`~aff_app.gp.force.ModelError` with the reason.
@@ -31,18 +34,25 @@ from aff_app.gp.energy import ENERGY_FORMAT, INTEGRATED_FORMAT, EnergyModel
 from aff_app.gp.integrated import IntegratedEnergyModel
 from aff_app.gp.aff_energy import SUBSET_FORMAT, SubsetEnergyModel
 from aff_app.gp.force import FORCE_FORMAT, ForceModel, ModelError, read_model_npz
+from aff_app.dcf import DCF_FORMAT, DCFModel
+from aff_app.peers.package_model import PACKAGE_FORMAT, PackageEnergy, PackageModel
 
-__all__ = ["save_model", "model_bytes", "load_model", "read_arrays", "FORMATS", "EnergyModelType", "ENERGY_MODEL_CLASSES"]
+__all__ = ["save_model", "model_bytes", "load_model", "read_arrays", "FORMATS", "EnergyModelType", "ENERGY_MODEL_CLASSES",
+           "ForceModelType", "FORCE_MODEL_CLASSES"]
 
 #: Every format tag a model file may carry.
-FORMATS = (FORCE_FORMAT, ENERGY_FORMAT, INTEGRATED_FORMAT, SUBSET_FORMAT)
+FORMATS = (FORCE_FORMAT, ENERGY_FORMAT, INTEGRATED_FORMAT, SUBSET_FORMAT, PACKAGE_FORMAT, DCF_FORMAT)
 
 #: Every energy model class; each has ``kind``, ``label``, ``force_model``, ``n_atoms`` and ``predict(R, forces=...)``.
-ENERGY_MODEL_CLASSES = (EnergyModel, IntegratedEnergyModel, SubsetEnergyModel)
-EnergyModelType = EnergyModel | IntegratedEnergyModel | SubsetEnergyModel
+ENERGY_MODEL_CLASSES = (EnergyModel, IntegratedEnergyModel, SubsetEnergyModel, PackageEnergy)
+EnergyModelType = EnergyModel | IntegratedEnergyModel | SubsetEnergyModel | PackageEnergy
+#: Every force model class; each has ``mode``, ``z``, ``n_train``, ``record``, ``has_interval`` and
+#: ``predict(R, return_std=...)`` returning a ``ForcePrediction`` (``std`` None without an interval).
+FORCE_MODEL_CLASSES = (ForceModel, PackageModel, DCFModel)
+ForceModelType = ForceModel | PackageModel | DCFModel
 
 
-def save_model(target: str | os.PathLike | BinaryIO, force: ForceModel,
+def save_model(target: str | os.PathLike | BinaryIO, force: ForceModelType,
                energy: EnergyModelType | None = None) -> None:
     """Write ``force`` (and ``energy``, which embeds it) to a path or a binary file object."""
     if energy is not None and energy.force_model is not force:
@@ -50,7 +60,7 @@ def save_model(target: str | os.PathLike | BinaryIO, force: ForceModel,
     (energy if energy is not None else force).save(target)
 
 
-def model_bytes(force: ForceModel, energy: EnergyModelType | None = None) -> bytes:
+def model_bytes(force: ForceModelType, energy: EnergyModelType | None = None) -> bytes:
     """:func:`save_model` into memory (the app's download)."""
     buf = io.BytesIO()
     save_model(buf, force, energy)
@@ -81,7 +91,7 @@ def read_arrays(source: str | os.PathLike | bytes | bytearray, *, where: str | N
 
 
 def load_model(source: str | os.PathLike | bytes | bytearray, *,
-               where: str | None = None) -> tuple[ForceModel, EnergyModelType | None]:
+               where: str | None = None) -> tuple[ForceModelType, EnergyModelType | None]:
     """Read any model file: ``(force model, energy model or None)``.
 
     Parameters
@@ -112,6 +122,11 @@ def load_model(source: str | os.PathLike | bytes | bytearray, *,
     if fmt == INTEGRATED_FORMAT:
         im = IntegratedEnergyModel.from_arrays(arrays, where=where)
         return im.force_model, im
+    if fmt == PACKAGE_FORMAT:
+        pm = PackageModel.from_arrays(arrays, where=where)
+        return pm, pm.energy_model
+    if fmt == DCF_FORMAT:
+        return DCFModel.from_arrays(arrays, where=where), None
     if "format" in arrays:
         # a newer version of one of ours says so (check_model_format), anything else is foreign
         kind = fmt.rpartition("/")[0]

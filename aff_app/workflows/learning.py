@@ -1,6 +1,7 @@
 """Learning curves (the paper's Fig. 3 and Fig. 5): accuracy, cost and interval quality against M.
 
-For each chosen model (AFF, GDML, sGDML) and training size M, a force model is
+For each chosen model (AFF, GDML, sGDML, and the peers: the sgdml package and the
+DCF-style network, ``aff_app.workflows.kinds``) and training size M, a force model is
 fitted on the first M frames of one seeded training pool and evaluated on one
 fixed set of test frames, so that every point of every curve is tested on
 the same held-out frames and the training sets are nested (the M = 400 set
@@ -34,7 +35,8 @@ from aff_app.gp.budget import (
 from aff_app.gp.force import MODES, FactorizationError, ModelError
 from aff_app.workflows import pipeline
 from aff_app.workflows.pipeline import TrainSettings
-from aff_app.workflows.registry import MODE_LABELS
+from aff_app.workflows.kinds import ALL_MODES, MODE_LABELS, PEER_MODES, peer_cost, uses_symmetry
+from aff_app.peers.sgdml import PeerError
 from aff_app.symmetry import SymmetryInfo
 from aff_app.io.trajectory import Trajectory
 from aff_app.workflows.training import SplitError, TrainingError, UnlabelledDataError
@@ -55,7 +57,7 @@ Progress = Callable[[float, str], None]
 #: Keys of every row :func:`learning_curve` returns.
 ROW_KEYS = (
     "model", "mode", "M", "status", "note", "force_mae", "force_rmse", "energy_mae", "train_s", "energy_train_s",
-    "pci", "lci", "l_norm", "delta_p", "gamma", "lam", "n_test", "estimate_GB", "estimate_s",
+    "pci", "lci", "l_norm", "delta_p", "gamma", "lam", "n_test", "estimate_GB", "estimate_s", "predict_ms",
 )
 
 
@@ -67,6 +69,11 @@ def _noop(fraction: float, message: str) -> None:
     return None
 
 
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
 def set_sizes_for(mode: str, n_atoms: int, symmetry: SymmetryInfo | None) -> tuple[list[int], int]:
     """PE-set sizes l_i and number of permutations S a fit of ``mode`` uses.
 
@@ -74,8 +81,8 @@ def set_sizes_for(mode: str, n_atoms: int, symmetry: SymmetryInfo | None) -> tup
     group; GDML: one set of all atoms, no permutations; sGDML: one set of all
     atoms and the group (method.md "Modes that fall out of the same code").
     """
-    if mode not in MODES:
-        raise LearningCurveError(f"model must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in ALL_MODES:
+        raise LearningCurveError(f"model must be one of {', '.join(ALL_MODES)}, got {mode!r}")
     n_perms = 1 if symmetry is None else int(len(symmetry.perms))
     if mode == "aff":
         sizes = [1] * n_atoms if symmetry is None else [int(len(s)) for s in symmetry.pe_sets]
@@ -86,8 +93,10 @@ def set_sizes_for(mode: str, n_atoms: int, symmetry: SymmetryInfo | None) -> tup
 
 
 def cost_for(mode: str, n_train: int, n_atoms: int, symmetry: SymmetryInfo | None) -> CostEstimate:
-    """``estimate_cost`` of one fit: Σ(3 M l_i)³/3 flops, peak memory, rough seconds."""
+    """``estimate_cost`` of one fit: Σ(3 M l_i)³/3 flops, peak memory, rough seconds (the peers': ``peer_cost``)."""
     sizes, n_perms = set_sizes_for(mode, n_atoms, symmetry)
+    if mode in PEER_MODES:
+        return peer_cost(mode, n_train, n_atoms, n_perms)
     return estimate_cost(int(n_train), sizes, n_perms=n_perms)
 
 
@@ -101,6 +110,9 @@ def time_for(mode: str, n_train: int, n_atoms: int, symmetry: SymmetryInfo | Non
     from aff_app.gp.aff_energy import MIN_SUBSET_FRAMES, subset_side, subset_size
 
     cost = cost_for(mode, n_train, n_atoms, symmetry)
+    if mode in PEER_MODES:
+        # the peers' own estimate is the whole fit; their held-out predictions are means only
+        return TimeEstimate(search_s=0.0, fit_s=cost.seconds, energy_s=0.0, held_out_s=2e-3 * int(n_test))
     subset = None
     if mode == "aff" and energy and energy_model == "integrated":
         m_e = subset_size(int(n_train), int(n_atoms), subset_side(n_train, cost.set_sizes))
@@ -209,6 +221,7 @@ def learning_curve(
     level: float = 0.95,
     kind: str = "latent",
     budget_bytes: int | None = None,
+    with_std: bool = True,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Fit and evaluate every (model, M); one row per point.
@@ -217,7 +230,7 @@ def learning_curve(
     ----------
     traj : Trajectory
         Labelled data (Å, kcal/mol, kcal/mol/Å).
-    models : sequence of {'aff', 'gdml', 'sgdml'}
+    models : sequence of {'aff', 'gdml', 'sgdml', 'sgdml-package', 'dcf'}
     sizes : sequence of int
         Training sizes M.
     n_test : int
@@ -236,6 +249,9 @@ def learning_curve(
     level, kind : interval level and kind ('latent' or 'observation') of PCI, LCI.
     budget_bytes : int, optional
         Memory budget (default ``aff_app.gp.budget.default_budget_bytes()``).
+    with_std : bool
+        Predict the held-out sds (default; PCI, LCI). False: means only, for every model alike
+        (the benchmarks' thousands of test frames at large M, where the sds cost minutes).
     progress : callable(fraction, message), optional
 
     Returns
@@ -247,7 +263,9 @@ def learning_curve(
         ``train_s`` (force fit, hyperparameter search included),
         ``energy_train_s``, ``pci``, ``lci`` (kcal/mol/Å), ``l_norm``,
         ``delta_p`` (= level − PCI), ``gamma``, ``lam``, ``n_test``,
-        ``estimate_GB``, ``estimate_s``. Models in the order given, M ascending.
+        ``estimate_GB``, ``estimate_s``, ``predict_ms`` (held-out prediction per frame: forces with
+        their sd and energies for the GPs, means for the peers). Models in the order given, M ascending.
+        The peers have no interval (``pci``, ``lci`` None); the DCF-style network no energy.
 
     Raises
     ------
@@ -261,11 +279,15 @@ def learning_curve(
         raise UnlabelledDataError("learning curves need a trajectory with energies and forces")
     models = list(dict.fromkeys(models))
     for mode in models:
-        if mode not in MODES:
-            raise LearningCurveError(f"model must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode not in ALL_MODES:
+            raise LearningCurveError(f"model must be one of {', '.join(ALL_MODES)}, got {mode!r}")
     if symmetry is not None and symmetry.n_atoms != traj.n_atoms:
         raise LearningCurveError(f"the symmetry is for {symmetry.n_atoms} atoms but the data has {traj.n_atoms}")
     test, train_sets = learning_split(traj.n_frames, sizes, n_test, seed=seed)
+    # the package selects σ on validation frames: the same ones at every M, outside every training set and the test
+    unused = np.setdiff1d(np.arange(traj.n_frames), np.union1d(test, train_sets[max(train_sets)]))
+    valid = (np.sort(np.random.default_rng(seed + 1).choice(unused, size=min(pipeline.PACKAGE_VALID_FRAMES, unused.size),
+                                                             replace=False)) if unused.size else None)
     points = plan_learning_curve(traj.n_atoms, models, sizes, symmetry=symmetry, budget_bytes=budget_bytes)
     # weight each job by its estimated cost so the bar moves evenly
     weights = np.array([max(p.estimate.seconds, 1e-3) if p.allowed else 0.0 for p in points])
@@ -287,11 +309,16 @@ def learning_curve(
         settings = TrainSettings(mode=p.mode, gamma=gamma, lam=lam, criterion=criterion, energy=with_energy,
                                  budget_bytes=budget_bytes)
         try:
-            trained = pipeline.fit(traj, idx, settings, symmetry=symmetry if p.mode != "gdml" else None, seed=seed,
-                                   progress=lambda f, m: job_progress(0.6 * f, m))
-            held = pipeline.evaluate(trained, traj, test_idx=test, progress=lambda f, m: job_progress(0.6 + 0.4 * f, m))
+            if p.mode == "sgdml-package" and valid is None:
+                raise SplitError("no frame is left outside the training and test frames for the package's σ "
+                                 "validation: use a smaller largest M or fewer test frames")
+            trained = pipeline.fit(traj, idx, settings, symmetry=symmetry if uses_symmetry(p.mode) else None,
+                                   seed=seed, valid_idx=valid, progress=lambda f, m: job_progress(0.6 * f, m))
+            held = pipeline.evaluate(trained, traj, test_idx=test, with_std=with_std,
+                                     progress=lambda f, m: job_progress(0.6 + 0.4 * f, m))
             rep = held.report(level, kind)
-        except (ComputeBudgetError, FactorizationError, ModelError, SplitError, np.linalg.LinAlgError) as exc:
+        except (ComputeBudgetError, FactorizationError, ModelError, SplitError, PeerError, TrainingError,
+                np.linalg.LinAlgError) as exc:
             row.update(status="failed", note=str(exc))
             done += w
             continue
@@ -300,7 +327,8 @@ def learning_curve(
         row.update(
             status="ok", force_mae=rep["force_mae"], force_rmse=rep["force_rmse"], energy_mae=rep["energy_mae"],
             train_s=train_s, energy_train_s=e_s, pci=rep["pci"], lci=rep["lci"], l_norm=rep["l_norm"],
-            delta_p=rep["delta_p"], gamma=float(fm.gamma), lam=float(fm.lam),
+            delta_p=rep["delta_p"], gamma=_finite(fm.gamma), lam=_finite(fm.lam),
+            predict_ms=1e3 * held.predict_s / max(held.n_frames, 1),
         )
         done += w
         progress(min(done / total, 1.0), f"{tag}: done")

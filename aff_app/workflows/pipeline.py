@@ -31,7 +31,7 @@ from aff_app.gp.budget import ComputeBudgetError, check_budget, estimate_cost
 from aff_app.gp.energy import EnergyModel, fit_energy_model
 from aff_app.gp.integrated import fit_integrated_energy
 from aff_app.gp.aff_energy import MIN_HELD_FRAMES, MIN_SUBSET_FRAMES, fit_subset_energy, subset_side, subset_size
-from aff_app.gp.persistence import EnergyModelType
+from aff_app.gp.persistence import EnergyModelType, ForceModelType
 from aff_app.gp.force import MODES, FactorizationError, ForceModel, ModelError, fit_force_model
 from aff_app.gp.record import DataRecord, FitRecord, SplitRecord, Timings
 from aff_app.io.trajectory import Trajectory
@@ -51,6 +51,7 @@ from aff_app.workflows.training import (
     training_positions_mask,
 )
 from aff_app.units import ENERGY_UNIT, FORCE_UNIT
+from aff_app.workflows.kinds import ALL_MODES, MODE_LABELS, PEER_MODES, peer_cost, uses_symmetry
 
 __all__ = ["TrainSettings", "Trained", "fit", "train", "train_model", "evaluate", "evaluate_model", "save", "load",
            "data_record"]
@@ -73,7 +74,9 @@ class TrainSettings:
 
     Attributes
     ----------
-    mode : {'aff', 'gdml', 'sgdml'}
+    mode : {'aff', 'gdml', 'sgdml', 'sgdml-package', 'dcf'}
+        The force GPs of method.md, or a peer (``aff_app.workflows.kinds``): the sgdml package
+        trained through ``sgdml all`` (forces and energies), or the DCF-style network (forces).
     gamma, lam : float, optional
         Fix γ (1/Å) and/or λ; the others are searched by ``criterion``.
     criterion : {'likelihood', 'cv'}
@@ -97,6 +100,8 @@ class TrainSettings:
         Keep the Cholesky factors (False when the model is only written to disk).
     budget_bytes : int, optional
         Memory budget; default ``aff_app.gp.budget.default_budget_bytes()``.
+    peer_timeout_s : float
+        Wall-clock limit of the sgdml package's run.
     """
 
     mode: str = "aff"
@@ -112,10 +117,11 @@ class TrainSettings:
     energy_lam: float | None = None
     keep_factors: bool = True
     budget_bytes: int | None = None
+    peer_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise TrainingError(f"model must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode not in ALL_MODES:
+            raise TrainingError(f"model must be one of {', '.join(ALL_MODES)}, got {self.mode!r}")
         if self.criterion not in ("likelihood", "cv"):
             raise TrainingError(f"criterion must be 'likelihood' or 'cv', got {self.criterion!r}")
         if self.energy_model not in ENERGY_MODELS:
@@ -130,7 +136,7 @@ class Trained:
     (``record.timings``: symmetry, search, build, Cholesky, force, energy, total).
     """
 
-    force: ForceModel
+    force: ForceModelType
     energy: EnergyModelType | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -165,6 +171,7 @@ def fit(
     symmetry: SymmetryInfo | None = None,
     seed: int = 0,
     record: FitRecord | None = None,
+    valid_idx: Sequence[int] | None = None,
     progress: Progress | None = None,
 ) -> Trained:
     """Fit the force model (and the energy model) on the frames ``train_idx`` of ``traj``.
@@ -183,6 +190,10 @@ def fit(
         Seed of the hyperparameter-search subsets.
     record : FitRecord, optional
         Provenance the caller knows (data, split, symmetry, symmetry time).
+    valid_idx : sequence of int, optional
+        Validation frames of the sgdml package's σ selection (default: up to
+        ``PACKAGE_VALID_FRAMES`` frames drawn with ``seed`` among those neither
+        trained nor recorded as test frames). The other models ignore it.
     progress : callable(fraction, message), optional
 
     Returns
@@ -205,6 +216,8 @@ def fit(
         raise AtomsMismatchError(
             f"the symmetry record is for {symmetry.n_atoms} atoms but the data has {traj.n_atoms} ({traj.formula})"
         )
+    if s.mode in PEER_MODES:
+        return _fit_peer(traj, idx, s, seed=seed, record=record, valid_idx=valid_idx, progress=progress, t0=t0)
     kwargs: dict[str, Any] = {}
     if s.mode == "aff" and symmetry is not None:
         kwargs.update(pe_sets=list(symmetry.pe_sets), perms=symmetry.perms)
@@ -265,6 +278,69 @@ def fit(
     return Trained(force=force, energy=energy, warnings=warnings)
 
 
+#: Validation frames of the sgdml package's σ selection when the caller names none.
+PACKAGE_VALID_FRAMES = 200
+
+
+def _validation_frames(traj: Trajectory, idx: np.ndarray, record: FitRecord | None, seed: int) -> np.ndarray:
+    """Frames for the package's σ selection: neither training frames nor recorded test frames."""
+    taken = np.zeros(traj.n_frames, dtype=bool)
+    taken[idx] = True
+    if record is not None and record.test_idx:
+        taken[np.asarray(record.test_idx, dtype=np.int64)] = True
+    pool = np.flatnonzero(~taken)
+    if pool.size == 0:
+        raise SplitError("the sgdml package selects σ on validation frames, but every frame is a training or test "
+                         "frame: train on fewer frames, or record fewer test frames")
+    n = min(PACKAGE_VALID_FRAMES, pool.size)
+    return np.sort(np.random.default_rng(seed + 1).choice(pool, size=n, replace=False))
+
+
+def _fit_peer(traj: Trajectory, idx: np.ndarray, s: TrainSettings, *, seed: int, record: FitRecord | None,
+              valid_idx: Sequence[int] | None, progress: Progress, t0: float) -> Trained:
+    """The peers (``aff_app.workflows.kinds``): the sgdml package, or the DCF-style network."""
+    from aff_app import __version__
+
+    rec = record if record is not None else FitRecord()
+    rec.version, rec.mode, rec.n_train = __version__, s.mode, int(idx.size)
+    warnings: list[str] = []
+    scale = check_label_scale(traj)
+    if scale.plausible is False:
+        warnings.append(f"The {scale.message[0].upper()}{scale.message[1:]}.")
+    energy = None
+    if s.mode == "dcf":
+        from aff_app.dcf import DCFSettings, fit_dcf
+
+        rec.criterion = "validation loss (early stopping)"
+        tf = time.perf_counter()
+        force = fit_dcf(traj.R[idx], traj.F[idx], traj.z, train_idx=idx, settings=DCFSettings(seed=int(seed)),
+                        progress=progress)
+        rec.timings.force_s = time.perf_counter() - tf
+        force.record = rec
+        if s.energy and traj.E is not None:
+            warnings.append("The DCF-style network predicts forces only (no energy derivative): no energy model.")
+    else:
+        from aff_app.peers.package_model import fit_package_model
+
+        if traj.E is None:
+            raise TrainingError("the sgdml package trains on energies and forces, but this data has no energies")
+        try:
+            check_budget(peer_cost(s.mode, idx.size, traj.n_atoms), s.budget_bytes, what="sgdml package fit")
+        except ComputeBudgetError as exc:
+            raise _budget_error(exc) from None
+        valid = np.asarray(valid_idx, dtype=np.int64) if valid_idx is not None else _validation_frames(traj, idx, rec, seed)
+        if np.intersect1d(valid, idx).size:
+            raise SplitError("the validation frames of the sgdml package overlap its training frames")
+        force = fit_package_model(traj.R[idx], traj.F[idx], traj.E[idx], traj.z, train_idx=idx,
+                                  valid=(traj.R[valid], traj.F[valid], traj.E[valid]), record=rec,
+                                  timeout_s=s.peer_timeout_s, name=traj.name or "data", progress=progress)
+        energy = force.energy_model if s.energy else None
+    timings = force.record.timings
+    timings.total_s = (timings.symmetry_s or 0.0) + (time.perf_counter() - t0)
+    progress(1.0, "done")
+    return Trained(force=force, energy=energy, warnings=warnings)
+
+
 def train(
     traj: Trajectory,
     *,
@@ -313,21 +389,23 @@ def train(
     if split.train.size < 2:
         raise SplitError(f"training needs at least 2 frames, got n_train = {split.train.size}")
     if mode != "aff":
-        # one set of all atoms: the memory need is known before the symmetry search
+        # one set of all atoms (or a peer): the memory need is known before the symmetry search
+        cost = (peer_cost(mode, split.train.size, traj.n_atoms) if mode in PEER_MODES
+                else estimate_cost(split.train.size, [traj.n_atoms]))
         try:
-            check_budget(estimate_cost(split.train.size, [traj.n_atoms]), settings.budget_bytes,
-                         what=f"{mode.upper()} fit")
+            check_budget(cost, settings.budget_bytes, what=f"{MODE_LABELS[mode]} fit")
         except ComputeBudgetError as exc:
             raise _budget_error(exc) from None
     t_sym = 0.0
-    if mode == "gdml":
+    if not uses_symmetry(mode):
+        # GDML uses none; the package searches its own permutations; the network is equivariant by construction
         symmetry = None
     elif symmetry is None:
         ts = time.perf_counter()
         symmetry = resolve_symmetry(traj, n_samples=n_symmetry_frames, seed=seed,
                                     progress=lambda f, msg: progress(0.1 * f, "symmetry: " + msg))
         t_sym = time.perf_counter() - ts
-    progress(0.1, "symmetry done" if symmetry is not None else "no symmetry (GDML)")
+    progress(0.1, "symmetry done" if symmetry is not None else f"no symmetry record ({MODE_LABELS[mode]})")
     record = FitRecord(
         data=data_record(traj),
         split=SplitRecord(seed=int(seed), n_frames=traj.n_frames, train=tuple(split.train.tolist()),

@@ -31,7 +31,7 @@ from scipy.special import ndtri  # Φ⁻¹; scipy.stats costs ~0.45 s to import
 from aff_app import units
 from aff_app.workflows import metrics
 from aff_app.gp.energy import EnergyModel
-from aff_app.gp.persistence import EnergyModelType
+from aff_app.gp.persistence import EnergyModelType, ForceModelType
 from aff_app.gp.force import ForceModel
 from aff_app.io.trajectory import Trajectory
 from aff_app.workflows.training import SplitError, TrainTestOverlapError, UnlabelledDataError, check_atoms_match, training_positions_mask
@@ -239,7 +239,7 @@ def select_test_frames(model: ForceModel, traj: Trajectory, *, n_test: int | Non
 
 
 def predict_held_out(
-    force_model: ForceModel,
+    force_model: ForceModelType,
     traj: Trajectory,
     *,
     energy_model: EnergyModelType | None = None,
@@ -317,7 +317,7 @@ def predict_held_out(
                  else np.asarray(ep.std, dtype=np.float64))
     progress(1.0, "done")
     F_std = fp.std if with_std else None  # a mean-only prediction carries no sd to report
-    F_std_obs = fp.std_observation() if with_std else None
+    F_std_obs = fp.std_observation() if with_std else None  # None, too, for a model without an interval
     arrays = [idx, R, traj.F[idx], fp.mean, F_std, F_std_obs, E_ref, E_mean, E_std]
     for a in arrays:
         if a is not None:
@@ -346,7 +346,7 @@ class Predicted:
     R: np.ndarray
     frames: np.ndarray
     F_mean: np.ndarray
-    F_std: np.ndarray
+    F_std: np.ndarray | None
     kind: str = "latent"
     E_mean: np.ndarray | None = None
     E_std: np.ndarray | None = None
@@ -356,11 +356,12 @@ class Predicted:
 
     @classmethod
     def from_held_out(cls, held: HeldOut, kind: str = "latent") -> "Predicted":
-        return cls(z=held.z, R=held.R, frames=held.test_idx, F_mean=held.F_mean, F_std=held.force_std(kind),
+        F_std = held.force_std(kind) if held.has_force_interval else None
+        return cls(z=held.z, R=held.R, frames=held.test_idx, F_mean=held.F_mean, F_std=F_std,
                    kind=kind, E_mean=held.E_mean, E_std=held.E_std, F_ref=held.F_ref, E_ref=held.E_ref)
 
 
-def predict_structures(model: ForceModel, energy: EnergyModelType | None, traj: Trajectory, *,
+def predict_structures(model: ForceModelType, energy: EnergyModelType | None, traj: Trajectory, *,
                        progress: Callable[[float, str], None] | None = None, what: str | None = None) -> Predicted:
     """Forces, energies and their latent sds of a model on any structures (labels optional).
 
@@ -384,9 +385,10 @@ def predict_structures(model: ForceModel, energy: EnergyModelType | None, traj: 
         # the energy GP conditions on the predicted forces at x* (method.md "Energy prediction")
         epred = energy.predict(traj.R, forces=pred)
     progress(1.0, "done")
+    E_std = None if epred is None or epred.std is None or not np.all(np.isfinite(epred.std)) else epred.std
     return Predicted(
         z=traj.z, R=traj.R, frames=np.arange(traj.n_frames), F_mean=pred.mean, F_std=pred.std,
-        E_mean=None if epred is None else epred.mean, E_std=None if epred is None else epred.std,
+        E_mean=None if epred is None else epred.mean, E_std=E_std,
         F_ref=traj.F, E_ref=traj.E, in_train=training_positions_mask(model, traj),
     )
 
@@ -431,7 +433,8 @@ def predictions_file(pred: Predicted, fmt: str = "extxyz", *, energy_unit: str |
         for i in range(B):
             at = Atoms(numbers=pred.z, positions=pred.R[i] * lf)
             at.arrays[PREDICTION_KEYS["forces"]] = pred.F_mean[i] * ff
-            at.arrays[PREDICTION_KEYS["forces_std"]] = pred.F_std[i] * ff
+            if pred.F_std is not None:  # the peers predict means only
+                at.arrays[PREDICTION_KEYS["forces_std"]] = pred.F_std[i] * ff
             at.info["frame"] = int(pred.frames[i])
             if pred.in_train is not None:
                 at.info["in_training_set"] = bool(pred.in_train[i])
@@ -459,7 +462,9 @@ def predictions_file(pred: Predicted, fmt: str = "extxyz", *, energy_unit: str |
     fu = units.force_unit_label(eu, lu)
     std_name = "std" if pred.kind == "latent" else f"std_{pred.kind}"  # the latent sd is the default one
     header = ["frame", "atom", "element", f"x [{lu}]", f"y [{lu}]", f"z [{lu}]"]
-    header += [f"f{c}_pred [{fu}]" for c in "xyz"] + [f"f{c}_{std_name} [{fu}]" for c in "xyz"]
+    header += [f"f{c}_pred [{fu}]" for c in "xyz"]
+    if pred.F_std is not None:
+        header += [f"f{c}_{std_name} [{fu}]" for c in "xyz"]
     if pred.F_ref is not None:
         header += [f"f{c}_ref [{fu}]" for c in "xyz"]
     if pred.E_mean is not None:
@@ -488,7 +493,8 @@ def predictions_file(pred: Predicted, fmt: str = "extxyz", *, energy_unit: str |
             row: list = [int(pred.frames[i]), a, symbols[a]]
             row += [repr(float(v)) for v in pred.R[i, a] * lf]
             row += [repr(float(v)) for v in pred.F_mean[i, a] * ff]
-            row += [repr(float(v)) for v in pred.F_std[i, a] * ff]
+            if pred.F_std is not None:
+                row += [repr(float(v)) for v in pred.F_std[i, a] * ff]
             if pred.F_ref is not None:
                 row += [repr(float(v)) for v in pred.F_ref[i, a] * ff]
             w.writerow(row + tail)

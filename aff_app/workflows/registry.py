@@ -24,8 +24,8 @@ from typing import Any, Iterator
 
 from aff_app.errors import AFFError
 from aff_app.gp.energy import EnergyModel
-from aff_app.gp.persistence import ENERGY_MODEL_CLASSES, EnergyModelType
-from aff_app.gp.force import ForceModel
+from aff_app.gp.persistence import ENERGY_MODEL_CLASSES, FORCE_MODEL_CLASSES, EnergyModelType, ForceModelType
+from aff_app.workflows.kinds import MODE_LABELS
 
 __all__ = [
     "RegistryError",
@@ -36,8 +36,6 @@ __all__ = [
     "ROW_COLUMNS",
 ]
 
-#: How each force-model mode is named to users.
-MODE_LABELS = {"aff": "AFF", "gdml": "GDML", "sgdml": "sGDML"}
 #: Longest accepted model name.
 MAX_NAME_LENGTH = 80
 #: Columns of :meth:`ModelRegistry.rows`, with their units.
@@ -73,8 +71,9 @@ class TrainedModel:
     ----------
     name : str
         Unique within its registry.
-    force : ForceModel
-    energy : EnergyModel, IntegratedEnergyModel, SubsetEnergyModel or None
+    force : ForceModel, PackageModel or DCFModel
+        A force GP of ours, or a peer (``aff_app.workflows.kinds``).
+    energy : EnergyModel, IntegratedEnergyModel, SubsetEnergyModel, PackageEnergy or None
         Fitted when the training data had energies.
     data_fingerprint : str or None
         ``Trajectory.fingerprint`` of the data it was trained on (from the
@@ -89,7 +88,7 @@ class TrainedModel:
     """
 
     name: str
-    force: ForceModel
+    force: ForceModelType
     energy: EnergyModelType | None = None
     data_fingerprint: str | None = None
     source: str = "trained"
@@ -104,6 +103,11 @@ class TrainedModel:
     @property
     def mode_label(self) -> str:
         return MODE_LABELS.get(self.force.mode, self.force.mode)
+
+    @property
+    def has_interval(self) -> bool:
+        """False for the peers (means only): pages say so where they show intervals."""
+        return bool(self.force.has_interval)
 
     @property
     def n_train(self) -> int:
@@ -210,7 +214,7 @@ class ModelRegistry:
 
     def add(
         self,
-        force: ForceModel,
+        force: ForceModelType,
         *,
         name: str | None = None,
         energy: EnergyModelType | None = None,
@@ -228,8 +232,9 @@ class ModelRegistry:
             Not a ForceModel, an energy model of another force model, an
             empty name, or (``unique=False``) a name already taken.
         """
-        if not isinstance(force, ForceModel):
-            raise RegistryError(f"expected a ForceModel, got {type(force).__name__}")
+        if not isinstance(force, FORCE_MODEL_CLASSES):
+            raise RegistryError(f"expected a force model ({', '.join(c.__name__ for c in FORCE_MODEL_CLASSES)}), "
+                                f"got {type(force).__name__}")
         if energy is not None:
             if not isinstance(energy, ENERGY_MODEL_CLASSES):
                 raise RegistryError(f"expected an energy model or None, got {type(energy).__name__}")
