@@ -18,6 +18,7 @@ st.caption("The models trained in this session side by side, and learning curves
 traj = state.require_trajectory()
 registry = mw.get_registry()
 jobs.report_interrupted("learning_curve")
+jobs.report_interrupted("conservation")
 cs.models_table(registry)
 
 # -- learning curves: settings and plan, the run, the curves
@@ -26,3 +27,6 @@ cs.require_labelled(traj)
 form = cs.curve_form(traj)
 cs.compute_button(traj, form)
 cs.curves(traj, form)
+
+# -- is each model's force field the gradient of an energy? (NVE drift, loop work, Jacobian asymmetry)
+cs.conservation_section(registry, traj)

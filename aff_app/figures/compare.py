@@ -6,8 +6,9 @@ not finite, are left out of the plots (the page lists them in a table with a
 note instead).
 
 * :func:`learning_curve_figure` — Fig. 3: force MAE and training time against
-  M, both log–log, one colour per model; a third panel with the energy MAE
-  when any row has one.
+  M, both log–log, one colour per model; a panel with the energy MAE
+  when any row has one, and one with the prediction time per frame when the rows have it
+  (four panels on a 2×2 grid).
 * :func:`accuracy_time_figure` — the session's models as points, held-out error
   against training time (log–log), the ones no other model beats on both joined.
 * :func:`uncertainty_figure` — Fig. 5: L_norm (mean 95% interval length over
@@ -30,8 +31,10 @@ __all__ = ["MODEL_COLORS", "MODEL_SYMBOLS", "ModelPoint", "usable_rows", "learni
            "accuracy_time_figure", "pareto_front", "accuracy_time_summary"]
 
 #: Okabe–Ito colours, one per model (colour-blind safe), and marker symbols as a second cue.
-MODEL_COLORS = {"AFF": "#0072B2", "GDML": "#E69F00", "sGDML": "#009E73"}
-MODEL_SYMBOLS = {"AFF": "circle", "GDML": "square", "sGDML": "diamond"}
+MODEL_COLORS = {"AFF": "#0072B2", "GDML": "#E69F00", "sGDML": "#009E73", "sgdml package": "#CC79A7",
+                "DCF-style net": "#D55E00"}
+MODEL_SYMBOLS = {"AFF": "circle", "GDML": "square", "sGDML": "diamond", "sgdml package": "triangle-up",
+                 "DCF-style net": "x"}
 
 
 def _finite(v: Any) -> bool:
@@ -77,21 +80,27 @@ def learning_curve_figure(rows: Sequence[dict], *, title: str | None = None, hei
               ("train_s", "training time (s)", "Training time")]
     if usable_rows(rows, "energy_mae", positive=True):
         panels.insert(1, ("energy_mae", f"energy MAE ({ENERGY_UNIT})", "Energy error"))
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[2] for p in panels],
-                        horizontal_spacing=0.09)
+    if usable_rows(rows, "predict_ms", positive=True):
+        panels.append(("predict_ms", "prediction time per frame (ms)", "Prediction time per frame"))
+    n_rows = 2 if len(panels) == 4 else 1
+    n_cols = len(panels) // n_rows
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[p[2] for p in panels],
+                        horizontal_spacing=0.09, vertical_spacing=0.16)
+    height = height if n_rows == 1 else int(1.8 * height)
     seen: set[str] = set()
-    for col, (key, ytitle, _) in enumerate(panels, start=1):
+    for k, (key, ytitle, _) in enumerate(panels):
+        row, col = k // n_cols + 1, k % n_cols + 1
         for model, (ms, vals) in usable_rows(rows, key, positive=True).items():
             fig.add_trace(go.Scatter(
                 x=ms, y=vals, mode="lines+markers", name=model, legendgroup=model, showlegend=model not in seen,
                 line={"color": _color(model)}, marker={"symbol": MODEL_SYMBOLS.get(model, "circle"), "size": 8},
                 hovertemplate=f"{model}<br>M = %{{x}}<br>%{{y:.4g}} {ytitle.split('(')[-1].rstrip(')')}<extra></extra>",
-            ), row=1, col=col)
+            ), row=row, col=col)
             seen.add(model)
         # 1, 2, 5 per decade, each tick with its whole value: plotly's default for these minor ticks is a
         # bare leading digit ("5" for 0.5), which read as 10× off
-        fig.update_xaxes(type="log", title_text="training frames M", minorloglabels="complete", row=1, col=col)
-        fig.update_yaxes(type="log", title_text=ytitle, dtick="D2", minorloglabels="complete", row=1, col=col)
+        fig.update_xaxes(type="log", title_text="training frames M", minorloglabels="complete", row=row, col=col)
+        fig.update_yaxes(type="log", title_text=ytitle, dtick="D2", minorloglabels="complete", row=row, col=col)
     fig.update_layout(
         title={"text": title or "Learning curves: held-out error and training time against M (log–log)",
                "x": 0.0, "xanchor": "left"},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import streamlit as st
 
 from aff_app.cancel import Cancelled
@@ -22,6 +23,7 @@ from aff_app.ui import state
 from aff_app.ui import symmetry_widgets as sw
 from aff_app.units import ENERGY_UNIT, FORCE_UNIT
 from aff_app.workflows import learning
+from aff_app.workflows.kinds import PEER_MODES, uses_symmetry
 from aff_app.workflows.registry import MODE_LABELS, ModelRegistry
 
 SIZE_CHOICES = (25, 50, 100, 200, 400, 800, 1000, 1200, 1600, 2000)
@@ -102,7 +104,10 @@ def curve_form(traj: Trajectory) -> CurveForm:
     prefill = mw.prefill_hyperparameters(traj, state.CMP_GAMMA, state.CMP_LAM, state.CMP_HYPER_FROM,
                                          default_gamma=sw.default_gamma_cached(fp, _R=traj.R))
     c1, c2, c3, c4 = st.columns([1.4, 2.2, 1, 1])
-    chosen = c1.multiselect("Models", list(MODE_LABELS), format_func=MODE_LABELS.get, key=state.CMP_MODELS)
+    chosen = c1.multiselect("Models", list(MODE_LABELS), format_func=MODE_LABELS.get, key=state.CMP_MODELS,
+                            help="Our GPs (AFF, GDML, sGDML) and the peers: the sgdml package (`sgdml all`, optional "
+                                 "install) and a DCF-style direct-force network. The peers give no intervals, the "
+                                 "network no energies.")
     n_test = int(c3.number_input("Test frames", min_value=1, max_value=max(traj.n_frames - 2, 1),
                                  value=min(200, max(traj.n_frames // 4, 1)), step=50, key=state.CMP_N_TEST))
     seed = int(c4.number_input("Seed", min_value=0, value=0, step=1, key=state.CMP_SEED))
@@ -121,11 +126,15 @@ def curve_form(traj: Trajectory) -> CurveForm:
     gamma = h2.number_input("γ (1/Å)", min_value=1e-4, max_value=1e4, format="%.4g", key=state.CMP_GAMMA, disabled=not fixed)
     lam = h3.number_input("λ", min_value=0.0, max_value=1.0, format="%.1e", key=state.CMP_LAM, disabled=not fixed)
     with_energy = h4.checkbox("Energy models too", value=bool(traj.E is not None), key=state.CMP_ENERGY,
-                              disabled=traj.E is None, help="AFF: the energy GP; GDML/sGDML: the integrated force GP.")
+                              disabled=traj.E is None,
+                              help="AFF: its integrated energy (the energy GP below 60 frames); GDML/sGDML: the "
+                                   "integrated force GP; the sgdml package: its own. The DCF-style network has none.")
     if fixed:
         st.caption(prefill)
 
-    symmetry = sw.ensure_symmetry(traj) if any(m != "gdml" for m in chosen) else None
+    symmetry = sw.ensure_symmetry(traj) if any(uses_symmetry(m) for m in chosen) else None
+    if "sgdml-package" in chosen and mw.package_status() is not None:
+        st.warning(f"The sgdml package's points will fail: {mw.package_status()}")
     ready = bool(chosen) and bool(sizes)
     if not ready:
         st.info("Choose at least one model and one training size.")
@@ -134,8 +143,9 @@ def curve_form(traj: Trajectory) -> CurveForm:
         refused = [p for p in plan if not p.allowed]
         allowed = [p for p in plan if p.allowed]
         total_s = sum(p.estimate.seconds for p in allowed)
-        st.caption(f"{len(allowed)} fits planned; factorisations alone ≈ {total_s:,.1f} s"
-                   + (" (plus a hyperparameter search at every point)" if not fixed else "") + ".")
+        st.caption(f"{len(allowed)} fits planned; ≈ {total_s:,.1f} s of factorisations"
+                   + (" and peer training" if any(m in PEER_MODES for m in chosen) else "")
+                   + (" (plus a hyperparameter search at every GP point)" if not fixed else "") + ".")
         if refused:
             st.warning("Skipped, over the memory budget (shown as 'over budget' in the table, no point on the curves): "
                        + "; ".join(f"{p.label} M = {p.n_train} ({p.note})" for p in refused)
@@ -198,11 +208,115 @@ def curves(traj: Trajectory, form: CurveForm) -> None:
             [{"model": r["model"], "M": r["M"], "status": r["status"],
               f"force MAE ({FORCE_UNIT})": mw.fmt(r["force_mae"], ".3g"),
               f"energy MAE ({ENERGY_UNIT})": mw.fmt(r["energy_mae"], ".3g"),
-              "train time (s)": mw.fmt(r["train_s"], ".3g"), "PCI(95%)": mw.fmt(r["pci"], percent=True),
+              "train time (s)": mw.fmt(r["train_s"], ".3g"),
+              "prediction (ms/frame)": mw.fmt(r.get("predict_ms"), ".3g"), "PCI(95%)": mw.fmt(r["pci"], percent=True),
               f"LCI(95%) ({FORCE_UNIT})": mw.fmt(r["lci"], ".3g"), "L_norm": mw.fmt(r["l_norm"], ".3g"),
               "Δp": mw.fmt(r["delta_p"], "+.3f"), "γ (1/Å)": mw.fmt(r["gamma"], ".4g"), "λ": mw.fmt(r["lam"], ".2e"),
               "note": r["note"] or ""} for r in rows],
             hide_index=True, width="stretch",
         )
         st.caption("L_norm = LCI(95%) / (max − min of the held-out forces); Δp = 0.95 − PCI(95%) (positive: intervals "
-                   "cover too little). — : not computed (over budget, failed, or no energies).")
+                   "cover too little). — : not computed (over budget, failed, or no energies), or not given: the peers "
+                   "predict no intervals, the DCF-style network no energies. Prediction time: the held-out predictions "
+                   "per frame — forces with their sd and energies for the GPs, means for the peers.")
+
+
+# -- conservation check (issue 16) ---------------------------------------------------------------------
+#: Most models one conservation run takes (each runs its own MD).
+MAX_CONSERVATION_MODELS = 6
+
+
+def conservation_section(registry: ModelRegistry, traj: Trajectory) -> None:
+    """NVE drift, closed-loop work and Jacobian asymmetry of the session's models on this data."""
+    from aff_app.figures import conservation as figcons
+    from aff_app.workflows.conservation import ConservationSettings, conservation_check
+    from aff_app.workflows.force_fields import force_fields
+
+    st.subheader("Conservation check")
+    st.caption(
+        "Is the force field the gradient of an energy? Three measurements, each zero for a conservative field: the drift "
+        "of the total energy in a short NVE run (velocity Verlet) from a held-out frame; the work around small closed "
+        "loops of geometries, |∮F·dR|; and the asymmetry of the force Jacobian, ‖J − Jᵀ‖/‖J + Jᵀ‖. AFF's force GP "
+        "(one GP per PE set), like the DCF-style network, predicts forces directly; AFF's integrated energy gives a "
+        "conservative AFF (−∇Ê); GDML/sGDML and the sgdml package integrate one kernel and are conservative by "
+        "construction. Without a model energy the potential is minus the work along the straight line from the "
+        "start, so the drift shows how far the forces are from any energy.")
+    entries = registry.for_data(traj.fingerprint, traj.n_atoms)
+    if not entries:
+        st.info("No model of this data yet: train one (or several) on the Train page first.")
+        return
+    names = [e.name for e in entries]
+    kept = [n for n in st.session_state.get(state.CMP_CONS_MODELS, []) if n in names]
+    st.session_state[state.CMP_CONS_MODELS] = kept or names[-MAX_CONSERVATION_MODELS:]
+    c1, c2, c3, c4 = st.columns([2.2, 1, 1, 1])
+    chosen = c1.multiselect("Models", names, key=state.CMP_CONS_MODELS, max_selections=MAX_CONSERVATION_MODELS)
+    steps = int(c2.number_input("MD steps", min_value=100, max_value=20_000, value=1000, step=100,
+                                key=state.CMP_CONS_STEPS, help="Velocity Verlet steps of the NVE run."))
+    dt = float(c3.number_input("Time step (fs)", min_value=0.1, max_value=2.0, value=0.5, step=0.1,
+                               key=state.CMP_CONS_DT))
+    temp = float(c4.number_input("Start temperature (K)", min_value=10.0, max_value=2000.0, value=300.0, step=50.0,
+                                 key=state.CMP_CONS_T, help="Maxwell–Boltzmann velocities, seeded."))
+    by_name = {e.name: e for e in entries}
+    start_frame = _start_frame(by_name, chosen, traj)
+    st.caption(f"Start: frame {start_frame} of {traj.name or traj.formula}, a frame none of the chosen models trained "
+               "on (a test frame recorded at training when there is one).")
+    run = st.button("Run the conservation check", key=state.CMP_CONS_RUN, disabled=not chosen)
+    if run and chosen:
+        settings = ConservationSettings(temperature_K=temp, dt_fs=dt, n_steps=steps)
+        label = f"{len(chosen)} model(s), {steps} steps"
+        token = jobs.begin("conservation", label)
+        running = st.empty()
+        with running.container():
+            jobs.cancel_button(state.CMP_CONS_CANCEL, "Cancel the conservation check")
+            bar = st.progress(0.0, text="starting")
+        progress = mw.progress_adapter(bar, token)
+        fields = [f for n in chosen for f in force_fields(n, by_name[n].force, by_name[n].energy)]
+        reports = []
+        try:
+            for k, field in enumerate(fields):
+                share = lambda f, m, k=k, name=field.name: progress((k + f) / len(fields), f"{name}: {m}")  # noqa: E731
+                reports.append(conservation_check(field.name, field.forces, field.z, traj.R[start_frame],
+                                                  energy=field.energy, settings=settings, progress=share))
+            jobs.ensure_current(token, "storing the check")
+        except Cancelled:
+            jobs.end(token)
+            running.empty()
+            jobs.show_cancelled("conservation", label)
+        except mw.EXPECTED_ERRORS as exc:
+            jobs.end(token)
+            running.empty()
+            st.error(f"The conservation check failed: {mw.error_text(exc)}")
+        else:
+            jobs.end(token)
+            running.empty()
+            st.session_state[state.CMP_CONS_RESULT] = {"fingerprint": traj.fingerprint, "reports": reports,
+                                                      "frame": start_frame}
+    result = st.session_state.get(state.CMP_CONS_RESULT)
+    if not result or result["fingerprint"] != traj.fingerprint:
+        st.caption("No conservation check yet on this data: choose models and press the button (about a minute for "
+                   "1,000 steps of a few models on a small machine).")
+        return
+    reports = result["reports"]
+    st.plotly_chart(figcons.conservation_figure(reports), width="stretch", key=state.CMP_CONS_CHART)
+    rows = figcons.conservation_table(reports)
+    st.dataframe([{k: (mw.fmt(v, ".3g") if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+                 hide_index=True, width="stretch")
+    st.caption(f"From frame {result['frame']}. Drift: slope of E_total(t), kcal/mol/ps. Loop work: mean over 4 loops "
+               "of radius 0.05 Å; divided by the gross work ∮|F·dR| it says what share of the work does not cancel. "
+               "Jacobian asymmetry at 3 frames of the run (central differences, h = 10⁻³ Å). A conservative field "
+               "shows the integrator's and the differences' error only (≈ 10⁻⁶–10⁻⁴).")
+
+
+def _start_frame(by_name: dict, chosen: list, traj: Trajectory) -> int:
+    """A frame none of the chosen models trained on (the first recorded test frame when there is one)."""
+    from aff_app.workflows.training import training_positions_mask
+
+    free = np.ones(traj.n_frames, dtype=bool)
+    for n in chosen:
+        free &= ~training_positions_mask(by_name[n].force, traj)
+    for n in chosen:
+        for i in by_name[n].test_idx or []:
+            if 0 <= i < traj.n_frames and free[i]:
+                return int(i)
+    idx = np.flatnonzero(free)
+    return int(idx[0]) if idx.size else 0

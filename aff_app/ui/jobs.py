@@ -39,7 +39,8 @@ from aff_app.ui import state
 Progress = Callable[[float, str], None]
 
 #: What each kind of job is called in messages.
-KIND_TEXT = {"training": "Training", "learning_curve": "Learning curves", "simulation": "Simulation"}
+KIND_TEXT = {"training": "Training", "learning_curve": "Learning curves", "simulation": "Simulation",
+             "conservation": "The conservation check"}
 
 
 def begin(kind: str, label: str) -> CancelToken:

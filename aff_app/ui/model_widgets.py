@@ -29,6 +29,7 @@ from aff_app.cancel import CancelToken
 from aff_app.workflows.metrics import MetricError
 from aff_app.workflows import pipeline
 from aff_app.workflows.predictions import HeldOut
+from aff_app.workflows.kinds import GP_MODES, uses_symmetry
 from aff_app.workflows.registry import ModelRegistry, TrainedModel
 from aff_app.symmetry import SymmetryInfo
 from aff_app.io.trajectory import Trajectory
@@ -120,7 +121,7 @@ def model_label(entry: TrainedModel) -> str:
 def last_searched(traj: Trajectory) -> TrainedModel | None:
     """The newest model of the session trained on ``traj`` (same fingerprint) whose γ and λ came from a search."""
     for entry in reversed(get_registry().for_data(traj.fingerprint)):
-        if not entry.force.record.search.fixed:
+        if entry.mode in GP_MODES and not entry.force.record.search.fixed:  # the peers have no γ, λ
             return entry
     return None
 
@@ -160,6 +161,14 @@ def prefill_hyperparameters(traj: Trajectory, gamma_key: str, lam_key: str, mark
     return f"Your own values; the last search on this data (**{source.name}**) found {found}."
 
 
+def package_status() -> str | None:
+    """None when the optional sgdml package imports; else why not, with the install command."""
+    from aff_app.peers.sgdml import peer_status
+
+    with st.spinner("Looking for the sgdml package…"):
+        return peer_status()
+
+
 def train_and_register(
     traj: Trajectory,
     *,
@@ -196,7 +205,7 @@ def train_and_register(
     """
     settings = pipeline.TrainSettings(mode=mode, gamma=gamma, lam=lam, criterion=criterion, energy_model=energy_model)
     trained = pipeline.train(traj, n_train=int(n_train), n_test=int(n_test), seed=int(seed), settings=settings,
-                             symmetry=None if mode == "gdml" else symmetry,
+                             symmetry=symmetry if uses_symmetry(mode) else None,
                              progress=lambda f, m: progress(training_share * f, m))
     force, energy, warnings = trained.force, trained.energy, list(trained.warnings)
     reg = get_registry()
@@ -238,7 +247,8 @@ def held_report(held: HeldOut, level: float = 0.95, kind: str = "latent") -> dic
     except MetricError:
         pass
     out = {"n_test": held.n_frames, "level": float(level), "kind": kind, **{k: None for k in REPORT_NUMBERS}}
-    f_ok = bool(np.all(np.isfinite(held.F_mean)) and np.all(np.isfinite(held.force_std(kind))))
+    f_ok = bool(np.all(np.isfinite(held.F_mean))
+                and (not held.has_force_interval or np.all(np.isfinite(held.force_std(kind)))))
     e_ok = held.has_energy and bool(np.all(np.isfinite(held.E_mean)))
     stripped = dataclasses.replace(held, E_mean=None, E_std=None) if not e_ok else held
     if f_ok:

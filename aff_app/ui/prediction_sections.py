@@ -17,6 +17,7 @@ from aff_app.ui import data_widgets as dw
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
 from aff_app.units import ENERGY_UNIT, FORCE_UNIT
+from aff_app.workflows.kinds import no_interval_note
 from aff_app.workflows.predictions import HeldOut, Predicted, energy_csv, predict_structures, predictions_file
 from aff_app.workflows.registry import TrainedModel
 
@@ -53,9 +54,11 @@ def pick_model(models: list[TrainedModel]) -> tuple[TrainedModel, str]:
                                format_func=lambda n: mw.model_label(registry.get(n)))
     entry = registry.get(picked)
     kind = c_kind.radio("Interval shown", list(KIND_LABELS), format_func=KIND_LABELS.get, key=state.PRED_KIND,
-                        horizontal=True,
+                        horizontal=True, disabled=not entry.has_interval,
                         help="Latent: uncertainty about the force itself (what PCI/LCI in the paper use). Observation: "
                              "for a new noisy label, adding the nugget variance σ̂ᵢ²λ of each atom's PE set.")
+    if not entry.has_interval:
+        st.info(f"{no_interval_note(entry.mode)} Interval columns and bands show —; the calibration curve is not drawn.")
     return entry, kind
 
 
@@ -131,8 +134,12 @@ def force_band(traj: Trajectory, held: HeldOut, kind: str) -> bool:
     residual = c_res.toggle("Show errors (predicted − reference)", key=state.PRED_RESIDUAL,
                             help="Plots the error with its interval around zero: narrow bands become visible.")
     ci = "xyz".index(comp)
-    lo, hi = held.force_interval(LEVEL, kind)
-    band_label = f"{LEVEL:.0%} interval ({kind})"
+    if held.has_force_interval:
+        lo, hi = held.force_interval(LEVEL, kind)
+        band_label = f"{LEVEL:.0%} interval ({kind})"
+    else:  # a peer: means only
+        lo, hi = held.F_mean, held.F_mean
+        band_label = "no interval (— : this model gives none)"
     mw.band_chart(
         held.test_idx, held.F_ref[:, atom, ci], held.F_mean[:, atom, ci], lo[:, atom, ci], hi[:, atom, ci],
         key=state.PRED_FORCE_BAND_CHART,
@@ -192,6 +199,9 @@ def parity_and_calibration(held: HeldOut, rep: dict, kind: str) -> None:
                            "MAE/RMSE).")
         else:
             st.info("— No energy parity plot: no energy predictions for this model.")
+    if not held.has_force_interval:
+        st.info("— No calibration curve: this model predicts no intervals (means only).")
+        return
     cal = mw.held_calibration(held, kind=kind)
     fig = figp.calibration_figure(cal["levels"], cal["force"], cal["energy"], kind=kind)
     c_cal, c_txt = st.columns([1, 1])
@@ -210,7 +220,10 @@ def molecule_view(traj: Trajectory, held: HeldOut, kind: str) -> None:
     c_frame, c_color, c_scale = st.columns([1, 1.3, 1])
     frame_pos = c_frame.selectbox("Held-out frame", range(held.n_frames), format_func=lambda i: f"frame {held.test_idx[i]}",
                                   key=state.PRED_FRAME)
-    color_by = c_color.radio("Atom colour", list(COLOR_BY), format_func=COLOR_BY.get, key=state.PRED_COLOR_BY)
+    color_by = c_color.radio("Atom colour", list(COLOR_BY), format_func=COLOR_BY.get, key=state.PRED_COLOR_BY,
+                             disabled=not held.has_force_interval)
+    if not held.has_force_interval:
+        color_by = "error"  # no sd to colour by
     scale = c_scale.slider("Arrow length (Å per 100 kcal/mol/Å)", min_value=0.5, max_value=10.0, value=2.0, step=0.5,
                            key=state.PRED_ARROW_SCALE)
     if color_by == "error":
@@ -232,7 +245,8 @@ def molecule_view(traj: Trajectory, held: HeldOut, kind: str) -> None:
             dw.embed_html(html, height=VIEW_HEIGHT)
     with c_tab:
         err = held.force_errors()[frame_pos]
-        sd = np.sqrt(np.sum(held.force_std(kind)[frame_pos] ** 2, axis=-1))
+        sd = (np.sqrt(np.sum(held.force_std(kind)[frame_pos] ** 2, axis=-1)) if held.has_force_interval
+              else np.full(traj.n_atoms, np.nan))
         st.dataframe(
             [{"atom": atom_labels[i], "|F| reference": mw.fmt(np.linalg.norm(held.F_ref[frame_pos, i]), ".3g"),
               "|F̂ − F|": mw.fmt(err[i], ".3g"), "sd": mw.fmt(sd[i], ".3g")}
@@ -310,13 +324,14 @@ def other_structures(entry: TrainedModel, traj: Trajectory) -> None:
         bar.empty()
     pred: Predicted = results[key]
     fmax = np.linalg.norm(pred.F_mean, axis=-1).max(axis=1)
-    sdmax = pred.F_std.max(axis=(1, 2))
+    sdmax = pred.F_std.max(axis=(1, 2)) if pred.F_std is not None else np.full(pred.frames.size, np.nan)
     rows = {"frame": pred.frames[:200],
             f"largest |F| ({FORCE_UNIT})": np.round(fmax[:200], 3),
             f"largest force sd ({FORCE_UNIT})": np.round(sdmax[:200], 4)}
     if pred.E_mean is not None:
         rows[f"energy ({ENERGY_UNIT})"] = np.round(pred.E_mean[:200], 3)
-        rows[f"energy sd ({ENERGY_UNIT})"] = np.round(pred.E_std[:200], 4)
+        if pred.E_std is not None:
+            rows[f"energy sd ({ENERGY_UNIT})"] = np.round(pred.E_std[:200], 4)
     if pred.in_train is not None and pred.in_train.any():
         rows["training frame"] = pred.in_train[:200]
     st.dataframe(rows, hide_index=True, width="stretch")

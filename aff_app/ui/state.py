@@ -231,6 +231,15 @@ CMP_RUN = "cmp_run"
 CMP_CURVE_CHART = "cmp_curve_chart"
 CMP_UNCERTAINTY_CHART = "cmp_uncertainty_chart"
 CMP_SCATTER_CHART = "cmp_scatter_chart"
+#: Compare page, conservation check (issue 16): models, MD settings, the run, its reports and chart.
+CMP_CONS_MODELS = "cmp_cons_models"
+CMP_CONS_STEPS = "cmp_cons_steps"
+CMP_CONS_DT = "cmp_cons_dt"
+CMP_CONS_T = "cmp_cons_t"
+CMP_CONS_RUN = "cmp_cons_run"
+CMP_CONS_CANCEL = "cmp_cons_cancel"
+CMP_CONS_RESULT = "cmp_cons_result"
+CMP_CONS_CHART = "cmp_cons_chart"
 # == end of Train, Predictions and Compare keys ==================================================
 
 

@@ -23,6 +23,7 @@ from aff_app.ui import state
 from aff_app.ui import symmetry_widgets as sw
 from aff_app.units import FORCE_UNIT
 from aff_app.workflows import learning
+from aff_app.workflows.kinds import PEER_MODES, has_interval, no_interval_note, uses_symmetry
 from aff_app.workflows.registry import MODE_LABELS, ModelRegistry, default_name
 from aff_app.workflows.training import check_atoms_match
 
@@ -35,7 +36,9 @@ HYPER_LABELS = {
 }
 MODEL_HELP = (
     "AFF: one Gaussian process per PE set (the paper's method; cheap). GDML: one GP over all atoms, plain kernel. "
-    "sGDML: one GP over all atoms with the permutationally symmetric kernel. GDML/sGDML factor a 3MN×3MN matrix."
+    "sGDML: one GP over all atoms with the permutationally symmetric kernel. GDML/sGDML factor a 3MN×3MN matrix. "
+    "The peers, for comparison: the sgdml package (`sgdml all`, its own σ search; optional install) and a DCF-style "
+    "direct-force network (forces only). Neither gives a predictive interval."
 )
 SLOW_SECONDS = 60.0
 ENERGY_LABELS = {
@@ -134,11 +137,15 @@ def settings_form(traj: Trajectory) -> TrainForm:
                                      key=state.TRAIN_N_TEST,
                                      help="Held-out frames, disjoint from the training frames, evaluated after training."))
 
+    peer = mode in PEER_MODES
     c_hyper, c_gamma, c_lam = st.columns([2, 1, 1])
     hyper = c_hyper.radio("Hyperparameters", list(HYPER_LABELS), format_func=HYPER_LABELS.get, key=state.TRAIN_HYPER,
+                          disabled=peer,
                           help="γ: range of the Matérn kernel on inverse distances (1/Å); λ: nugget (relative). "
-                               "The search runs on max(100, M/4) of the training frames (fewer for large PE sets).")
-    fixed = hyper == "fixed"
+                               "The search runs on max(100, M/4) of the training frames (fewer for large PE sets). "
+                               "The peers choose their own (the package its σ on validation frames, the network "
+                               "stops early on a validation share).")
+    fixed = hyper == "fixed" and not peer
     gamma_in = c_gamma.number_input("γ (1/Å)", min_value=1e-4, max_value=1e4, format="%.4g", key=state.TRAIN_GAMMA,
                                     disabled=not fixed, help="Default: the median descriptor distance of the data.")
     lam_in = c_lam.number_input("λ (nugget)", min_value=0.0, max_value=1.0, format="%.1e", key=state.TRAIN_LAM,
@@ -155,9 +162,16 @@ def settings_form(traj: Trajectory) -> TrainForm:
 
 
 def symmetry_caption(traj: Trajectory, mode: str) -> SymmetryInfo | None:
-    """The PE sets the fit will use (None for GDML), with a caption."""
+    """The PE sets the fit will use (None for GDML and the peers), with a caption."""
     symmetry = None
-    if mode != "gdml":
+    if mode == "sgdml-package":
+        st.caption("The sgdml package finds its own permutations (`sgdml all`), trains on the M frames and selects σ "
+                   "on up to 200 other frames that are neither training nor test frames.")
+    elif mode == "dcf":
+        st.caption("The DCF-style network predicts each atom's force from rotation-invariant features of its "
+                   "neighbours and rotation-covariant vectors; one network per element makes it permutation "
+                   "equivariant without a symmetry search. Forces only: no energy.")
+    elif uses_symmetry(mode):
         symmetry = sw.ensure_symmetry(traj)
         st.caption(f"PE sets: {len(symmetry.pe_sets)} ({sw.describe(symmetry)}), sizes "
                    f"{sorted((len(s) for s in symmetry.pe_sets), reverse=True)}; {len(symmetry.perms)} permutations in "
@@ -171,10 +185,13 @@ def cost_card(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | None) 
     est = learning.cost_for(mode, n_train, traj.n_atoms, symmetry)
     budget = default_budget_bytes()
     over_budget = None
-    try:
-        check_budget(est, budget, what=f"{MODE_LABELS[mode]} fit")
-    except ComputeBudgetError as exc:
-        over_budget = str(exc)
+    if mode == "sgdml-package":
+        over_budget = _package_missing(traj)
+    if over_budget is None:
+        try:
+            check_budget(est, budget, what=f"{MODE_LABELS[mode]} fit")
+        except ComputeBudgetError as exc:
+            over_budget = str(exc)
     with st.container(border=True):
         k = st.columns(4)
         k[0].metric("Cholesky work Σ(3Mlᵢ)³/3", cov.format_flops(est.cholesky_flops),
@@ -188,13 +205,27 @@ def cost_card(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | None) 
                     help="Within about a factor of 2 on the reference 2-core machine (docs/benchmarks.md). Parts: "
                          + _parts(times) + ".")
         if over_budget:
-            st.error(f"Refused before training: {over_budget}")
+            st.error(f"Cannot train: {over_budget}" if mode == "sgdml-package" else f"Refused before training: {over_budget}")
         elif times.total_s > SLOW_SECONDS:
             st.warning(f"This run may take several minutes (≈ {_seconds(times.total_s)}: {_parts(times)}).")
+        if mode in PEER_MODES:
+            st.caption(f"Estimated: {_parts(times)} ({'`sgdml all`: its σ trials each factor the 3MN-sided kernel' if mode == 'sgdml-package' else 'the network stops early or at its time limit'}). "
+                       + no_interval_note(mode))
+            return over_budget
         st.caption(f"Estimated parts: {_parts(times)}."
                    + ("" if fixed else " The search builds and eigendecomposes the kernels of max(100, M/4) training "
                       "frames for about 10 values of γ; set γ and λ by hand to skip it."))
     return over_budget
+
+
+def _package_missing(traj: Trajectory) -> str | None:
+    """Why the package cannot train here (not installed, or no energies), or None."""
+    missing = mw.package_status()
+    if missing is not None:
+        return missing.replace(", or run without the peer (--no-peer)", "") + "; then restart the app."
+    if traj.E is None:
+        return "the sgdml package trains on energies and forces, and this data has no energies."
+    return None
 
 
 def _seconds(s: float) -> str:
@@ -253,6 +284,16 @@ def train_button(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | Non
                 status.update(label=f"Trained {entry.name} in {mw.fmt(record.timings.total_s, '.3g')} s",
                               state="complete", expanded=False)
                 m = entry.metrics or {}
+                if not has_interval(mode):
+                    t = record.timings
+                    msg = (f"Trained **{entry.name}**: held-out force MAE {mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}"
+                           + ("" if m.get("energy_mae") is None else
+                              f", energy MAE {mw.fmt(m.get('energy_mae'), '.3g', unit='kcal/mol')}")
+                           + f". {no_interval_note(mode)} Time {mw.fmt(t.total_s, '.3g')} s: training "
+                           f"{mw.fmt(t.force_s, '.3g')} s, held-out predictions {mw.fmt(t.evaluation_s, '.2g')} s.")
+                    st.session_state[state.TRAIN_NOTICE] = [("success", msg)] + [("warning", w) for w in warnings]
+                    st.session_state.pop(state.TRAIN_NAME, None)
+                    st.rerun()
                 msg = (f"Trained **{entry.name}**: γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; "
                        "held-out force MAE "
                        f"{mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}, PCI(95%) {mw.fmt(m.get('pci'), percent=True)}.")
