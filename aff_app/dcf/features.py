@@ -106,7 +106,7 @@ def _cutoff(r: np.ndarray, rc: float) -> np.ndarray:
 
 
 def atom_features(R: np.ndarray, z: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Invariant features and covariant vectors of every atom of every frame.
+    """Invariant features and covariant vectors (method.md eq. 23) of every atom of every frame.
 
     Parameters
     ----------

@@ -35,7 +35,7 @@ import numpy as np
 from aff_app import __version__
 from aff_app.cancel import Cancelled
 from aff_app.errors import AFFError
-from aff_app.gp.force import ForcePrediction, ModelError, _json_default, check_model_format
+from aff_app.gp.force import ForcePrediction, ModelError, TrainedForces, _json_default, check_model_format
 from aff_app.gp.record import FitRecord, Timings
 from aff_app.dcf.features import FeatureSpec, atom_features, n_features, n_vectors
 from aff_app.dcf.network import MLP, Adam, force_loss, recover, recovery_matrix
@@ -263,7 +263,7 @@ def _json_str(obj) -> np.ndarray:
 
 
 @dataclass
-class DCFModel:
+class DCFModel(TrainedForces):
     """A fitted DCF-style force network (see the module docstring).
 
     Attributes
@@ -308,14 +308,6 @@ class DCFModel:
     history: DCFHistory = field(default_factory=DCFHistory)
     record: FitRecord = field(default_factory=FitRecord)
     _spec: FeatureSpec | None = field(default=None, repr=False)
-
-    @property
-    def n_train(self) -> int:
-        return int(self.R_train.shape[0])
-
-    @property
-    def n_atoms(self) -> int:
-        return int(self.z.size)
 
     @property
     def spec(self) -> FeatureSpec:
@@ -383,10 +375,6 @@ class DCFModel:
                 progress(done / B, f"predicted {done}/{B} frames")
         return ForcePrediction(mean=mean, std=None, noise_var=None)
 
-    def predict_forces(self, R) -> np.ndarray:
-        """Predicted forces only, shape (B, N, 3), kcal/mol/Å."""
-        return self.predict(R, return_std=False).mean
-
     # -- persistence --------------------------------------------------------------
     def to_arrays(self, prefix: str = "") -> dict:
         """The model as plain arrays (no object arrays), each key prefixed with ``prefix``."""
@@ -414,19 +402,10 @@ class DCFModel:
         d["S"] = np.stack([net.skip for net in self.networks])
         return {prefix + k: v for k, v in d.items()}
 
-    def save(self, target) -> None:
-        """Write the model to ``.npz`` (a path or a binary file object; plain arrays only)."""
-        np.savez_compressed(target, **self.to_arrays())
-
     @classmethod
     def from_arrays(cls, d: dict, *, where: str = "model", prefix: str = "") -> "DCFModel":
         """Validate arrays written by :meth:`to_arrays`; any malformed content raises :class:`ModelError`."""
-        try:
-            return cls._from_arrays({k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}, where)
-        except ModelError:
-            raise
-        except (ValueError, TypeError, IndexError, KeyError, OverflowError, AttributeError) as exc:
-            raise ModelError(f"{where}: malformed DCF model data ({type(exc).__name__}: {exc})") from None
+        return cls._read_prefixed(d, where, prefix, "DCF model data")
 
     @classmethod
     def _from_arrays(cls, d: dict, where: str) -> "DCFModel":

@@ -112,7 +112,7 @@ class Adam:
 
 
 def recovery_matrix(V: np.ndarray, ridge: float) -> np.ndarray:
-    """The per-atom map A = (VᵀV + εI)⁻¹ Vᵀ from projections to force.
+    """The per-atom map A = (VᵀV + εI)⁻¹ Vᵀ from projections to force (method.md eq. 24).
 
     Parameters
     ----------

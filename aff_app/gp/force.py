@@ -120,8 +120,47 @@ class ForcePrediction:
         return self.mean - h, self.mean + h
 
 
+class TrainedForces:
+    """What every force model of the session shares (ours and the peers'): sizes, means-only
+    prediction, and the model file's prefixed arrays.
+
+    Subclasses are dataclasses with ``z`` (N,) and ``R_train`` (M, N, 3) and a
+    ``predict(R, return_std=...)`` returning a :class:`ForcePrediction`; those written with
+    ``to_arrays(prefix)`` read back through :meth:`_read_prefixed`.
+    """
+
+    #: Whether predictions carry an interval (the GPs); the peers' models say False.
+    has_interval = True
+
+    @property
+    def n_train(self) -> int:
+        return int(self.R_train.shape[0])
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.z.size)
+
+    def predict_forces(self, R) -> np.ndarray:
+        """Posterior mean forces only, shape (B, N, 3), kcal/mol/Å."""
+        return self.predict(R, return_std=False).mean
+
+    def save(self, target) -> None:
+        """Write the model file (``.npz`` of plain arrays, a path or a binary file object)."""
+        np.savez_compressed(target, **self.to_arrays())
+
+    @classmethod
+    def _read_prefixed(cls, d: dict, where: str, prefix: str, what: str):
+        """``cls._from_arrays`` of the keys under ``prefix``; malformed content raises :class:`ModelError`."""
+        try:
+            return cls._from_arrays({k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}, where)
+        except ModelError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError, AttributeError) as exc:
+            raise ModelError(f"{where}: malformed {what} ({type(exc).__name__}: {exc})") from None
+
+
 @dataclass
-class ForceModel:
+class ForceModel(TrainedForces):
     """A fitted force GP (AFF, GDML or sGDML).
 
     Attributes
@@ -159,18 +198,7 @@ class ForceModel:
     _chol: list | None = field(default=None, repr=False)
     _geom: Geometry | None = field(default=None, repr=False)
 
-    #: A GP: every prediction can carry its interval (the peers' models say False).
-    has_interval = True
-
     # -- sizes -------------------------------------------------------------------
-    @property
-    def n_train(self) -> int:
-        return int(self.R_train.shape[0])
-
-    @property
-    def n_atoms(self) -> int:
-        return int(self.z.size)
-
     @property
     def atom_to_set(self) -> np.ndarray:
         out = np.empty(self.n_atoms, dtype=np.int64)
@@ -251,10 +279,6 @@ class ForceModel:
             progress(sl.stop / B, f"predicted {sl.stop}/{B} frames")
         noise = np.array([self.sigma2[k] * (self.lam + self.jitter[k]) for k in self.atom_to_set])
         return ForcePrediction(mean=mean, std=std, noise_var=noise, cov=cov)
-
-    def predict_forces(self, R) -> np.ndarray:
-        """Posterior mean forces only, shape (B, N, 3), kcal/mol/Å."""
-        return self.predict(R, return_std=False).mean
 
     # -- persistence -------------------------------------------------------------
     def save(self, path) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from aff_app import __version__
 from aff_app.gp.energy import EnergyPrediction
-from aff_app.gp.force import ForcePrediction, ModelError, _json_default, check_model_format
+from aff_app.gp.force import ForcePrediction, ModelError, TrainedForces, _json_default, check_model_format
 from aff_app.gp.record import FitRecord, Timings
 from aff_app.peers.sgdml import PeerError, require_sgdml, run_sgdml, sgdml_time_seconds, write_sgdml_dataset
 
@@ -48,7 +48,7 @@ def _noop(fraction: float, message: str) -> None:
 
 
 @dataclass(eq=False)
-class PackageModel:
+class PackageModel(TrainedForces):
     """A model trained by the sgdml package, with our provenance around it.
 
     Attributes
@@ -76,14 +76,6 @@ class PackageModel:
     mode = "sgdml-package"
     has_interval = False
     lam = math.nan
-
-    @property
-    def n_train(self) -> int:
-        return int(self.R_train.shape[0])
-
-    @property
-    def n_atoms(self) -> int:
-        return int(self.z.size)
 
     @property
     def sigma(self) -> float:
@@ -136,9 +128,6 @@ class PackageModel:
         _, F = self.predict_both(R, batch_size=batch_size, progress=progress)
         return ForcePrediction(mean=F, std=None, noise_var=None)
 
-    def predict_forces(self, R) -> np.ndarray:
-        return self.predict(R).mean
-
     # -- persistence ---------------------------------------------------------------
     def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         out = {
@@ -150,18 +139,10 @@ class PackageModel:
         out.update({f"package__{k}": np.asarray(v) for k, v in self.arrays.items()})
         return {prefix + k: v for k, v in out.items()}
 
-    def save(self, target) -> None:
-        """Write the model file (``.npz`` of plain arrays; the package's own arrays under ``package__*``)."""
-        np.savez_compressed(target, **self.to_arrays())
-
     @classmethod
     def from_arrays(cls, d: dict, *, where: str = "model", prefix: str = "") -> "PackageModel":
-        try:
-            return cls._from_arrays({k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}, where)
-        except ModelError:
-            raise
-        except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
-            raise ModelError(f"{where}: malformed sgdml package model ({type(exc).__name__}: {exc})") from None
+        """Validate arrays written by :meth:`to_arrays` (the package's own under ``package__*``)."""
+        return cls._read_prefixed(d, where, prefix, "sgdml package model")
 
     @classmethod
     def _from_arrays(cls, d: dict, where: str) -> "PackageModel":

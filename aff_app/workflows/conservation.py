@@ -629,7 +629,7 @@ def eckart_align(R, R_ref, masses) -> np.ndarray:
 
 
 def line_potential(forces: ForceFn, R0, R, *, points: int = 12, progress: Progress | None = None) -> np.ndarray:
-    """Minus the work of the forces along the straight line from R0 to each R: a potential for any field.
+    """Minus the work of the forces along the straight line from R0 to each R: a potential for any field (method.md eq. 25).
 
     E_pot(R) = −∫₀¹ F(R0 + s Δ)·Δ ds, Δ = R − R0, by ``points``-point Gauss–Legendre quadrature
     (exact for polynomials of degree 2·points − 1; for a smooth field spectrally accurate).
