@@ -224,6 +224,7 @@ def test_flying_apart_stops_with_a_result():
     assert 0 < res.steps_done < FAST.n_steps
     assert res.t[-1] == pytest.approx(res.steps_done * FAST.dt_fs * 1e-3)
     assert np.all(np.isfinite(res.e_total))
+    assert np.isnan(res.drift) and res.max_deviation > 0  # no slope through an explosion
     json.dumps(res.to_dict(), allow_nan=False)
 
 

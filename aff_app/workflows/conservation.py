@@ -229,7 +229,8 @@ class NVEResult:
     n_steps : int
         Steps asked for.  steps_done : int — steps run (< n_steps when stopped early).
     drift : float
-        Slope of a least-squares line through E_total(t), kcal/mol/ps (NaN with < 2 points).
+        Slope of a least-squares line through E_total(t), kcal/mol/ps (NaN with < 2 points, and NaN
+        when the run fell apart: ``stopped_early`` says why, ``max_deviation`` how far it got).
     max_deviation : float
         max_t |E_total(t) − E_total(0)|, kcal/mol.
     mean_temperature : float
@@ -564,7 +565,10 @@ def nve_drift(forces: ForceFn, z, R0, *, energy: EnergyFn | None = None,
     temp_arr = np.asarray(temp[:k], dtype=np.float64)
     t = steps_arr * settings.dt_fs * 1e-3
     e_tot = e_kin_arr + e_pot
-    drift = float(np.polyfit(t, e_tot, 1)[0]) if k >= 2 else float("nan")
+    # a run that fell apart (atoms flew apart, a non-finite force or potential) has no drift to speak of:
+    # a line through an exploding E_total reported 1e139 kcal/mol/ps; its max deviation says how far it got
+    broke = why is not None and not why.startswith("stopped at the caller's request")
+    drift = float(np.polyfit(t, e_tot, 1)[0]) if k >= 2 and not broke else float("nan")
     max_dev = float(np.max(np.abs(e_tot - e_tot[0]))) if k else float("nan")
     if k:
         pick = np.unique(np.linspace(0, k - 1, max(1, settings.n_jacobian_frames)).round().astype(int))
