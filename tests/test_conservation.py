@@ -374,6 +374,22 @@ def test_figure_and_table():
     assert "ps" in empty.layout.xaxis.title.text
 
 
+def test_figure_keeps_a_run_that_fell_apart_from_flattening_the_others():
+    centre = R_EQ.mean(axis=0)
+    s = ConservationSettings(n_steps=300, n_loops=0, n_jacobian_frames=0)
+    good = conservation_check("springs", spring_forces, Z, R_EQ, energy=spring_energy, settings=s)
+    bad = conservation_check("explodes", lambda R: 2000.0 * (np.asarray(R) - centre), Z, R_EQ, settings=s)
+    assert bad.nve.stopped_early and np.isnan(bad.nve.drift)
+    fig = conservation_figure([good, bad])
+    lo, hi = fig.layout.yaxis.range
+    wobble = np.abs(good.nve.e_total - good.nve.e_total[0]).max()
+    assert hi == pytest.approx(3.15 * max(wobble, 1e-3)) and lo == -hi  # the axis spans the run that held
+    line, cross = fig.data[1], fig.data[2]
+    assert "fell apart" in line.name and np.all(np.abs(line.y) <= 3 * max(wobble, 1e-3))
+    assert cross.marker.symbol == "x" and cross.x[0] == line.x[-1]
+    assert np.abs(bad.nve.e_total - bad.nve.e_total[0]).max() > 100 * hi  # what was left out
+
+
 # -- a real model ---------------------------------------------------------------------------------
 
 def test_aff_forces_are_not_symmetric_by_construction_but_its_energy_forces_are(shared_data):

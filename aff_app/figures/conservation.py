@@ -56,26 +56,43 @@ def conservation_figure(reports: Sequence[ConservationReport], *, title: str | N
     """
     fig = go.Figure()
     drawn = 0
+    # a run that fell apart climbs by orders of magnitude (a DCF-style net: 10^213 kcal/mol) and would flatten every
+    # other line to zero: the axis spans the runs that held together, and a fallen run is drawn up to where it
+    # leaves that span, with a cross where it did
+    held = [np.abs(r.nve.e_total - r.nve.e_total[0]).max() for r in reports
+            if r.nve is not None and r.nve.t.size and not r.nve.stopped_early]
+    span = 3.0 * max(max(held), 1e-3) if held else None
     for k, rep in enumerate(reports):
         nve = rep.nve
         if nve is None or nve.t.size == 0:
             continue
-        idx = _thin(nve.t.size)
         dev = nve.e_total - nve.e_total[0]
+        t = nve.t
         label = f"{rep.name} ({nve.energy_source})"
         if nve.stopped_early:
-            label += " — stopped early"
+            label += f" — fell apart at {t[-1]:.3g} ps" if np.isnan(nve.drift) else " — stopped early"
+            if span is not None:
+                inside = np.abs(dev) <= span
+                last = int(np.argmin(inside)) if not inside.all() else dev.size
+                t, dev = t[:max(last, 1)], dev[:max(last, 1)]
+        idx = _thin(t.size)
+        color = _COLORS[k % len(_COLORS)]
         fig.add_trace(go.Scatter(
-            x=nve.t[idx], y=dev[idx], mode="lines", name=label,
-            line={"color": _COLORS[k % len(_COLORS)], "width": 1.5},
+            x=t[idx], y=dev[idx], mode="lines", name=label,
+            line={"color": color, "width": 1.5},
             hovertemplate=(f"{rep.name}<br>t = %{{x:.4g}} ps<br>ΔE_total = %{{y:.4g}} {ENERGY_UNIT}"
                            "<extra></extra>"),
         ))
+        if nve.stopped_early:
+            fig.add_trace(go.Scatter(x=[t[-1]], y=[dev[-1]], mode="markers", showlegend=False,
+                                     marker={"symbol": "x", "size": 11, "color": color},
+                                     hovertemplate=f"{rep.name}: {nve.stopped_early}<extra></extra>"))
         drawn += 1
     if drawn == 0:
         fig.add_annotation(text="no NVE run to show", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
     fig.update_xaxes(title_text="time (ps)")
-    fig.update_yaxes(title_text=f"E_total − E_total(0) ({ENERGY_UNIT})", zeroline=True)
+    fig.update_yaxes(title_text=f"E_total − E_total(0) ({ENERGY_UNIT})", zeroline=True,
+                     range=None if span is None else [-1.05 * span, 1.05 * span])
     fig.update_layout(
         title={"text": title or "NVE total-energy deviation (velocity Verlet): flat for a conservative force field",
                "x": 0.0},

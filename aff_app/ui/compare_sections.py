@@ -299,9 +299,10 @@ def conservation_section(registry: ModelRegistry, traj: Trajectory) -> None:
     reports = result["reports"]
     st.plotly_chart(figcons.conservation_figure(reports), width="stretch", key=state.CMP_CONS_CHART)
     rows = figcons.conservation_table(reports)
-    st.dataframe([{k: (mw.fmt(v, ".3g") if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+    st.dataframe([{k: (mw.fmt(v, ".3g") if v is None or isinstance(v, float) else v) for k, v in r.items()} for r in rows],
                  hide_index=True, width="stretch")
-    st.caption(f"From frame {result['frame']}. Drift: slope of E_total(t), kcal/mol/ps. Loop work: mean over 4 loops "
+    st.caption(f"From frame {result['frame']}. Drift: slope of E_total(t), kcal/mol/ps (— for a run that fell apart: "
+               "atoms flew apart or the forces became non-finite; the plot stops it at the edge with a cross). Loop work: mean over 4 loops "
                "of radius 0.05 Å; divided by the gross work ∮|F·dR| it says what share of the work does not cancel. "
                "Jacobian asymmetry at 3 frames of the run (central differences, h = 10⁻³ Å). A conservative field "
                "shows the integrator's and the differences' error only (≈ 10⁻⁶–10⁻⁴).")

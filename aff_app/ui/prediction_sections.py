@@ -120,6 +120,10 @@ def metrics_card(entry: TrainedModel, held: HeldOut, rep: dict, frames_note: str
                      else "energy MAE — : some energy predictions are NaN or infinite")
     if entry.train_time_s is None:
         notes.append("train time — : not recorded in the model file")
+    if not entry.has_interval:  # a peer: no γ, λ of ours, no interval to judge
+        st.caption(f"{entry.mode_label}: PCI, LCI, L_norm and Δp need intervals (—)."
+                   + (" " + "; ".join(notes) + "." if notes else ""))
+        return
     st.caption(f"γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; L_norm = {mw.fmt(rep['l_norm'], '.3g')}, "
                f"Δp = 0.95 − PCI = {mw.fmt(rep['delta_p'], '+.3f')}." + (" " + "; ".join(notes) + "." if notes else ""))
 
@@ -156,8 +160,10 @@ def energy_band(entry: TrainedModel, held: HeldOut, residual: bool) -> None:
     """The energy along the held-out frames with its band (Fig. 4)."""
     st.subheader("Energy along the held-out frames (Fig. 4)")
     if not held.has_energy:
-        st.info("— No energy predictions: " + ("this model has no energy model (trained on data without energies, or "
-                "uploaded as a force model only)." if entry.energy is None else "the loaded data has no energies."))
+        why = ("the DCF-style network predicts forces only (no energy derivative)." if entry.mode == "dcf" else
+               "this model has no energy model (trained on data without energies, or uploaded as a force model only)."
+               if entry.energy is None else "the loaded data has no energies.")
+        st.info("— No energy predictions: " + why)
     else:
         offset = float(np.mean(held.E_ref))
         if held.has_energy_interval:
