@@ -94,7 +94,9 @@ class AFFCalculator(Calculator):
         if not getattr(force_model, "has_interval", True):  # the peers predict means only
             self.implemented_properties.remove("forces_std")
         if energy_model is not None:
-            self.implemented_properties += ["energy", "energy_std"]
+            self.implemented_properties += ["energy"]
+            if getattr(energy_model, "has_interval", True):  # the package's energy has none
+                self.implemented_properties += ["energy_std"]
 
     def check_atoms(self, atoms) -> None:
         """Raise unless ``atoms`` is the model's molecule (same elements, same order) and not periodic."""

@@ -118,6 +118,7 @@ def test_absent_package_is_a_clear_message_everywhere(monkeypatch, uracil, tmp_p
     assert code == 2
     msg = json.loads(out.out.strip().splitlines()[-1])
     assert "pip install" in json.dumps(msg) and "Traceback" not in out.err
+    assert "--no-peer" not in json.dumps(msg)  # a flag of `reproduce`, not of `train`
     assert not (tmp_path / "p.npz").exists()
 
 
@@ -141,3 +142,58 @@ def test_cli_trains_and_evaluates_the_package(tmp_path, capsys, shared_data):
     code = cli.main(["train", str(shared_data / "uracil.npz"), "--model", "sgdml-package", "--n-train", "25",
                      "--out", str(tmp_path / "x.npz"), "--gamma", "3", "--json"])
     assert code == 2 and "--gamma" in capsys.readouterr().out
+
+
+def test_forces_and_energies_of_the_same_frames_cost_one_package_prediction(trained, uracil):
+    pm = trained.force
+    pm._gdml()
+    calls = {"n": 0}
+    real = pm._predictor.predict
+
+    def counting(R):
+        calls["n"] += 1
+        return real(R)
+
+    pm._predictor.predict = counting
+    pm._last = None
+    R = uracil.R[500:520]
+    F = pm.predict(R).mean
+    E = trained.energy.predict(R).mean
+    assert calls["n"] == 1  # one batch of 20 frames: the energy reused the forces' pass
+    E2, F2 = pm.predict_both(uracil.R[520:525])
+    assert calls["n"] == 2 and F2.shape == (5, 12, 3)
+    F[:] = 0  # the kept result is a copy: callers cannot change it
+    assert np.any(pm.predict(R).mean != 0) and np.array_equal(trained.energy.predict(R).mean, E)
+
+
+def test_calculator_with_the_package_offers_no_interval(trained, uracil):
+    from ase import Atoms
+
+    from aff_app.calculator import AFFCalculator
+
+    calc = AFFCalculator(trained.force, trained.energy)
+    assert "forces_std" not in calc.implemented_properties and "energy_std" not in calc.implemented_properties
+    atoms = Atoms(numbers=uracil.z, positions=uracil.R[550])
+    atoms.calc = calc
+    assert atoms.get_forces().shape == (12, 3) and np.isfinite(atoms.get_potential_energy())
+
+
+def test_cli_predict_and_conserve_with_a_network_say_what_they_wrote(tmp_path, capsys, shared_data):
+    data = shared_data / "uracil.npz"
+    model = tmp_path / "dcf.npz"
+    assert cli.main(["train", str(data), "--frames", ":400", "--model", "dcf", "--n-train", "40", "--out", str(model),
+                     "--json"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "p.extxyz"
+    assert cli.main(["predict", str(model), str(data), "--frames", "400:410", "--out", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["arrays"] == ["forces_pred"] and r["std_kind"] is None
+    from ase.io import read
+
+    frames = read(out, index=":")
+    assert len(frames) == 10 and "forces_pred" in frames[0].arrays and "forces_std" not in frames[0].arrays
+    assert "interval_kind" not in frames[0].info
+    code = cli.main(["conserve", str(data), str(model), "--frames", ":400", "--steps", "100", "--json"])
+    c = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and [row["model"] for row in c["table"]] == ["dcf"]
+    assert c["table"][0]["potential"] == "work integral" and c["table"][0]["Jacobian asymmetry"] > 1e-3

@@ -189,8 +189,9 @@ def test_missing_peer_fails_before_any_fit(monkeypatch, shared_data):
         raise peer.PeerUnavailableError(f"sgdml missing; install with `{peer.INSTALL_HINT}` (requirements-peer.txt)")
 
     monkeypatch.setattr(peer, "require_sgdml", unavailable)
-    with pytest.raises(peer.PeerUnavailableError, match="requirements-peer.txt"):
+    with pytest.raises(peer.PeerUnavailableError, match="requirements-peer.txt") as exc:
         run_reproduction(_tiny(shared_data, peer=True))
+    assert "--no-peer" in str(exc.value)  # the reproduction names its own way round
 
 
 def test_failed_table_run_of_the_package_falls_back_to_its_largest_finished_run(monkeypatch, shared_data, tmp_path):

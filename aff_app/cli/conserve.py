@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aff_app.errors import AFFError
 from aff_app.cli import CLIError, add_data_arguments, load_from_args, register
 from aff_app.cli.model import _end_progress, _progress_printer
 
@@ -61,17 +62,23 @@ def _run_conserve(args) -> dict:
     settings = ConservationSettings(temperature_K=args.temperature, dt_fs=args.dt, n_steps=args.steps, seed=args.seed)
     fields = [f for name, t in models for f in force_fields(name, t.force, t.energy, conservative=not args.no_conservative)]
     progress = _progress_printer(args)
-    reports = []
+    reports, failed = [], []
     try:
         for k, field in enumerate(fields):
-            reports.append(conservation_check(
-                field.name, field.forces, field.z, traj.R[frame], energy=field.energy, settings=settings,
-                progress=lambda f, m, k=k, n=field.name: progress((k + f) / len(fields), f"{n}: {m}")))
+            try:
+                reports.append(conservation_check(
+                    field.name, field.forces, field.z, traj.R[frame], energy=field.energy, settings=settings,
+                    progress=lambda f, m, k=k, n=field.name: progress((k + f) / len(fields), f"{n}: {m}")))
+            except AFFError as exc:  # one model's failure keeps the others' reports
+                failed.append({"name": field.name, "error": str(exc)})
     finally:
         _end_progress(args)
+    if not reports:
+        raise CLIError("the conservation check failed for every model: "
+                       + "; ".join(f"{f['name']}: {f['error']}" for f in failed))
     return {"data_path": str(args.data), "formula": traj.formula, "start_frame": frame,
             "settings": settings.to_dict(), "table": conservation_table(reports),
-            "reports": [r.to_dict() for r in reports],
+            "reports": [r.to_dict() for r in reports], "failed": failed,
             "units": {"drift": "kcal/mol/ps", "loop_work": "kcal/mol", "time": "ps"}}
 
 
@@ -90,6 +97,7 @@ def _render_conserve(r: dict) -> str:
                      f"{g(row['loop work |W| (kcal/mol)']):>18} {g(row['loop work / gross work']):>13} "
                      f"{g(row['Jacobian asymmetry']):>12}" + (f"  (stopped: {row['stopped early']})"
                                                               if row["stopped early"] else ""))
+    lines.extend(f"{f['name']}: failed — {f['error']}" for f in r.get("failed", []))
     return "\n".join(lines)
 
 

@@ -397,8 +397,9 @@ def _run_predict(args) -> dict:
         "frames": traj.provenance.frames,
         "force_unit": units.force_unit_label(eu, lu),
         "energy_unit": eu,
-        "std_kind": "latent",
-        "arrays": [PREDICTION_KEYS["forces"], PREDICTION_KEYS["forces_std"]] if fmt == "extxyz" else None,
+        "std_kind": "latent" if record.F_std is not None else None,  # the peers predict means only
+        "arrays": ([PREDICTION_KEYS["forces"]] + ([PREDICTION_KEYS["forces_std"]] if record.F_std is not None else [])
+                   if fmt == "extxyz" else None),
         "n_training_frames": int(in_train.sum()),
         "prediction_time_s": seconds,
     }
@@ -414,9 +415,9 @@ def _run_predict(args) -> dict:
 
 register("symmetry", "find the permutation symmetry and PE sets of a trajectory", _add_symmetry, _run_symmetry,
          render=_render_symmetry)
-register("train", "train an AFF, GDML or sGDML force model and its energy model, and write them (.npz)", _add_train, _run_train,
+register("train", "train an AFF, GDML or sGDML force model and its energy model (or a peer: the sgdml package, a DCF-style net), and write them (.npz)", _add_train, _run_train,
          render=_render_train)
 register("evaluate", "force and energy MAE/RMSE, PCI and LCI of a model on held-out frames", _add_evaluate, _run_evaluate,
          render=_render_evaluate)
-register("predict", "predict forces, energies and their standard deviations for every frame of a file", _add_predict,
+register("predict", "predict forces, energies and (GP models) their standard deviations for every frame of a file", _add_predict,
          _run_predict)

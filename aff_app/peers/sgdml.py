@@ -114,7 +114,7 @@ def require_sgdml(submodule: str = "sgdml") -> Any:
     except (ImportError, NameError) as exc:
         raise PeerUnavailableError(
             f"the reference sGDML package is not available ({type(exc).__name__}: {exc}); it is optional — "
-            f"install it with `{INSTALL_HINT}` (see requirements-peer.txt), or run without the peer (--no-peer)"
+            f"install it with `{INSTALL_HINT}` (see requirements-peer.txt)"
         ) from None
 
 

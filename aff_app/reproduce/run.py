@@ -123,9 +123,12 @@ def run_reproduction(settings: ReproduceSettings | None = None, *, progress: Pro
     progress = progress or _noop
     t_start = time.perf_counter()
     if s.peer:
-        from aff_app.peers.sgdml import require_sgdml
+        from aff_app.peers.sgdml import PeerUnavailableError, require_sgdml
 
-        require_sgdml("sgdml.predict")  # fail now, not after an hour of AFF fits
+        try:
+            require_sgdml("sgdml.predict")  # fail now, not after an hour of AFF fits
+        except PeerUnavailableError as exc:
+            raise PeerUnavailableError(f"{exc}, or run the reproduction without the peer (--no-peer)") from None
     peer_sets = tuple(ls for ls in (s.peer_label_sets or s.label_sets) if ls in s.label_sets) if s.peer else ()
     work = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="aff_reproduce_"))
     work.mkdir(parents=True, exist_ok=True)

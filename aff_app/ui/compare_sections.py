@@ -271,12 +271,15 @@ def conservation_section(registry: ModelRegistry, traj: Trajectory) -> None:
             bar = st.progress(0.0, text="starting")
         progress = mw.progress_adapter(bar, token)
         fields = [f for n in chosen for f in force_fields(n, by_name[n].force, by_name[n].energy)]
-        reports = []
+        reports, failed = [], []
         try:
             for k, field in enumerate(fields):
                 share = lambda f, m, k=k, name=field.name: progress((k + f) / len(fields), f"{name}: {m}")  # noqa: E731
-                reports.append(conservation_check(field.name, field.forces, field.z, traj.R[start_frame],
-                                                  energy=field.energy, settings=settings, progress=share))
+                try:
+                    reports.append(conservation_check(field.name, field.forces, field.z, traj.R[start_frame],
+                                                      energy=field.energy, settings=settings, progress=share))
+                except mw.EXPECTED_ERRORS as exc:  # one model's failure keeps the others' reports
+                    failed.append((field.name, mw.error_text(exc)))
             jobs.ensure_current(token, "storing the check")
         except Cancelled:
             jobs.end(token)
@@ -290,13 +293,17 @@ def conservation_section(registry: ModelRegistry, traj: Trajectory) -> None:
             jobs.end(token)
             running.empty()
             st.session_state[state.CMP_CONS_RESULT] = {"fingerprint": traj.fingerprint, "reports": reports,
-                                                      "frame": start_frame}
+                                                      "frame": start_frame, "failed": failed}
     result = st.session_state.get(state.CMP_CONS_RESULT)
     if not result or result["fingerprint"] != traj.fingerprint:
         st.caption("No conservation check yet on this data: choose models and press the button (about a minute for "
                    "1,000 steps of a few models on a small machine).")
         return
     reports = result["reports"]
+    for name, why in result.get("failed", []):
+        st.warning(f"{name}: the conservation check failed — {why}")
+    if not reports:
+        return
     st.plotly_chart(figcons.conservation_figure(reports), width="stretch", key=state.CMP_CONS_CHART)
     rows = figcons.conservation_table(reports)
     st.dataframe([{k: (mw.fmt(v, ".3g") if v is None or isinstance(v, float) else v) for k, v in r.items()} for r in rows],

@@ -300,7 +300,8 @@ def other_structures(entry: TrainedModel, traj: Trajectory) -> None:
     source = traj
     if traj.has_labels:
         st.caption(f"Upload structures of {traj.formula} (any format the Data page reads; labels are not needed, "
-                   "a plain XYZ will do): the model predicts their forces and energies with sds.")
+                   "a plain XYZ will do): the model predicts their forces and energies"
+                   + (" with sds." if entry.has_interval else " (means only: this model gives no sds)."))
         upload = st.file_uploader("Structures", key=state.PRED_OWN_UPLOAD, label_visibility="collapsed")
         if upload is None:
             return
@@ -331,9 +332,9 @@ def other_structures(entry: TrainedModel, traj: Trajectory) -> None:
     pred: Predicted = results[key]
     fmax = np.linalg.norm(pred.F_mean, axis=-1).max(axis=1)
     sdmax = pred.F_std.max(axis=(1, 2)) if pred.F_std is not None else np.full(pred.frames.size, np.nan)
-    rows = {"frame": pred.frames[:200],
-            f"largest |F| ({FORCE_UNIT})": np.round(fmax[:200], 3),
-            f"largest force sd ({FORCE_UNIT})": np.round(sdmax[:200], 4)}
+    rows = {"frame": pred.frames[:200], f"largest |F| ({FORCE_UNIT})": np.round(fmax[:200], 3)}
+    if pred.F_std is not None:
+        rows[f"largest force sd ({FORCE_UNIT})"] = np.round(sdmax[:200], 4)
     if pred.E_mean is not None:
         rows[f"energy ({ENERGY_UNIT})"] = np.round(pred.E_mean[:200], 3)
         if pred.E_std is not None:

@@ -222,7 +222,7 @@ def _package_missing(traj: Trajectory) -> str | None:
     """Why the package cannot train here (not installed, or no energies), or None."""
     missing = mw.package_status()
     if missing is not None:
-        return missing.replace(", or run without the peer (--no-peer)", "") + "; then restart the app."
+        return missing + "; then restart the app."
     if traj.E is None:
         return "the sgdml package trains on energies and forces, and this data has no energies."
     return None

@@ -37,6 +37,7 @@ from aff_app.workflows import pipeline
 from aff_app.workflows.pipeline import TrainSettings
 from aff_app.workflows.kinds import ALL_MODES, MODE_LABELS, PEER_MODES, peer_cost, uses_symmetry
 from aff_app.peers.sgdml import PeerError
+from aff_app.dcf import DCFError
 from aff_app.symmetry import SymmetryInfo
 from aff_app.io.trajectory import Trajectory
 from aff_app.workflows.training import SplitError, TrainingError, UnlabelledDataError
@@ -317,7 +318,7 @@ def learning_curve(
             held = pipeline.evaluate(trained, traj, test_idx=test, with_std=with_std,
                                      progress=lambda f, m: job_progress(0.6 + 0.4 * f, m))
             rep = held.report(level, kind)
-        except (ComputeBudgetError, FactorizationError, ModelError, SplitError, PeerError, TrainingError,
+        except (ComputeBudgetError, FactorizationError, ModelError, SplitError, PeerError, TrainingError, DCFError,
                 np.linalg.LinAlgError) as exc:
             row.update(status="failed", note=str(exc))
             done += w

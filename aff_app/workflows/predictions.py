@@ -438,7 +438,8 @@ def predictions_file(pred: Predicted, fmt: str = "extxyz", *, energy_unit: str |
             at.info["frame"] = int(pred.frames[i])
             if pred.in_train is not None:
                 at.info["in_training_set"] = bool(pred.in_train[i])
-            at.info["interval_kind"] = pred.kind
+            if pred.F_std is not None:
+                at.info["interval_kind"] = pred.kind
             at.info["energy_unit"] = eu
             at.info["length_unit"] = "Ang" if lu == "Å" else lu
             if pred.E_mean is not None:
