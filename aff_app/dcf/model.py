@@ -35,7 +35,7 @@ import numpy as np
 from aff_app import __version__
 from aff_app.cancel import Cancelled
 from aff_app.errors import AFFError
-from aff_app.gp.force import ForcePrediction, ModelError, TrainedForces, _json_default, check_model_format
+from aff_app.gp.force import ForcePrediction, ModelError, TrainedForces, _json_default, check_model_format, check_positions
 from aff_app.gp.record import FitRecord, Timings
 from aff_app.dcf.features import FeatureSpec, atom_features, n_features, n_vectors
 from aff_app.dcf.network import MLP, Adam, force_loss, recover, recovery_matrix
@@ -353,17 +353,7 @@ class DCFModel(TrainedForces):
         ModelError
             R of the wrong shape or with non-finite values.
         """
-        try:
-            R = np.asarray(R, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"positions must be numeric: {exc}") from None
-        if R.ndim == 2:
-            R = R[None]
-        if R.ndim != 3 or R.shape[1:] != (self.n_atoms, 3):
-            raise ModelError(f"positions must have shape (N, 3) or (B, N, 3) with N = {self.n_atoms}, "
-                             f"got {R.shape}")
-        if not np.all(np.isfinite(R)):
-            raise ModelError("positions contain non-finite values (NaN or inf)")
+        R = check_positions(R, self.n_atoms)
         batch_size = max(1, int(batch_size))
         B = R.shape[0]
         mean = np.empty((B, self.n_atoms, 3))

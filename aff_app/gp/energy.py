@@ -73,7 +73,8 @@ from aff_app.gp.kernels import (
     single_threaded_blas,
 )
 from aff_app.gp.kernels import _coefficients  # noqa: PLC2701 - the kernel's own coefficient helper
-from aff_app.gp.force import FactorizationError, ForceModel, ForcePrediction, ModelError, Progress, _json_default, _noop
+from aff_app.gp.force import (FactorizationError, ForceModel, ForcePrediction, ModelError, Progress, _json_default, _noop,
+                              check_positions)
 
 #: λ grid for the energy likelihood (the energy kernel has variance 1 at ρ = 0).
 ENERGY_LAMBDA_GRID = np.logspace(-13, -1, 49)
@@ -119,15 +120,7 @@ class EnergyPrediction:
 
 
 # --------------------------------------------------------------------------- helpers
-def _positions(R, n_atoms: int) -> np.ndarray:
-    R = np.asarray(R, dtype=np.float64)
-    if R.ndim == 2:
-        R = R[None]
-    if R.ndim != 3 or R.shape[1:] != (n_atoms, 3):
-        raise ModelError(f"positions must have shape (B, {n_atoms}, 3) for this model, got {R.shape}")
-    if not np.all(np.isfinite(R)):
-        raise ModelError("positions contain NaN or infinite values")
-    return R
+_positions = check_positions  # the one check of positions (aff_app.gp.force)
 
 
 def _energies(E, n_frames: int) -> np.ndarray:

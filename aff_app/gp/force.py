@@ -120,6 +120,22 @@ class ForcePrediction:
         return self.mean - h, self.mean + h
 
 
+def check_positions(R, n_atoms: int) -> np.ndarray:
+    """Positions as a float (B, N, 3) array (an (N, 3) frame becomes B = 1); bad shapes or values raise ModelError."""
+    try:
+        R = np.asarray(R, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"positions must be numeric: {exc}") from None
+    if R.ndim == 2:
+        R = R[None]
+    if R.ndim != 3 or R.shape[1:] != (n_atoms, 3):
+        raise ModelError(f"positions must have shape (N, 3) or (B, N, 3) with N = {n_atoms} for this model, "
+                         f"got {R.shape}")
+    if not np.all(np.isfinite(R)):
+        raise ModelError("positions contain NaN or infinite values")
+    return R
+
+
 class TrainedForces:
     """What every force model of the session shares (ours and the peers'): sizes, means-only
     prediction, and the model file's prefixed arrays.
@@ -242,13 +258,7 @@ class ForceModel(TrainedForces):
         -------
         ForcePrediction
         """
-        R = np.asarray(R, dtype=np.float64)
-        if R.ndim == 2:
-            R = R[None]
-        if R.ndim != 3 or R.shape[1:] != (self.n_atoms, 3):
-            raise ModelError(f"positions must have shape (B, {self.n_atoms}, 3) for this model, got {R.shape}")
-        if not np.all(np.isfinite(R)):
-            raise ModelError("positions contain NaN or infinite values")
+        R = check_positions(R, self.n_atoms)
         progress = progress or _noop
         B, N = R.shape[0], self.n_atoms
         mean = np.zeros((B, N, 3))

@@ -29,7 +29,7 @@ import numpy as np
 
 from aff_app import __version__
 from aff_app.gp.energy import EnergyPrediction
-from aff_app.gp.force import ForcePrediction, ModelError, TrainedForces, _json_default, check_model_format
+from aff_app.gp.force import ForcePrediction, ModelError, TrainedForces, _json_default, check_model_format, check_positions
 from aff_app.gp.record import FitRecord, Timings
 from aff_app.peers.sgdml import PeerError, require_sgdml, run_sgdml, sgdml_time_seconds, write_sgdml_dataset
 
@@ -109,13 +109,7 @@ class PackageModel(TrainedForces):
         The package computes both in one pass; the last call's result is kept, so the force and the
         energy model asking for the same frames in turn (held-out evaluation, an MD step) pay once.
         """
-        R = np.asarray(R, dtype=np.float64)
-        if R.ndim == 2:
-            R = R[None]
-        if R.ndim != 3 or R.shape[1:] != (self.n_atoms, 3):
-            raise ModelError(f"positions must have shape (B, {self.n_atoms}, 3) for this model, got {R.shape}")
-        if not np.all(np.isfinite(R)):
-            raise ModelError("positions contain NaN or infinite values")
+        R = check_positions(R, self.n_atoms)
         progress = progress or _noop
         key = (R.shape, hashlib.sha1(np.ascontiguousarray(R).tobytes()).hexdigest())
         if self._last is not None and self._last[0] == key:
