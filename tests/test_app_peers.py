@@ -140,3 +140,26 @@ def test_missing_package_is_a_message_and_a_disabled_button(monkeypatch):
     at = _open(COMPARE, ModelRegistry())
     at.multiselect(key=state.CMP_MODELS).set_value(["aff", "sgdml-package"]).run()
     assert "pip install" in _texts(at, "warning")
+
+
+def test_compare_learning_curves_put_every_model_on_one_plot():
+    import os
+
+    if os.environ.get("CI") != "true":  # the dev set-up installs the package; CI fails without it
+        pytest.importorskip("sgdml.predict", reason="the optional sgdml package is not installed")
+    at = _open(COMPARE, ModelRegistry())
+    at.multiselect(key=state.CMP_MODELS).set_value(["aff", "dcf", "sgdml-package"])
+    at.multiselect(key=state.CMP_SIZES).set_value([25, 50])
+    at.number_input(key=state.CMP_N_TEST).set_value(30)
+    at.radio(key=state.CMP_HYPER).set_value("fixed").run()
+    at.button(key=state.CMP_RUN).click().run()
+    assert not at.exception, at.exception
+    rows = at.session_state[state.CMP_RESULT]["rows"]
+    by_model = {(r["model"], r["M"]): r for r in rows}
+    assert {m for m, _ in by_model} == {"AFF", "DCF-style net", "sgdml package"}
+    assert all(r["status"] == "ok" for r in rows), [r["note"] for r in rows]
+    assert by_model[("DCF-style net", 50)]["energy_mae"] is None and by_model[("sgdml package", 50)]["pci"] is None
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    titles = [a["text"] for a in spec["layout"]["annotations"]]
+    assert titles == ["Force error", "Energy error", "Training time", "Prediction time per frame"]
+    assert {t["name"] for t in spec["data"]} == {"AFF", "DCF-style net", "sgdml package"}
