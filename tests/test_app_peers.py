@@ -163,3 +163,17 @@ def test_compare_learning_curves_put_every_model_on_one_plot():
     titles = [a["text"] for a in spec["layout"]["annotations"]]
     assert titles == ["Force error", "Energy error", "Training time", "Prediction time per frame"]
     assert {t["name"] for t in spec["data"]} == {"AFF", "DCF-style net", "sgdml package"}
+
+
+def test_package_asked_for_every_frame_as_test_frame_is_refused_before_training(monkeypatch):
+    from aff_app.peers import sgdml as peer
+
+    monkeypatch.setattr(peer, "peer_status", lambda: None)  # installed or not, the split is refused first
+    at = _open(TRAIN, ModelRegistry())
+    at.radio(key=state.TRAIN_MODEL).set_value("sgdml-package").run()
+    n = _traj().n_frames
+    at.number_input(key=state.TRAIN_M).set_value(100).run()  # the test-frame box's maximum follows M
+    at.number_input(key=state.TRAIN_N_TEST).set_value(n - 100).run()
+    assert not at.exception, at.exception
+    assert "σ validation" in _texts(at, "error") and f"at most {n - 101} test" in _texts(at, "error")
+    assert at.button(key=state.TRAIN_RUN).disabled

@@ -187,6 +187,12 @@ def cost_card(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | None) 
     over_budget = None
     if mode == "sgdml-package":
         over_budget = _package_missing(traj)
+        spare = traj.n_frames - n_train - form.n_test
+        if over_budget is None and spare < 1:
+            # the package selects σ on frames neither trained nor tested (pipeline.PACKAGE_VALID_FRAMES at most)
+            over_budget = (f"M = {n_train} training and {form.n_test} test frames leave none of the {traj.n_frames} "
+                           f"frames for the package's σ validation: use at most {traj.n_frames - n_train - 1} test "
+                           "frames.")
     if over_budget is None:
         try:
             check_budget(est, budget, what=f"{MODE_LABELS[mode]} fit")
