@@ -176,6 +176,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _run_train(args) -> dict:
     from aff_app.gp.record import Timings
     from aff_app.workflows import pipeline
+    from aff_app.workflows.metrics import finite_or_none
     from aff_app.workflows.training import resolve_symmetry
 
     out = _out_path_npz(args.out)
@@ -222,8 +223,8 @@ def _run_train(args) -> dict:
         "n_frames": traj.n_frames,
         "seed": args.seed,
         "label_set": traj.provenance.label_set,
-        "gamma": _finite_or_none(model.gamma),
-        "lam": _finite_or_none(model.lam),
+        "gamma": finite_or_none(model.gamma),
+        "lam": finite_or_none(model.lam),
         "sigma2": model.sigma2.tolist() if hasattr(model, "sigma2") else None,
         "has_interval": bool(model.has_interval),
         "criterion": rec.criterion,
@@ -248,11 +249,6 @@ def _run_train(args) -> dict:
 
 def _energy_kind(energy) -> str | None:
     return None if energy is None else energy.label
-
-
-def _finite_or_none(x) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
 
 
 def _render_train(r: dict) -> str:

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 
 from aff_app.units import ENERGY_UNIT
 from aff_app.workflows.conservation import ConservationReport
+from aff_app.workflows.metrics import finite_or_none as _num
 
 __all__ = ["conservation_figure", "conservation_table", "MAX_POINTS_PER_LINE"]
 
@@ -101,13 +102,6 @@ def conservation_figure(reports: Sequence[ConservationReport], *, title: str | N
         margin={"t": 60},
     )
     return fig
-
-
-def _num(v) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
 
 
 def conservation_table(reports: Sequence[ConservationReport]) -> list[dict]:

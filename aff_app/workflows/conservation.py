@@ -337,6 +337,16 @@ def _settings(settings) -> ConservationSettings:
     return settings
 
 
+def _inputs(settings, forces, energy, z, R0) -> tuple[ConservationSettings, np.ndarray, np.ndarray]:
+    """The checks every run with a start geometry makes: settings, the callables, z, R0 (N, 3)."""
+    settings = _settings(settings)
+    _callable(forces, "forces")
+    if energy is not None:
+        _callable(energy, "energy")
+    zz = _atomic_numbers(z)
+    return settings, zz, _geometry(R0, zz.size)
+
+
 def _callable(fn, name: str) -> None:
     if not callable(fn):
         raise ConservationError(f"{name} must be a callable R (B, N, 3) Å → array, got {type(fn).__name__}")
@@ -469,12 +479,7 @@ def nve_drift(forces: ForceFn, z, R0, *, energy: EnergyFn | None = None,
     ConservationError
         Bad settings or shapes, fewer than 2 steps, or a model whose output has the wrong shape.
     """
-    settings = _settings(settings)
-    _callable(forces, "forces")
-    if energy is not None:
-        _callable(energy, "energy")
-    zz = _atomic_numbers(z)
-    R0 = _geometry(R0, zz.size)
+    settings, zz, R0 = _inputs(settings, forces, energy, z, R0)
     if settings.n_steps < 2:
         raise ConservationError(f"the NVE run needs at least 2 steps to fit a drift, got n_steps={settings.n_steps}")
     d0 = pdist(R0)
@@ -923,12 +928,7 @@ def conservation_check(name: str, forces: ForceFn, z, R0, *, energy: EnergyFn | 
     -------
     ConservationReport
     """
-    settings = _settings(settings)
-    _callable(forces, "forces")
-    if energy is not None:
-        _callable(energy, "energy")
-    zz = _atomic_numbers(z)
-    R0 = _geometry(R0, zz.size)
+    settings, zz, R0 = _inputs(settings, forces, energy, z, R0)
     frames = None if R_frames is None else _frames(R_frames, zz.size)
     nve = None
     if settings.n_steps > 0:

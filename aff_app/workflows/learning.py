@@ -38,6 +38,7 @@ from aff_app.workflows.pipeline import TrainSettings
 from aff_app.workflows.kinds import ALL_MODES, MODE_LABELS, PEER_MODES, peer_cost, uses_symmetry
 from aff_app.peers.sgdml import PeerError
 from aff_app.dcf import DCFError
+from aff_app.workflows.metrics import finite_or_none
 from aff_app.symmetry import SymmetryInfo
 from aff_app.io.trajectory import Trajectory
 from aff_app.workflows.training import SplitError, TrainingError, UnlabelledDataError
@@ -68,11 +69,6 @@ class LearningCurveError(TrainingError):
 
 def _noop(fraction: float, message: str) -> None:
     return None
-
-
-def _finite(x) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
 
 
 def set_sizes_for(mode: str, n_atoms: int, symmetry: SymmetryInfo | None) -> tuple[list[int], int]:
@@ -286,9 +282,12 @@ def learning_curve(
         raise LearningCurveError(f"the symmetry is for {symmetry.n_atoms} atoms but the data has {traj.n_atoms}")
     test, train_sets = learning_split(traj.n_frames, sizes, n_test, seed=seed)
     # the package selects σ on validation frames: the same ones at every M, outside every training set and the test
-    unused = np.setdiff1d(np.arange(traj.n_frames), np.union1d(test, train_sets[max(train_sets)]))
-    valid = (np.sort(np.random.default_rng(seed + 1).choice(unused, size=min(pipeline.PACKAGE_VALID_FRAMES, unused.size),
-                                                             replace=False)) if unused.size else None)
+    valid = None
+    if "sgdml-package" in models:
+        unused = np.setdiff1d(np.arange(traj.n_frames), np.union1d(test, train_sets[max(train_sets)]))
+        if unused.size:
+            valid = np.sort(np.random.default_rng(seed + 1).choice(
+                unused, size=min(pipeline.PACKAGE_VALID_FRAMES, unused.size), replace=False))
     points = plan_learning_curve(traj.n_atoms, models, sizes, symmetry=symmetry, budget_bytes=budget_bytes)
     # weight each job by its estimated cost so the bar moves evenly
     weights = np.array([max(p.estimate.seconds, 1e-3) if p.allowed else 0.0 for p in points])
@@ -328,7 +327,7 @@ def learning_curve(
         row.update(
             status="ok", force_mae=rep["force_mae"], force_rmse=rep["force_rmse"], energy_mae=rep["energy_mae"],
             train_s=train_s, energy_train_s=e_s, pci=rep["pci"], lci=rep["lci"], l_norm=rep["l_norm"],
-            delta_p=rep["delta_p"], gamma=_finite(fm.gamma), lam=_finite(fm.lam),
+            delta_p=rep["delta_p"], gamma=finite_or_none(fm.gamma), lam=finite_or_none(fm.lam),
             predict_ms=1e3 * held.predict_s / max(held.n_frames, 1),
         )
         done += w

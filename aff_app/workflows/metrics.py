@@ -35,6 +35,15 @@ class MetricError(AFFError, ValueError):
     """Arrays a metric cannot be computed from (shapes, emptiness, NaN)."""
 
 
+def finite_or_none(x) -> float | None:
+    """``float(x)`` when it is a finite number; None for None, NaN, ±inf or anything not a number (JSON, tables)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
 def _arrays(**named) -> list[np.ndarray]:
     """Same-shape, non-empty, finite float arrays (the names go into the error)."""
     out = [np.asarray(v, dtype=np.float64) for v in named.values()]

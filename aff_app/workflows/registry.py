@@ -16,7 +16,6 @@ metrics in kcal/mol/Å, energy metrics in kcal/mol.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from aff_app.errors import AFFError
 from aff_app.gp.energy import EnergyModel
 from aff_app.gp.persistence import ENERGY_MODEL_CLASSES, FORCE_MODEL_CLASSES, EnergyModelType, ForceModelType
 from aff_app.workflows.kinds import MODE_LABELS
+from aff_app.workflows.metrics import finite_or_none as _finite_or_none
 
 __all__ = [
     "RegistryError",
@@ -53,14 +53,6 @@ def default_name(mode: str, n_train: int, seed: int | None) -> str:
     """The name a freshly trained model gets, e.g. ``'AFF M=200 seed 0'``."""
     label = MODE_LABELS.get(mode, str(mode).upper())
     return f"{label} M={int(n_train)}" + ("" if seed is None else f" seed {int(seed)}")
-
-
-def _finite_or_none(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 @dataclass(eq=False)
