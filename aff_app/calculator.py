@@ -121,16 +121,22 @@ class AFFCalculator(Calculator):
         energy_needs_forces = energy_wanted and getattr(self.energy_model, "kind", "gp") == "gp"
         need_force_pred = ("forces_std" in wanted or (not self.conservative and "forces" in wanted)
                            or energy_needs_forces)
-        pred = None
+        mean = None
         if need_force_pred:
-            with_std = "forces_std" in wanted
-            pred = self.force_model.predict(R, return_std=with_std)
-            if not self.conservative:
-                self.results["forces"] = np.asarray(pred.mean[0]) * _FORCE_TO_ASE
-            if with_std:
+            if "forces_std" in wanted:
+                pred = self.force_model.predict(R, return_std=True)
+                mean = pred.mean
                 self.results["forces_std"] = np.asarray(pred.std[0]) * _FORCE_TO_ASE
+            elif hasattr(self.force_model, "predict_mean"):  # the GPs' fast mean (eq. 26): an MD step's forces
+                mean = self.force_model.predict_mean(R)
+            else:
+                mean = self.force_model.predict(R, return_std=False).mean
+            if not self.conservative:
+                self.results["forces"] = np.asarray(mean[0]) * _FORCE_TO_ASE
         if energy_wanted:
-            epred = self.energy_model.predict(R, forces=None if pred is None else pred.mean)
+            # the integrated energies skip their sd (a triangular solve) unless it is asked for
+            extra = {} if getattr(self.energy_model, "kind", "gp") == "gp" else {"return_std": "energy_std" in wanted}
+            epred = self.energy_model.predict(R, forces=mean, **extra)
             self.results["energy"] = float(np.reshape(epred.mean, -1)[0]) * _ENERGY_TO_ASE
             std = getattr(epred, "std", None)
             if std is not None and np.all(np.isfinite(std)):

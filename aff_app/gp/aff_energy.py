@@ -207,7 +207,7 @@ class SubsetEnergyModel:
         Σ_m w_m cov(E(x_m), F(x)) (the kernel is symmetric).
         """
         R = _positions(R, self.n_atoms)
-        out = self.integrated.force_model.predict(R, return_std=False, batch_size=batch_size).mean
+        out = self.integrated.force_model.predict_mean(R)
         for start in range(0, R.shape[0], max(1, int(batch_size))):
             sl = slice(start, min(start + max(1, int(batch_size)), R.shape[0]))
             c = energy_force_covariance(self._held(), Geometry.from_positions(R[sl]), self.gamma, perms=self.perms)

@@ -462,6 +462,7 @@ def force_covariance_sets(
     mirror: bool = True,
     out: list[np.ndarray] | None = None,
     coef_cache: "CoefficientCache | None" = None,
+    columns: "ColumnTerms | None" = None,
 ) -> list[np.ndarray]:
     """Force covariance blocks of several atom sets in one pass over frame pairs.
 
@@ -490,6 +491,10 @@ def force_covariance_sets(
     coef_cache : CoefficientCache, optional
         Keeps the pair coefficients (c1, c2) of each row chunk and permutation
         between calls on the same frames (keyed by γ and chunk), for builds of one set at a time.
+    columns : ColumnTerms, optional
+        The column side's permuted copies and terms from :func:`column_terms` for these ``Rb``,
+        ``sets`` and ``perms`` (kept by a model that predicts one geometry at a time: building
+        them was 70% of a single-frame prediction of benzene).
 
     Returns
     -------
@@ -521,21 +526,14 @@ def force_covariance_sets(
                 raise ValueError(f"each out buffer must be C-ordered float64 with {int(np.prod(shape))} elements, "
                                  f"got {buf.dtype} {buf.shape}")
             outs.append(buf.reshape(shape))
-    # permuted copies of x_b; atom j of x_b sits at position p⁻¹(j) of the copy
-    copies = []
-    for p in plist:
-        pinv = np.argsort(p)
-        Gq = Gb if np.array_equal(p, np.arange(n)) else Gb.permuted(p)
-        copies.append((Gq, [pinv[b] for _, b in pairs]))
+    columns = column_terms(Gb, pairs, plist) if columns is None else columns
+    copies, sides_b = columns.copies, columns.sides
     lmax = max(max(a.size, b.size) for a, b in pairs)
     if coef_cache is not None:
         lmax = max(lmax, coef_cache.lmax)  # the same row chunks in every call that shares the cache
     row_bytes = 8 * mb * (4 * 9 * lmax * lmax + 6 * lmax + 8)
     threads = n_threads() if threads is None else threads
     chunks = (_triangle_chunks if symmetric else _row_chunks)(ma, row_bytes, chunk_bytes, threads)
-
-    # column-side terms are computed once, not once per row chunk
-    sides_b = [[_Side(Gq, c, a) for (a, _), c in zip(pairs, cols)] for Gq, cols in copies]
 
     def work(sl: slice) -> None:
         Gs = Ga.take(sl)
@@ -563,6 +561,32 @@ def force_covariance_sets(
         for K in mats:
             _mirror_lower(K, a_block=K.shape[0] // ma)
     return mats
+
+
+@dataclass(frozen=True)
+class ColumnTerms:
+    """Column-side terms of :func:`force_covariance_sets`: the permuted copies of x_b and their per-set terms."""
+
+    copies: list
+    sides: list
+
+
+def column_terms(Gb, sets, perms) -> ColumnTerms:
+    """The column side of :func:`force_covariance_sets` for ``Gb``, ``sets`` (rows = columns) and ``perms``."""
+    Gb = _coerce(Gb)
+    n = Gb.n_atoms
+    pairs = [(np.asarray(s, dtype=np.int64).reshape(-1),) * 2 if not isinstance(s, tuple)
+             else tuple(np.asarray(x, dtype=np.int64).reshape(-1) for x in s) for s in sets]
+    plist = perms if isinstance(perms, list) else _perm_list(perms, n)
+    # permuted copies of x_b; atom j of x_b sits at position p⁻¹(j) of the copy
+    copies = []
+    for p in plist:
+        pinv = np.argsort(p)
+        Gq = Gb if np.array_equal(p, np.arange(n)) else Gb.permuted(p)
+        copies.append((Gq, [pinv[b] for _, b in pairs]))
+    # column-side terms are computed once, not once per row chunk
+    sides = [[_Side(Gq, c, a) for (a, _), c in zip(pairs, cols)] for Gq, cols in copies]
+    return ColumnTerms(copies=copies, sides=sides)
 
 
 def _mirror_lower(K: np.ndarray, a_block: int, rows: int = 1024) -> None:
