@@ -107,6 +107,23 @@ class AFFCalculator(Calculator):
                 "set atoms.pbc = False"
             )
 
+    def check_state(self, atoms, tol: float = 1e-15) -> list:
+        """What changed since the last calculation: ASE's check with exact comparisons.
+
+        ASE's ``compare_atoms`` runs ``np.allclose`` (tolerance 1e-15) on every array, several
+        times per MD step: ~0.3 ms of a benzene step whose forces take 0.4 ms. Exact equality
+        differs only for moves below 1e-15 Å, which then recompute.
+        """
+        old = self.atoms
+        if old is None:
+            return list(all_changes)
+        changes = [p for p in ("cell", "pbc") if not np.array_equal(getattr(old, p), getattr(atoms, p))]
+        watched = set(all_changes)
+        a1, a2 = old.arrays, atoms.arrays
+        changes += sorted(watched & (set(a1) ^ set(a2)))
+        changes += [p for p in sorted(watched & set(a1) & set(a2)) if not np.array_equal(a1[p], a2[p])]
+        return changes
+
     def calculate(self, atoms=None, properties=("forces",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         self.check_atoms(self.atoms)

@@ -43,8 +43,8 @@ class MeanPredictor:
 
     Notes
     -----
-    Memory: 16 bytes per training frame, permutation and touched pair of each set
-    (uracil M = 1000: 2.1 MB; aspirin M = 1200, S = 6: about 80 MB).
+    Memory: 16 bytes per training frame, permutation and touched pair of each set, and 8 per
+    training frame, permutation and pair (uracil M = 1000: 2.6 MB; aspirin M = 1200, S = 6: about 80 MB).
     """
 
     def __init__(self, R_train, pe_sets, perms, gamma: float, alpha) -> None:
@@ -60,7 +60,7 @@ class MeanPredictor:
         copies = [G if np.array_equal(p, np.arange(N)) else G.permuted(p) for p in perms]
         # descriptors of every permuted training frame, rows (q, m): (S·M, P)
         self.D = np.ascontiguousarray(np.concatenate([c.D for c in copies], axis=0))
-        self._W, self._DT, self._Dw, self._touch = [], [], [], []
+        self._W, self._touch = [], []
         for s, a in zip(self.sets, alpha):
             l = s.size
             alpha_m = np.asarray(a, dtype=np.float64).reshape(M, l, 3)
@@ -75,16 +75,33 @@ class MeanPredictor:
                 Y = np.einsum("mabc,mac->mab", c.V, A)  # V[a,b]·α_a: zero unless atom a is in the set
                 # J[p=(a,b), a] = −V[a,b], J[p, b] = −V[b,a] (eq. 2): w_p = −(Y[a,b] + Y[b,a])
                 blocks.append(-(Y[:, pi[touch], pj[touch]] + Y[:, pj[touch], pi[touch]]))
-            W = np.ascontiguousarray(np.concatenate(blocks, axis=0))  # (S·M, P_s)
-            DT = np.ascontiguousarray(self.D[:, touch])
-            self._W.append(W)
-            self._DT.append(DT)
-            self._Dw.append(np.einsum("kp,kp->k", DT, W))  # D_mq · w_mq, for u·w = D*·w − D_mq·w
+            self._W.append(np.concatenate(blocks, axis=0))  # (S·M, P_s)
             self._touch.append(touch)
+        # every set's columns side by side, so one prediction is a handful of BLAS calls whatever the
+        # number of sets (uracil has 12: a loop over them cost more than the arithmetic)
+        self._col_set = np.concatenate([np.full(t.size, k) for k, t in enumerate(self._touch)])
+        self._cols = np.arange(self._col_set.size)
+        self._touch_cat = np.concatenate(self._touch)
+        self._W_cat = np.ascontiguousarray(np.concatenate(self._W, axis=1))  # (S·M, C)
+        self._DT_cat = np.ascontiguousarray(self.D[:, self._touch_cat])
+        # D_mq · w_mq per set, for u·w = D*·w − D_mq·w: (S·M, n_sets)
+        self._Dw = np.stack([np.einsum("kp,kp->k", self.D[:, t], W) for t, W in zip(self._touch, self._W)], axis=1)
+        # F*_i = Σ_p J*[p, i] g_p (eq. 2): column c (pair (a, b) of set k) adds −V*[a, b] g_c to atom a when a is
+        # in set k, and −V*[b, a] g_c to atom b when b is
+        ends = []
+        for c, (k, pair) in enumerate(zip(self._col_set, self._touch_cat)):
+            a, b = int(pi[pair]), int(pj[pair])
+            if a in set(self.sets[k].tolist()):
+                ends.append((c, a, b))
+            if b in set(self.sets[k].tolist()):
+                ends.append((c, b, a))
+        e = np.asarray(ends, dtype=np.int64).reshape(-1, 3)
+        self._end_col, self._end_atom, self._end_other = e[:, 0], e[:, 1], e[:, 2]
+        del self._W  # kept side by side in _W_cat
 
     @property
     def nbytes(self) -> int:
-        return int(self.D.nbytes + sum(W.nbytes + DT.nbytes for W, DT in zip(self._W, self._DT)))
+        return int(self.D.nbytes + self._W_cat.nbytes + self._DT_cat.nbytes)
 
     def _coefficients(self, Dstar: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """k, c1, c2 (eq. 6) of every (test frame, training frame·permutation) pair: (B, S·M) each."""
@@ -103,22 +120,21 @@ class MeanPredictor:
         if R.ndim == 2:
             R = R[None]
         Gs = Geometry.from_positions(R)
-        Dstar = Gs.D
-        _, c1, c2 = self._coefficients(Dstar)
-        B, N = R.shape[0], self.n_atoms
+        _, c1, c2 = self._coefficients(Gs.D)
+        B, N, K = R.shape[0], self.n_atoms, len(self.sets)
         out = np.zeros((B, N, 3))
-        G = np.zeros((B, N, N))
-        for s, W, DT, Dw, touch in zip(self.sets, self._W, self._DT, self._Dw, self._touch):
-            Ds = Dstar[:, touch]  # (B, P_s)
-            cz = c2 * (Ds @ W.T - Dw[None])  # c2 (u·w), (B, S·M)
-            # g = Σ c1 w − Σ c2 (u·w) (D* − D_mq)
-            g = c1 @ W - cz.sum(axis=1)[:, None] * Ds + cz @ DT  # (B, P_s)
+        cols, col_set = self._cols, self._col_set
+        for b in range(B):
+            Dc = Gs.D[b, self._touch_cat]  # D* on every set's touched pairs, (C,)
+            pick = np.zeros((cols.size, K))
+            pick[cols, col_set] = Dc
+            cz = c2[b][:, None] * (self._W_cat @ pick - self._Dw)  # c2 (u·w) per row and set, (S·M, K)
+            # g = Σ c1 w − Σ c2 (u·w) (D* − D_mq), every set's columns at once
+            g = c1[b] @ self._W_cat - cz.sum(axis=0)[col_set] * Dc + (cz.T @ self._DT_cat)[col_set, cols]
             g /= self.n_perms
-            G[:] = 0.0
-            G[:, self._pi[touch], self._pj[touch]] = g
-            G[:, self._pj[touch], self._pi[touch]] = g
-            # F*_i = Σ_p J*[p, i] g_p = −Σ_j V*[i, j] g_(i,j)   (eq. 2)
-            out[:, s] = -np.einsum("bij,bijc->bic", G[:, s], Gs.V[:, s])
+            contrib = -Gs.V[b, self._end_atom, self._end_other] * g[self._end_col][:, None]  # (E, 3)
+            for c in range(3):
+                out[b, :, c] = np.bincount(self._end_atom, weights=contrib[:, c], minlength=N)
         return out
 
     def energy(self, R) -> np.ndarray:
@@ -132,7 +148,7 @@ class MeanPredictor:
         R = np.asarray(R, dtype=np.float64)
         Dstar = Geometry.from_positions(R[None] if R.ndim == 2 else R).D
         _, c1, _ = self._coefficients(Dstar)
-        W, Dw, touch = self._W[0], self._Dw[0], self._touch[0]
+        W, Dw, touch = self._W_cat, self._Dw[:, 0], self._touch[0]
         uw = Dstar[:, touch] @ W.T - Dw[None]
         return -np.einsum("bk,bk->b", c1, uw) / self.n_perms
 
