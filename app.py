@@ -19,6 +19,7 @@ PAGES = [
     st.Page("pages/train.py", title="Train", icon="🏋️"),
     st.Page("pages/predictions.py", title="Predictions", icon="🎯"),
     st.Page("pages/compare.py", title="Compare", icon="📈"),
+    st.Page("pages/md.py", title="MD", icon="🧪"),
 ]
 
 st.navigation(PAGES).run()

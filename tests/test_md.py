@@ -189,3 +189,17 @@ def test_md_command(tmp_path, capsys, uracil, repo_root):
     assert not r["ok"] and "time step must lie in (0, 5] fs" in r["error"]
     assert cli.main(["md", str(model), "--frame", "3", "--json"]) == 2
     assert "--frame needs --data" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+
+
+def test_on_frame_hands_over_the_frames_so_far(trained, uracil):
+    seen = []
+
+    def on_frame(snapshot):
+        run = snapshot()
+        seen.append((run.stop_reason, run.n_frames, run.positions.shape))
+
+    run = run_model_md(trained.force, trained.energy, uracil.R[599], MDSettings(n_steps=40, record_every=10),
+                       on_frame=on_frame)
+    assert [n for _, n, _ in seen] == [1, 2, 3, 4, 5]
+    assert all(r == "running" for r, _, _ in seen) and seen[-1][2] == (5, 12, 3)
+    assert run.stop_reason == "completed" and run.n_frames == 5

@@ -40,7 +40,8 @@ Progress = Callable[[float, str], None]
 
 #: What each kind of job is called in messages.
 KIND_TEXT = {"training": "Training", "learning_curve": "Learning curves", "simulation": "Simulation",
-             "conservation": "The conservation check"}
+             "conservation": "The conservation check", "design": "Sequential design",
+             "md": "The MD run"}
 
 
 def begin(kind: str, label: str) -> CancelToken:

@@ -260,3 +260,72 @@ DATA_NOTICE = "data_notice"
 #: Upload option: drop frames with NaN/inf values instead of refusing the file.
 UPLOAD_DROP_NONFINITE = "data_upload_drop_nonfinite"
 # == end of issue-6 keys ==========================================================================
+
+
+# -- MD page
+#: The last MD run of the emulator in this session: an object with ``z`` (N,), ``positions`` (T, N, 3) Å,
+#: ``times_ps`` (T,), ``potential_energy`` (T,) kcal/mol (the model's) and ``label`` (str).
+MD_RUN = "md_run"
+#: The MD page's file, absolute (``st.page_link`` from any page).
+MD_PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "md.py")
+#: The reference run (GFN2-xTB) from the same start as ``MD_RUN``, or None.
+MD_REFERENCE = "md_reference"
+#: ``{'fingerprint', 'model', 'start', 'run', 'reference', 'reference_note'}`` of the last MD run on the data of
+#: ``fingerprint`` (written as soon as each run ends, so an interrupted reference keeps the model run).
+MD_RESULT = "md_result"
+#: Frames of the run in progress (written by the progress callback before each Streamlit call, so a run that a
+#: click interrupts keeps what it had computed): ``{'fingerprint', 'model', 'start', 'run'}``.
+MD_PARTIAL = "md_partial"
+#: ``{(model uid, hash of the start geometry): largest force sd there}`` (kcal/mol/Å; the threshold's default).
+MD_START_SD = "md_start_sd"
+#: ``(model uid, data fingerprint)`` the form's start frame and threshold were last defaulted for.
+MD_FORM_FOR = "md_form_for"
+# -- MD page widgets
+MD_MODEL = "md_model"
+MD_START = "md_start"
+MD_FRAME = "md_frame"
+MD_ENSEMBLE = "md_ensemble"
+MD_TEMPERATURE = "md_temperature"
+MD_TIMESTEP = "md_timestep"
+MD_STEPS = "md_steps"
+MD_RECORD_EVERY = "md_record_every"
+MD_FRICTION = "md_friction"
+MD_SEED = "md_seed"
+MD_USE_THRESHOLD = "md_use_threshold"
+MD_SD_THRESHOLD = "md_sd_threshold"
+MD_CONSERVATIVE = "md_conservative"
+MD_WITH_REFERENCE = "md_with_reference"
+MD_RUN_BUTTON = "md_run_button"
+MD_CANCEL = "md_cancel"
+MD_TRACES_CHART = "md_traces_chart"
+MD_BONDS_CHART = "md_bonds_chart"
+MD_ENERGY_CHART = "md_energy_chart"
+MD_DOWNLOAD = "md_download"
+MD_DOWNLOAD_REFERENCE = "md_download_reference"
+
+
+# -- Design page (pages/design.py; issue 17, item 3)
+DESIGN_PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "design.py")
+#: ``{'pool': pool key, 'run': run id, 'result': aff_app.workflows.design.DesignResult}`` of the last run
+#: (written after every finished round, so a cancelled or interrupted run keeps its rounds).
+DESIGN_RESULT = "design_result"
+#: ``{pool key: aff_app.workflows.design.XTBLabels}``: GFN2-xTB labels computed so far, reused by later runs.
+DESIGN_LABELLERS = "design_labellers"
+DESIGN_POOL = "design_pool"
+DESIGN_MODEL = "design_model"
+DESIGN_INITIAL = "design_initial"
+DESIGN_BATCH = "design_batch"
+DESIGN_BUDGET = "design_budget"
+DESIGN_N_TEST = "design_n_test"
+DESIGN_SEED = "design_seed"
+DESIGN_STRATEGIES = "design_strategies"
+DESIGN_HYPER = "design_hyper"
+DESIGN_SCORE = "design_score"
+DESIGN_CANDIDATES = "design_candidates"
+DESIGN_RUN = "design_run"
+DESIGN_CANCEL = "design_cancel"
+DESIGN_CURVE_CHART = "design_curve_chart"
+DESIGN_TRACE_CHART = "design_trace_chart"
+DESIGN_TRACE_STRATEGY = "design_trace_strategy"
+DESIGN_DOWNLOAD = "design_download"
+# -- end of Design page keys

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -41,11 +41,13 @@ __all__ = ["MDError", "MDSettings", "MDRun", "run_md", "run_model_md", "xtb_calc
 
 Progress = Callable[[float, str], None]
 ShouldStop = Callable[[], bool]
+OnFrame = Callable[[Callable[[], "MDRun"]], None]
 
 #: eV → kcal/mol (ASE works in eV; the app in kcal/mol).
 EV_TO_KCAL = 1.0 / (ase_units.kcal / ase_units.mol)
 ENSEMBLES = ("nve", "nvt")
-STOP_REASONS = ("completed", "sd_threshold", "unstable", "cancelled")
+#: How a run ended; "running" marks the snapshots handed to ``on_frame`` while it goes on.
+STOP_REASONS = ("completed", "sd_threshold", "unstable", "cancelled", "running")
 #: A bond of the start geometry (distance < BOND_SCALE × the covalent radii's sum) stretched beyond this
 #: ratio of its start length has broken: at 300 K bonds vibrate by a few per cent.
 BOND_SCALE = 1.25
@@ -164,7 +166,6 @@ class MDRun:
     message: str
     wall_s: float
     ms_per_step: float
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_frames(self) -> int:
@@ -296,7 +297,7 @@ class _Stop(Exception):
 
 def run_md(calc, z, R0, settings: MDSettings = MDSettings(), *, label: str = "model", with_sd: bool = True,
            with_energy: bool = True, threads: int | None = None, progress: Progress | None = None,
-           should_stop: ShouldStop | None = None) -> MDRun:
+           should_stop: ShouldStop | None = None, on_frame: OnFrame | None = None) -> MDRun:
     """Run NVE/NVT dynamics from ``R0`` with the ASE calculator ``calc``; keep every ``record_every``-th frame.
 
     Parameters
@@ -318,6 +319,10 @@ def run_md(calc, z, R0, settings: MDSettings = MDSettings(), *, label: str = "mo
         Called at every recorded frame; may raise :class:`Cancelled` (the run stops, frames kept).
     should_stop : callable() → bool, optional
         Asked at every recorded frame; True stops the run (frames kept).
+    on_frame : callable(snapshot), optional
+        Called at every recorded frame, before ``progress``, with a function that builds the
+        :class:`MDRun` of the frames so far (``stop_reason='running'``): live plots, and a page that
+        keeps what ran before a rerun can stop it. A function, so the copy is made only when used.
 
     Returns
     -------
@@ -362,12 +367,12 @@ def run_md(calc, z, R0, settings: MDSettings = MDSettings(), *, label: str = "mo
         dyn = Langevin(atoms, timestep=s.timestep_fs * ase_units.fs, temperature_K=s.temperature_K,
                        friction=s.friction_per_fs / ase_units.fs, fixcm=False, rng=rng)
     try:
-        F0 = atoms.get_forces()
-    except AFFError as exc:
+        atoms.get_forces()  # a calculator that cannot start is the start's problem, said before any step
+    except _calculation_errors() as exc:
         raise MDError(f"the calculator failed at the start geometry: {exc}") from exc
 
     rec: dict[str, list] = {k: [] for k in ("steps", "R", "F", "sd", "epot", "ekin", "T")}
-    state = {"reason": "completed", "message": ""}
+    state: dict[str, Any] = {"reason": "completed", "message": "", "report_frame": None}
     to_kcal_force = EV_TO_KCAL  # eV/Å → kcal/mol/Å
 
     def record() -> None:
@@ -397,6 +402,8 @@ def run_md(calc, z, R0, settings: MDSettings = MDSettings(), *, label: str = "mo
                                  f"({_element(z[k[0]])}) reached {float(np.max(sd)):.3g} kcal/mol/Å, above the "
                                  f"threshold {s.sd_threshold:g} — the model is extrapolating here.")
             raise _Stop
+        if state["report_frame"] is not None:
+            state["report_frame"]()
         if progress is not None:
             progress(i / s.n_steps, f"{label}: step {i}/{s.n_steps} ({i * s.timestep_fs * 1e-3:.3g} ps)")
         if should_stop is not None and i < s.n_steps and should_stop():
@@ -404,42 +411,69 @@ def run_md(calc, z, R0, settings: MDSettings = MDSettings(), *, label: str = "mo
             raise _Stop
 
     t0 = time.perf_counter()
-    t_steps = t0
+    clock = {"steps_from": t0}
+
+    def build(reason: str, message: str) -> MDRun:
+        n = len(rec["steps"])
+        done = max(int(dyn.nsteps), 1)
+        return MDRun(
+            label=label, z=z, steps=np.asarray(rec["steps"], dtype=np.int64),
+            times_ps=np.asarray(rec["steps"], dtype=np.float64) * s.timestep_fs * 1e-3,
+            positions=np.asarray(rec["R"]).reshape(n, z.size, 3), forces=np.asarray(rec["F"]).reshape(n, z.size, 3),
+            force_sd=np.asarray(rec["sd"]).reshape(n, z.size, 3) if with_sd else None,
+            potential_energy=np.asarray(rec["epot"], dtype=np.float64),
+            kinetic_energy=np.asarray(rec["ekin"], dtype=np.float64),
+            temperature_K=np.asarray(rec["T"], dtype=np.float64), settings=s, stop_reason=reason,
+            message=message, wall_s=time.perf_counter() - t0,
+            ms_per_step=1e3 * (time.perf_counter() - clock["steps_from"]) / done)
+
+    if on_frame is not None:
+        def report_frame() -> None:
+            on_frame(lambda: build("running", f"running: step {dyn.nsteps} of {s.n_steps}"))
+    else:
+        report_frame = None
+    state["report_frame"] = report_frame
     dyn.attach(record, interval=s.record_every)
     limits = threadpool_limits(limits=threads) if threads is not None else contextlib.nullcontext()
     with limits:
         try:
             record()  # frame 0 (the start may already be past the threshold)
-            t_steps = time.perf_counter()
+            clock["steps_from"] = time.perf_counter()
             dyn.run(s.n_steps)
         except _Stop:
             pass
         except Cancelled:
             state.update(reason="cancelled", message=f"cancelled at step {dyn.nsteps} of {s.n_steps}; the frames so "
                                                      "far are kept.")
-        except (AFFError, FloatingPointError, np.linalg.LinAlgError) as exc:
-            # a model that cannot predict where the run went (coincident atoms, ...) ends the run, not the session
+        except _calculation_errors() as exc:
+            # a calculator that cannot go where the run went (coincident atoms, an SCC that does not converge)
+            # ends the run, not the session
             state.update(reason="unstable", message=f"stopped at step {dyn.nsteps}: the calculator failed ({exc}). "
                                                     "The frames before it are kept.")
     wall = time.perf_counter() - t0
     done = max(int(dyn.nsteps), 1)
-    n = len(rec["steps"])
     msg = state["message"] or (f"completed {s.n_steps} steps ({s.duration_ps:.3g} ps) in {wall:.1f} s "
-                               f"({1e3 * (time.perf_counter() - t_steps) / done:.2f} ms per step).")
-    return MDRun(
-        label=label, z=z, steps=np.asarray(rec["steps"], dtype=np.int64),
-        times_ps=np.asarray(rec["steps"], dtype=np.float64) * s.timestep_fs * 1e-3,
-        positions=np.asarray(rec["R"]).reshape(n, z.size, 3), forces=np.asarray(rec["F"]).reshape(n, z.size, 3),
-        force_sd=np.asarray(rec["sd"]).reshape(n, z.size, 3) if with_sd else None,
-        potential_energy=np.asarray(rec["epot"], dtype=np.float64),
-        kinetic_energy=np.asarray(rec["ekin"], dtype=np.float64),
-        temperature_K=np.asarray(rec["T"], dtype=np.float64), settings=s, stop_reason=state["reason"],
-        message=msg, wall_s=wall, ms_per_step=1e3 * (time.perf_counter() - t_steps) / done,
-        extra={"start_forces_norm": float(np.linalg.norm(F0))})
+                               f"({1e3 * (time.perf_counter() - clock['steps_from']) / done:.2f} ms per step).")
+    return build(state["reason"], msg)
+
+
+def _calculation_errors() -> tuple[type[BaseException], ...]:
+    """Failures of a calculator at a geometry the run reached (not bugs): ours, ASE's, tblite's."""
+    from ase.calculators.calculator import CalculationFailed
+
+    errors: list[type[BaseException]] = [AFFError, FloatingPointError, np.linalg.LinAlgError, CalculationFailed]
+    try:
+        from tblite.exceptions import TBLiteRuntimeError, TBLiteValueError
+
+        errors += [TBLiteRuntimeError, TBLiteValueError]
+    except ImportError:  # pragma: no cover - older tblite
+        pass
+    return tuple(errors)
 
 
 def run_model_md(force_model, energy_model, R0, settings: MDSettings = MDSettings(), *, label: str = "model",
-                 progress: Progress | None = None, should_stop: ShouldStop | None = None) -> MDRun:
+                 progress: Progress | None = None, should_stop: ShouldStop | None = None,
+                 on_frame: OnFrame | None = None) -> MDRun:
     """:func:`run_md` with an :class:`~aff_app.calculator.AFFCalculator` over a trained model.
 
     ``settings.conservative`` takes the forces from the energy model (AFF's integrated energy); a model
@@ -451,7 +485,8 @@ def run_model_md(force_model, energy_model, R0, settings: MDSettings = MDSetting
         raise MDError("conservative forces need AFF's integrated energy model (−∇Ê); this model has "
                       + ("no energy model" if energy_model is None else f"a {getattr(energy_model, 'label', 'different')} energy"))
     calc = AFFCalculator(force_model, energy_model, conservative=settings.conservative)
-    return run_md(calc, force_model.z, R0, settings, label=label, progress=progress, should_stop=should_stop)
+    return run_md(calc, force_model.z, R0, settings, label=label, progress=progress, should_stop=should_stop,
+                  on_frame=on_frame)
 
 
 def reference_settings(settings: MDSettings) -> MDSettings:
