@@ -161,30 +161,13 @@ def _head(run, k: int):
                                stop_reason="running", message="")
 
 
-def test_live_traces_and_partial_frames_with_a_per_frame_hook(monkeypatch):
-    """With the hook the page asks of the workflow (``on_frame(snapshot)``), the traces are redrawn while the run
-    goes, and the frames so far are kept; emulated here by replaying a finished run frame by frame."""
+def test_live_traces_and_partial_frames_while_the_run_goes(monkeypatch):
+    """The workflow hands each recorded frame to the page (``on_frame``): the traces are redrawn while the run
+    goes, and the frames so far are kept before every Streamlit call."""
     from aff_app.figures import md as figmd
     from aff_app.ui import md_sections as ms
-    from aff_app.workflows import md
-
-    real = md.run_model_md
-
-    def with_hook(*args, progress=None, should_stop=None, on_frame=None, **kwargs):
-        full = real(*args, **kwargs)
-        for k in range(1, full.n_frames + 1):
-            on_frame(lambda k=k: _head(full, k))
-            progress(k / full.n_frames, f"frame {k}")
-        return full
-
-    real_md = md.run_md
-
-    def run_md(*args, on_frame=None, **kwargs):  # the hook's signature (run_model_md above calls it without)
-        return real_md(*args, **kwargs)
 
     drawn, kept = [], []
-    monkeypatch.setattr(md, "run_model_md", with_hook)
-    monkeypatch.setattr(md, "run_md", run_md)
     monkeypatch.setattr(ms, "LIVE_EVERY_S", 0.0)
     original = figmd.md_traces
 

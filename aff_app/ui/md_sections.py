@@ -5,17 +5,14 @@ The run goes through ``aff_app.workflows.md`` (ASE's velocity Verlet or Langevin
 at once under ``state.MD_RESULT`` with the fingerprint of the data it started from, and as
 ``state.MD_RUN`` (the Sequential design page's pool); nothing here changes the data or the models.
 
-Live plots: when the workflow offers a hook for the frames so far (``on_frame``, see
-:func:`_frame_hook`), the traces figure is redrawn from the progress callback at most once a second,
-and the frames so far are kept in ``state.MD_PARTIAL`` before each Streamlit call, so a run that a
-click interrupts keeps them. Without the hook the bar shows the progress and the figures come at
-the end; an interrupted run is then lost (the page says so).
+Live plots: the workflow hands over the frames so far (``run_md(on_frame=...)``); the traces figure
+is redrawn from the progress callback at most once a second, and the frames so far are kept in
+``state.MD_PARTIAL`` before each Streamlit call, so a run that a click interrupts keeps them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 import time
 from dataclasses import dataclass
@@ -58,15 +55,6 @@ class MDForm:
     @property
     def label(self) -> str:
         return self.entry.name + (" −∇Ê" if self.settings is not None and self.settings.conservative else "")
-
-
-def _frame_hook() -> str | None:
-    """The keyword of the workflow's per-frame hook (``on_frame(snapshot)``), or None while it has none."""
-    try:
-        params = inspect.signature(md.run_md).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return None
-    return "on_frame" if "on_frame" in params and "on_frame" in inspect.signature(md.run_model_md).parameters else None
 
 
 def choose_model(traj: Trajectory) -> TrainedModel:
@@ -243,9 +231,7 @@ class _Live:
 
 
 def _run(fn, *args, live: _Live, token: CancelToken, **kwargs):
-    hook = _frame_hook()
-    extra = {hook: live.on_frame} if hook else {}
-    return fn(*args, progress=live, should_stop=lambda: token.cancelled, **extra, **kwargs)
+    return fn(*args, progress=live, should_stop=lambda: token.cancelled, on_frame=live.on_frame, **kwargs)
 
 
 def run_button(traj: Trajectory, form: MDForm) -> None:
@@ -265,9 +251,6 @@ def run_button(traj: Trajectory, form: MDForm) -> None:
         jobs.cancel_button(state.MD_CANCEL, "Cancel the MD run")
         bar = st.progress(0.0, text="starting")
         chart = st.empty()
-        if _frame_hook() is None:
-            st.caption("The traces are drawn when the run ends. Cancel keeps the frames run so far; switching page "
-                       "during the run loses it.")
     split = 0.5 if form.with_reference else 1.0
     try:
         run = _run(md.run_model_md, entry.force, entry.energy, form.R0, s, label=form.label, token=token,
@@ -296,7 +279,7 @@ def run_button(traj: Trajectory, form: MDForm) -> None:
         except ImportError as exc:
             result["reference_note"] = (f"The GFN2-xTB reference needs tblite, which is not installed ({exc}); "
                                         "`pip install tblite` and restart the app.")
-        except _xtb_errors() as exc:
+        except mw.EXPECTED_ERRORS as exc:  # a start xTB cannot take (a failure mid-run ends the run instead)
             result["reference_note"] = f"The GFN2-xTB reference failed: {mw.error_text(exc)}"
         _store(result)
     elif form.with_reference:
@@ -304,12 +287,6 @@ def run_button(traj: Trajectory, form: MDForm) -> None:
         _store(result)
     jobs.end(token)
     running.empty()
-
-
-def _xtb_errors() -> tuple:
-    from aff_app.io.simulate import _calculator_exceptions
-
-    return tuple({*mw.EXPECTED_ERRORS, *_calculator_exceptions()})
 
 
 def _store(result: dict) -> None:
