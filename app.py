@@ -20,6 +20,7 @@ PAGES = [
     st.Page("pages/predictions.py", title="Predictions", icon="🎯"),
     st.Page("pages/compare.py", title="Compare", icon="📈"),
     st.Page("pages/md.py", title="MD", icon="🧪"),
+    st.Page("pages/design.py", title="Sequential design", icon="🧭"),
 ]
 
 st.navigation(PAGES).run()

@@ -34,7 +34,8 @@ from aff_app.io.validation import format_value
 __all__ = ["Command", "register", "commands", "build_parser", "main", "add_data_arguments", "load_from_args", "CLIError"]
 
 #: Modules imported before the parser is built; each registers its commands.
-COMMAND_MODULES: list[str] = ["aff_app.cli.model", "aff_app.cli.reproduce", "aff_app.cli.conserve", "aff_app.cli.md"]
+COMMAND_MODULES: list[str] = ["aff_app.cli.model", "aff_app.cli.reproduce", "aff_app.cli.conserve", "aff_app.cli.design",
+                               "aff_app.cli.md"]
 
 #: Exceptions that are the user's to fix: message, exit code 2, no traceback. Every library
 #: error of that kind is an AFFError (a budget refusal, a Cholesky that failed even after jitter,
