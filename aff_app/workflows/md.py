@@ -34,6 +34,7 @@ from threadpoolctl import threadpool_limits
 
 from aff_app.cancel import Cancelled
 from aff_app.errors import AFFError
+from aff_app.gp.kernels import n_threads
 
 __all__ = ["MDError", "MDSettings", "MDRun", "run_md", "run_model_md", "xtb_calculator", "bonds_of",
            "bond_lengths", "compare_runs", "MDComparison", "BondTypeStats", "reference_settings",
@@ -296,7 +297,8 @@ class _Stop(Exception):
 
 
 def run_md(calc, z, R0, settings: MDSettings = MDSettings(), *, label: str = "model", with_sd: bool = True,
-           with_energy: bool = True, threads: int | None = None, progress: Progress | None = None,
+           with_energy: bool = True, threads: int | None = 1, sd_threads: int | None = None,
+           progress: Progress | None = None,
            should_stop: ShouldStop | None = None, on_frame: OnFrame | None = None) -> MDRun:
     """Run NVE/NVT dynamics from ``R0`` with the ASE calculator ``calc``; keep every ``record_every``-th frame.
 
@@ -311,10 +313,15 @@ def run_md(calc, z, R0, settings: MDSettings = MDSettings(), *, label: str = "mo
         Names the run in plots and files.
     with_sd, with_energy : bool
         Record the force sd / the potential energy (each when ``calc`` implements it).
-    threads : int, optional
-        Cap the OpenMP/BLAS threads during the run (``threadpoolctl``). Give 1 for GFN2-xTB: tblite's
-        OpenMP threads spin-wait, and on a machine with other work (two cores, another job) one step
-        took 400 ms with two threads against 3.7 ms with one.
+    threads : int or None
+        Cap on the OpenMP/BLAS threads of the steps (``threadpoolctl``; None: no cap). Default 1: a
+        step is a few products of some MB (the fast mean, eq. 26) or a small SCF (GFN2-xTB), where a
+        second thread only spin-waits — on a busy two-core machine one xTB step took 400 ms with two
+        threads against 3.7 ms with one, and one AFF frame 31 ms against 0.2 ms.
+    sd_threads : int, optional
+        Threads of the force sd at the recorded steps (default: every core, ``AFF_THREADS``): its
+        triangular solves read the whole Cholesky factors and gain from a second thread (uracil,
+        M = 1000: 38 ms against 52 ms).
     progress : callable(fraction, message), optional
         Called at every recorded frame; may raise :class:`Cancelled` (the run stops, frames kept).
     should_stop : callable() → bool, optional
@@ -372,6 +379,7 @@ def run_md(calc, z, R0, settings: MDSettings = MDSettings(), *, label: str = "mo
         raise MDError(f"the calculator failed at the start geometry: {exc}") from exc
 
     rec: dict[str, list] = {k: [] for k in ("steps", "R", "F", "sd", "epot", "ekin", "T")}
+    n_sd_threads = n_threads() if sd_threads is None else int(sd_threads)
     state: dict[str, Any] = {"reason": "completed", "message": "", "report_frame": None}
     to_kcal_force = EV_TO_KCAL  # eV/Å → kcal/mol/Å
 
@@ -386,7 +394,10 @@ def run_md(calc, z, R0, settings: MDSettings = MDSettings(), *, label: str = "mo
             state.update(reason="unstable", message=f"stopped at step {i} ({i * s.timestep_fs * 1e-3:.3g} ps): {why}. "
                                                     "The frames before it are kept.")
             raise _Stop
-        sd = atoms.calc.get_property("forces_std", atoms) * to_kcal_force if with_sd else None
+        sd = None
+        if with_sd:
+            with threadpool_limits(limits=n_sd_threads):
+                sd = atoms.calc.get_property("forces_std", atoms) * to_kcal_force
         epot = atoms.get_potential_energy() * EV_TO_KCAL if with_energy else float("nan")
         rec["steps"].append(i)
         rec["R"].append(R)
