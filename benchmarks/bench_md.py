@@ -78,7 +78,7 @@ def bench_case(name: str, M: int, steps: int, package_m: int, tmp: Path) -> dict
     rows["aff_mean"] = timed(calc, traj.z, R0, steps, steps, with_sd=False, with_energy=False)
     rows["aff_mean_energy"] = timed(AFFCalculator(fm, em), traj.z, R0, steps, 1, with_sd=False, with_energy=True)
     rows["aff_mean_sd_every_step"] = timed(AFFCalculator(fm, em), traj.z, R0, steps, 1, with_sd=True, with_energy=False)
-    for k in (10, 20):
+    for k in (10, 20, 40):
         rows[f"aff_mean_sd_every_{k}"] = timed(AFFCalculator(fm, em), traj.z, R0, steps, k, with_sd=True,
                                                with_energy=True)
     xtb = {t: timed(xtb_calculator(), traj.z, R0, steps, steps, with_sd=False, with_energy=False, threads=t)
@@ -103,6 +103,7 @@ def bench_case(name: str, M: int, steps: int, package_m: int, tmp: Path) -> dict
         "xtb_over_aff_mean_sd_every_step": x / rows["aff_mean_sd_every_step"]["ms_per_step"],
         "xtb_over_aff_mean_sd_every_10": x / rows["aff_mean_sd_every_10"]["ms_per_step"],
         "xtb_over_aff_mean_sd_every_20": x / rows["aff_mean_sd_every_20"]["ms_per_step"],
+        "xtb_over_aff_mean_sd_every_40": x / rows["aff_mean_sd_every_40"]["ms_per_step"],
         "package_over_aff_mean": rows["package"]["ms_per_step"] / rows["aff_mean"]["ms_per_step"],
     }
     if "aff_mean_at_package_M" in rows:
@@ -113,9 +114,9 @@ def bench_case(name: str, M: int, steps: int, package_m: int, tmp: Path) -> dict
 
 def report(results: list[dict]) -> str:
     lines = ["| molecule | M (AFF) | AFF mean | AFF mean + E | AFF mean + sd every step | AFF + sd, E every 10 | "
-             "AFF + sd, E every 20 | GFN2-xTB | sgdml package (M) | xTB / AFF+sd every step | xTB / AFF+sd every 10 | "
-             "package / AFF mean |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "AFF + sd, E every 20 | AFF + sd, E every 40 | GFN2-xTB | sgdml package (M) | xTB / AFF+sd every step | "
+             "xTB / AFF+sd every 10 | xTB / AFF+sd every 20 | xTB / AFF+sd every 40 | package / AFF mean |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         w = r["rows"]
         ms = {k: v["ms_per_step"] for k, v in w.items()}
@@ -126,8 +127,10 @@ def report(results: list[dict]) -> str:
         lines.append(
             f"| {r['molecule']} | {r['M']} | {ms['aff_mean']:.2f} | {ms['aff_mean_energy']:.2f} | "
             f"{ms['aff_mean_sd_every_step']:.1f} | {ms['aff_mean_sd_every_10']:.2f} | {ms['aff_mean_sd_every_20']:.2f} | "
+            f"{ms['aff_mean_sd_every_40']:.2f} | "
             f"{ms['xtb']:.2f} ({w['xtb']['threads']} thread{'s' if w['xtb']['threads'] > 1 else ''}) | {pkg} | "
             f"{q['xtb_over_aff_mean_sd_every_step']:.2f} | {q['xtb_over_aff_mean_sd_every_10']:.2f} | "
+            f"{q['xtb_over_aff_mean_sd_every_20']:.2f} | {q['xtb_over_aff_mean_sd_every_40']:.2f} | "
             f"{q['package_over_aff_mean']:.0f}×{eq} |")
     return "\n".join(lines) + "\n\nms per MD step (velocity Verlet, 0.5 fs, 300 K, ASE's integrator included)."
 
