@@ -145,7 +145,8 @@ def energy_trace_figure(result: DesignResult, energies: Sequence[float] | None =
                     "cmin": 1, "cmax": max(int(rounds.max()), 1), "colorbar": {"title": {"text": "round"}}},
             hovertemplate="frame %{customdata[0]}<br>round %{customdata[1]}<br>%{y:.4g} " + ENERGY_UNIT + "<extra></extra>"))
     fig.update_xaxes(title_text=xtitle)
-    fig.update_yaxes(title_text=f"{energy_label} ({ENERGY_UNIT})")
+    # plain numbers: plotly's SI suffix wrote −9955 kcal/mol as "−9.955k"
+    fig.update_yaxes(title_text=f"{energy_label} ({ENERGY_UNIT})", tickformat=",.0f")
     fig.update_layout(
         title={"text": title or f"Where the {strategy} strategy's frames lie on the pool's energy trace",
                "x": 0.0, "xanchor": "left"},
