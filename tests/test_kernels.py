@@ -223,3 +223,22 @@ def test_out_buffers_are_checked():
         force_covariance_sets(G, G, GAMMA, [np.array([0])], out=[np.empty(80)])
     with pytest.raises(ValueError, match="2 buffers for 1 sets"):
         force_covariance_sets(G, G, GAMMA, [np.array([0])], out=[np.empty(81), np.empty(81)])
+
+
+def test_energy_covariance_permutes_the_smaller_side_with_the_same_result():
+    """k_s(x_a, x_b) = (1/S) Σ_q k(x_a, P_q x_b): computing k(P_q⁻¹ x_a, x_b) instead is the same number."""
+    from aff_app.gp.kernels import energy_covariance, matern52
+    from aff_app.gp.descriptors import inverse_distances
+
+    rng = np.random.default_rng(3)
+    Ra = rng.normal(size=(2, 6, 3)) * 1.5
+    Rb = rng.normal(size=(7, 6, 3)) * 1.5
+    perms = np.array([np.arange(6), [1, 0, 2, 3, 4, 5], [0, 1, 3, 2, 5, 4], [1, 0, 3, 2, 5, 4]])
+
+    def brute(A, B):
+        Da = inverse_distances(A)
+        return np.mean([matern52(np.linalg.norm(Da[:, None] - inverse_distances(B[:, p])[None], axis=-1), 2.0)
+                        for p in perms], axis=0)
+
+    np.testing.assert_allclose(energy_covariance(Ra, Rb, 2.0, perms=perms), brute(Ra, Rb), rtol=1e-12)
+    np.testing.assert_allclose(energy_covariance(Rb, Ra, 2.0, perms=perms), brute(Rb, Ra), rtol=1e-12)

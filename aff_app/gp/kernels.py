@@ -650,9 +650,16 @@ def energy_covariance(Ra, Rb, gamma: float, *, perms=None) -> np.ndarray:
     Ga, Gb = _coerce(Ra), _coerce(Rb)
     plist = _perm_list(perms, Ga.n_atoms)
     K = np.zeros((Ga.n_frames, Gb.n_frames))
+    identity = np.arange(Ga.n_atoms)
     for p in plist:
-        Gq = Gb.permuted(p)
-        K += matern52(_rho(Ga.D, Gq.D), gamma)
+        # |D(x_a) − D(P x_b)| = |D(P⁻¹ x_a) − D(x_b)| (the same pairs, relabelled): permute the smaller side, and
+        # neither for the identity — an MD step's energy permuted 750 held-out frames for nothing (2.2 of 2.9 ms)
+        if np.array_equal(p, identity):
+            K += matern52(_rho(Ga.D, Gb.D), gamma)
+        elif Ga.n_frames < Gb.n_frames:
+            K += matern52(_rho(Ga.permuted(np.argsort(p)).D, Gb.D), gamma)
+        else:
+            K += matern52(_rho(Ga.D, Gb.permuted(p).D), gamma)
     return K / len(plist)
 
 
