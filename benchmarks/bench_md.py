@@ -40,6 +40,10 @@ CASES = [("benzene", 200), ("uracil", 1000)]
 
 
 def timed(calc, z, R0, steps: int, record_every: int, *, with_sd: bool, with_energy: bool, threads=1) -> dict:
+    # a short run first, not timed: the first steps of a process's first run took twice as long (first-touch
+    # of the model's arrays, thread-pool and library set-up), which landed on whichever row came first
+    run_md(calc, z, R0, MDSettings(n_steps=20, record_every=10), with_sd=with_sd, with_energy=with_energy,
+           threads=threads)
     s = MDSettings(n_steps=steps, record_every=record_every)
     run = run_md(calc, z, R0, s, with_sd=with_sd, with_energy=with_energy, threads=threads)
     if run.stop_reason != "completed":
