@@ -106,8 +106,8 @@ def test_rename_and_delete(ws, traj, trained, trained_b):
         ws.rename_model(b.id, "  a ")
     with pytest.raises(WorkspaceError, match="empty"):
         ws.rename_model(b.id, "   ")
-    with pytest.raises(WorkspaceError, match="at most 100"):
-        ws.rename_model(b.id, "x" * 101)
+    with pytest.raises(WorkspaceError, match="at most 80"):
+        ws.rename_model(b.id, "x" * 81)
     assert ws.rename_model(b.id, "second  model").name == "second model"
     session = ws.new_session()
     ws.attach(session, data_key=key, model_id=a.id)

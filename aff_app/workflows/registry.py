@@ -49,6 +49,20 @@ class RegistryError(AFFError, ValueError):
     """An invalid registry operation (unknown name, duplicate or empty name)."""
 
 
+def clean_model_name(name: Any, error: type[Exception] | None = None) -> str:
+    """A model name with its white space collapsed; ``error`` (default :class:`RegistryError`) when it is not text,
+    empty, or longer than :data:`MAX_NAME_LENGTH` — one rule for the session's registry and the workspace."""
+    error = RegistryError if error is None else error
+    if not isinstance(name, str):
+        raise error(f"a model name must be text, got {type(name).__name__}")
+    clean = re.sub(r"\s+", " ", name).strip()
+    if not clean:
+        raise error("a model name cannot be empty")
+    if len(clean) > MAX_NAME_LENGTH:
+        raise error(f"a model name may have at most {MAX_NAME_LENGTH} characters, got {len(clean)}")
+    return clean
+
+
 def default_name(mode: str, n_train: int, seed: int | None) -> str:
     """The name a freshly trained model gets, e.g. ``'AFF M=200 seed 0'``."""
     label = MODE_LABELS.get(mode, str(mode).upper())
@@ -184,14 +198,7 @@ class ModelRegistry:
     # -- changes -----------------------------------------------------------------------------
     @staticmethod
     def _clean(name: Any) -> str:
-        if not isinstance(name, str):
-            raise RegistryError(f"a model name must be text, got {type(name).__name__}")
-        clean = re.sub(r"\s+", " ", name).strip()
-        if not clean:
-            raise RegistryError("a model name cannot be empty")
-        if len(clean) > MAX_NAME_LENGTH:
-            raise RegistryError(f"a model name may have at most {MAX_NAME_LENGTH} characters, got {len(clean)}")
-        return clean
+        return clean_model_name(name, RegistryError)
 
     def unique_name(self, base: str) -> str:
         """``base`` itself when free, else ``'base (2)'``, ``'base (3)'``…"""

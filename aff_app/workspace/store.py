@@ -37,6 +37,7 @@ from aff_app.errors import AFFError
 from aff_app.io.files import load_trajectory
 from aff_app.io.trajectory import Provenance, Trajectory
 from aff_app.workflows import pipeline
+from aff_app.workflows.registry import MAX_NAME_LENGTH as REGISTRY_MAX_NAME_LENGTH, clean_model_name
 from aff_app.workspace.atomic import TEMP_PREFIX, sha256_file, write_atomic
 from aff_app.workspace.records import (
     DataEntry,
@@ -52,8 +53,8 @@ __all__ = ["Workspace", "default_root", "ENV_VAR", "MAX_NAME_LENGTH", "BUSY_TIME
 
 #: Environment variable naming the workspace folder.
 ENV_VAR = "AFF_WORKSPACE"
-#: Longest model name.
-MAX_NAME_LENGTH = 100
+#: Longest model name: the session registry's, so every stored name can be a name in a session.
+MAX_NAME_LENGTH = REGISTRY_MAX_NAME_LENGTH
 #: How long a call waits for another writer's lock before giving up, s.
 BUSY_TIMEOUT_S = 30.0
 #: Bump when the tables change; an index of another version is refused, not silently altered.
@@ -101,14 +102,7 @@ def _check(pattern: re.Pattern, value: Any, what: str) -> str:
 
 
 def _clean_name(name: Any) -> str:
-    if not isinstance(name, str):
-        raise WorkspaceError(f"a model name must be text, got {type(name).__name__}")
-    clean = re.sub(r"\s+", " ", name).strip()
-    if not clean:
-        raise WorkspaceError("a model name cannot be empty")
-    if len(clean) > MAX_NAME_LENGTH:
-        raise WorkspaceError(f"a model name may have at most {MAX_NAME_LENGTH} characters, got {len(clean)}")
-    return clean
+    return clean_model_name(name, WorkspaceError)
 
 
 def _provenance_json(prov: Provenance) -> str:
