@@ -326,4 +326,38 @@ def test_an_index_that_is_not_sqlite_is_reported(tmp_path):
     (root / "index.sqlite3").write_bytes(b"this is not a database" * 10)
     with pytest.raises(WorkspaceFileError, match="not a usable workspace index"):
         Workspace(root)
-    assert store_module.SCHEMA_VERSION == 1
+    assert store_module.SCHEMA_VERSION == 2
+
+
+def test_metrics_are_stored_with_the_model_and_updated_later(ws, traj, trained):
+    data = ws.put_data(traj)
+    metrics = {"force_mae": np.float64(0.25), "pci": 0.95, "energy_mae": float("nan"), "n_test": np.int64(50),
+               "kind": "latent"}
+    entry = ws.put_model(trained, name="m", data_key=data.key, metrics=metrics)
+    again = Workspace(ws.root).list_models(data.key)[0]
+    assert again.metrics == {"force_mae": 0.25, "pci": 0.95, "energy_mae": None, "n_test": 50, "kind": "latent"}
+    assert ws.set_metrics(entry.id, {"force_mae": 0.5}).metrics == {"force_mae": 0.5}
+    assert ws.set_metrics(entry.id, None).metrics is None
+    with pytest.raises(WorkspaceError, match="metrics must be a dict"):
+        ws.set_metrics(entry.id, [1, 2])
+
+
+def test_an_index_of_version_1_is_upgraded_in_place(tmp_path, traj, trained):
+    import sqlite3
+
+    ws = Workspace(tmp_path / "old")
+    data = ws.put_data(traj)
+    kept = ws.put_model(trained, name="kept", data_key=data.key)
+    # make it a version-1 index: no metrics column
+    with sqlite3.connect(ws.index_path) as con:
+        con.execute("ALTER TABLE models DROP COLUMN metrics")
+        con.execute("UPDATE meta SET value = '1' WHERE name = 'schema'")
+    reopened = Workspace(ws.root)
+    assert [m.id for m in reopened.list_models()] == [kept.id]
+    assert reopened.set_metrics(kept.id, {"force_mae": 0.1}).metrics == {"force_mae": 0.1}
+    with sqlite3.connect(ws.index_path) as con:
+        assert con.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()[0] == "2"
+    with sqlite3.connect(ws.index_path) as con:
+        con.execute("UPDATE meta SET value = '99' WHERE name = 'schema'")
+    with pytest.raises(WorkspaceError, match="schema version 99"):
+        Workspace(ws.root)

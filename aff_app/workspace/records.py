@@ -6,7 +6,7 @@ dict read by string keys). Times are Unix seconds (UTC), sizes bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aff_app.errors import AFFError
@@ -74,6 +74,8 @@ class ModelEntry:
         The fit-cache key it answers (:func:`aff_app.workspace.fit_key`), None when not cached.
     size_bytes : int
     created : float
+    metrics : dict or None
+        Held-out metrics stored with it (``TrainedModel.metrics``), None when not evaluated.
     """
 
     id: str
@@ -85,6 +87,7 @@ class ModelEntry:
     cache_key: str | None
     size_bytes: int
     created: float
+    metrics: dict | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,9 @@ MAX_NAME_LENGTH = REGISTRY_MAX_NAME_LENGTH
 #: How long a call waits for another writer's lock before giving up, s.
 BUSY_TIMEOUT_S = 30.0
 #: Bump when the tables change; an index of another version is refused, not silently altered.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Older index versions this one upgrades in place: version -> its SQL (version 2 added models.metrics).
+_UPGRADES = {"1": "ALTER TABLE models ADD COLUMN metrics TEXT"}
 
 _DATA_KEY = re.compile(r"[0-9a-f]{64}")
 _MODEL_ID = re.compile(r"[0-9a-f]{32}")
@@ -74,7 +76,7 @@ CREATE TABLE IF NOT EXISTS data (
 CREATE TABLE IF NOT EXISTS models (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, data_key TEXT NOT NULL, mode TEXT NOT NULL,
     n_train INTEGER NOT NULL, has_energy INTEGER NOT NULL, cache_key TEXT,
-    size_bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, created REAL NOT NULL,
+    size_bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, created REAL NOT NULL, metrics TEXT,
     UNIQUE (data_key, name));
 CREATE INDEX IF NOT EXISTS models_cache ON models (cache_key);
 CREATE TABLE IF NOT EXISTS sessions (
@@ -154,6 +156,9 @@ class Workspace:
                     row = con.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
                     if row is None:
                         con.execute("INSERT INTO meta (name, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                    elif row[0] in _UPGRADES:
+                        con.execute(_UPGRADES[row[0]])
+                        con.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (str(SCHEMA_VERSION),))
                     elif row[0] != str(SCHEMA_VERSION):
                         raise WorkspaceError(
                             f"the workspace index {self.index_path} has schema version {row[0]}, this aff_app "
@@ -296,7 +301,7 @@ class Workspace:
 
     # -- models ------------------------------------------------------------------------------
     def put_model(self, trained, *, name: str, data_key: str | None, cache_key: str | None = None,
-                  unique: bool = True) -> ModelEntry:
+                  unique: bool = True, metrics: dict | None = None) -> ModelEntry:
         """Store a model file (``pipeline.save``), atomically, and index it.
 
         Parameters
@@ -309,6 +314,8 @@ class Workspace:
             The stored data it was trained on (must be stored), or None.
         cache_key : str, optional
             The :func:`~aff_app.workspace.fit_key` this fit answers: later requests reuse it.
+        metrics : dict, optional
+            Its held-out metrics (``TrainedModel.metrics``: numbers, None or text), stored as JSON.
 
         Raises
         ------
@@ -337,9 +344,9 @@ class Workspace:
                 force = trained.force
                 con.execute(
                     "INSERT INTO models (id, name, data_key, mode, n_train, has_energy, cache_key, size_bytes, "
-                    "sha256, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "sha256, created, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (model_id, final, data_key or "", str(force.mode), int(force.n_train),
-                     int(trained.energy is not None), cache_key, size, digest, time.time()),
+                     int(trained.energy is not None), cache_key, size, digest, time.time(), _metrics_json(metrics)),
                 )
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -410,6 +417,13 @@ class Workspace:
                 if clash:
                     raise WorkspaceError(f"a model named {clean!r} exists already for this data: choose another name")
                 con.execute("UPDATE models SET name = ? WHERE id = ?", (clean, row["id"]))
+        return self._model_entry(row["id"])
+
+    def set_metrics(self, model_id: str, metrics: dict | None) -> ModelEntry:
+        """Record (or clear) the held-out metrics of a stored model, e.g. after a later evaluation."""
+        row = self._model_row(model_id)
+        with self._connect() as con, self._write(con):
+            con.execute("UPDATE models SET metrics = ? WHERE id = ?", (_metrics_json(metrics), row["id"]))
         return self._model_entry(row["id"])
 
     def delete_model(self, model_id: str) -> None:
@@ -634,7 +648,34 @@ class Workspace:
         return ModelEntry(id=row["id"], name=row["name"], data_key=row["data_key"] or None, mode=row["mode"],
                           n_train=int(row["n_train"]), has_energy=bool(row["has_energy"]),
                           cache_key=row["cache_key"], size_bytes=int(row["size_bytes"]),
-                          created=float(row["created"]))
+                          created=float(row["created"]), metrics=_metrics_from_json(row.get("metrics")))
+
+
+def _metrics_json(metrics: dict | None) -> str | None:
+    if metrics is None:
+        return None
+    if not isinstance(metrics, dict):
+        raise WorkspaceError(f"metrics must be a dict or None, got {type(metrics).__name__}")
+
+    def plain(v):
+        # numpy scalars become Python numbers; NaN/inf become None (JSON has neither; the pages show "—")
+        if isinstance(v, (np.generic,)):
+            v = v.item()
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        return v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+
+    return json.dumps({str(k): plain(v) for k, v in metrics.items()}, sort_keys=True)
+
+
+def _metrics_from_json(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return None  # a hand-edited index: the metrics are recomputed on the Predictions page
+    return raw if isinstance(raw, dict) else None
 
 
 def _write_trajectory(traj: Trajectory, fh) -> None:
