@@ -10,6 +10,8 @@ favicon, and for ``:material/...:`` icons it fetches that from fonts.gstatic.com
 
 import streamlit as st
 
+from aff_app.ui import session_store
+
 st.set_page_config(page_title="aff_app · atomized force fields", page_icon="⚛️", layout="wide")
 
 PAGES = [
@@ -21,6 +23,11 @@ PAGES = [
     st.Page("pages/compare.py", title="Compare", icon="📈"),
     st.Page("pages/md.py", title="MD", icon="🧪"),
     st.Page("pages/design.py", title="Sequential design", icon="🧭"),
+    st.Page("pages/workspace.py", title="Workspace", icon="🗄️"),
 ]
 
-st.navigation(PAGES).run()
+page = st.navigation(PAGES)
+# the session's key in the URL; its data and models restored after a reload or a server restart (issue 19)
+session_store.begin_run()
+session_store.notices()
+page.run()

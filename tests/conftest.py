@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,17 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 MD17_DIR = SHARED_DIR / "data" / "md17"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_workspace(tmp_path_factory) -> Path:
+    """Every test (and the app server of the browser tests) keeps its workspace in a temporary folder.
+
+    Set before any other fixture runs, so the user's ``~/.aff_app/workspace`` is never touched.
+    """
+    root = tmp_path_factory.mktemp("workspace")
+    os.environ["AFF_WORKSPACE"] = str(root)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -238,3 +238,16 @@ def test_time_estimate_parts_follow_the_settings():
     assert 0 < full.training_share < 1
     bigger = estimate_time(estimate_cost(800, [6, 6], n_perms=12), 12, search=True, energy=True, n_test=200)
     assert bigger.fit_s > 5 * full.fit_s  # the factorisation grows as M³
+
+
+def test_on_change_hears_every_change_except_the_silent_ones():
+    heard = []
+    reg = ModelRegistry(on_change=lambda event, entry, old: heard.append((event, entry.name, old)))
+    a = reg.add(_model(), name="a")
+    reg.add(_model(), name="restored", notify=False)
+    reg.rename("a", "b")
+    reg.set_metrics("b", {"force_mae": 0.1})
+    reg.remove("restored", notify=False)
+    reg.remove("b")
+    assert heard == [("add", "a", None), ("rename", "b", "a"), ("metrics", "b", None), ("remove", "b", None)]
+    assert reg.uid_names() == {} and a.name == "b"

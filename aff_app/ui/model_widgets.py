@@ -84,11 +84,13 @@ def error_text(exc: BaseException) -> str:
 
 def get_registry() -> ModelRegistry:
     """The session's model registry (created empty on first use)."""
+    from aff_app.ui import session_store  # (imports this module)
+
     reg = st.session_state.get(state.MODELS)
     if not isinstance(reg, ModelRegistry):
         reg = ModelRegistry()
         st.session_state[state.MODELS] = reg
-    return reg
+    return session_store.attach_registry(reg)
 
 
 def compatible_models(traj: Trajectory) -> list[TrainedModel]:

@@ -7,8 +7,9 @@ Rules (for everyone adding a page):
 - Derived state (models, predictions...) should remember the
   ``Trajectory.fingerprint`` it was computed from, so a newly loaded data set
   is never silently mixed with results of the previous one.
-- A full page reload starts a fresh session: pages that need data call
-  :func:`require_trajectory` first.
+- A full page reload starts a fresh Streamlit session; ``aff_app.ui.session_store``
+  restores the data and models from the workspace (key ``?s=`` in the URL).
+  Pages that need data still call :func:`require_trajectory` first.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def set_trajectory(traj: Trajectory) -> None:
         raise TypeError(f"expected a Trajectory, got {type(traj).__name__}")
     st.session_state[TRAJECTORY] = traj
     st.session_state.pop(FRAME, None)
+    from aff_app.ui import session_store  # (imports this module)
+
+    session_store.remember_data(traj)
 
 
 def require_trajectory() -> Trajectory:
@@ -329,3 +333,16 @@ DESIGN_TRACE_CHART = "design_trace_chart"
 DESIGN_TRACE_STRATEGY = "design_trace_strategy"
 DESIGN_DOWNLOAD = "design_download"
 # -- end of Design page keys
+
+
+# -- Workspace (issue 19): the session kept on disk, its key in the URL (aff_app.ui.session_store)
+#: This browser session's workspace key (also in the address as ``?s=``).
+WS_SESSION = "ws_session"
+#: Why the workspace cannot be used (the session then lives in memory only), or absent.
+WS_UNAVAILABLE = "ws_unavailable"
+#: ``[(level, message)]`` left by a restore or a failed write, shown once.
+WS_NOTICE = "ws_notice"
+#: Ids of stored models that failed to load in this session (not retried on every run).
+WS_SKIPPED = "ws_skipped"
+#: The Workspace page's file, absolute.
+WORKSPACE_PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "workspace.py")

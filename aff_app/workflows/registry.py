@@ -19,7 +19,7 @@ import itertools
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from aff_app.errors import AFFError
 from aff_app.gp.energy import EnergyModel
@@ -169,10 +169,24 @@ class ModelRegistry:
 
     Names are unique; :meth:`add` makes a clash unique with a ``' (2)'`` suffix
     unless ``unique=False`` asks for an error instead.
+
+    ``on_change`` (optional, settable later): called after every change as
+    ``on_change(event, entry, old_name)`` with ``event`` one of :data:`EVENTS`
+    (``old_name`` only for 'rename'); the app mirrors the registry into its
+    workspace this way. A change made with ``notify=False`` (e.g. a model
+    restored from the workspace) does not call it.
     """
 
-    def __init__(self) -> None:
+    #: What ``on_change`` is told.
+    EVENTS = ("add", "rename", "remove", "metrics")
+
+    def __init__(self, on_change: Callable[[str, TrainedModel, str | None], None] | None = None) -> None:
         self._entries: dict[str, TrainedModel] = {}
+        self.on_change = on_change
+
+    def _notify(self, event: str, entry: TrainedModel, old_name: str | None = None) -> None:
+        if self.on_change is not None:
+            self.on_change(event, entry, old_name)
 
     # -- container protocol --------------------------------------------------------------
     def __len__(self) -> int:
@@ -222,6 +236,7 @@ class ModelRegistry:
         metrics: dict | None = None,
         unique: bool = True,
         uid: str | None = None,
+        notify: bool = True,
     ) -> TrainedModel:
         """Add a model under ``name`` (default :func:`default_name`); return its entry.
 
@@ -256,9 +271,15 @@ class ModelRegistry:
         if uid is not None:
             entry.uid = str(uid)
         self._entries[clean] = entry
+        if notify:
+            self._notify("add", entry)
         return entry
 
-    def rename(self, old: str, new: str) -> TrainedModel:
+    def uid_names(self) -> dict[str, str]:
+        """``{uid: name}`` of the entries."""
+        return {e.uid: e.name for e in self._entries.values()}
+
+    def rename(self, old: str, new: str, *, notify: bool = True) -> TrainedModel:
         """Rename ``old`` to ``new`` (kept at its place in the order)."""
         entry = self.get(old)
         clean = self._clean(new)
@@ -268,17 +289,23 @@ class ModelRegistry:
             raise RegistryError(f"a model named {clean!r} exists already: choose another name")
         self._entries = {(clean if k == old else k): v for k, v in self._entries.items()}
         entry.name = clean
+        if notify:
+            self._notify("rename", entry, old)
         return entry
 
-    def remove(self, name: str) -> TrainedModel:
+    def remove(self, name: str, *, notify: bool = True) -> TrainedModel:
         """Remove and return the entry ``name``."""
         entry = self.get(name)
         del self._entries[name]
+        if notify:
+            self._notify("remove", entry)
         return entry
 
     def set_metrics(self, name: str, metrics: dict) -> None:
         """Record the held-out metrics of ``name`` (see :attr:`TrainedModel.metrics`)."""
-        self.get(name).metrics = dict(metrics)
+        entry = self.get(name)
+        entry.metrics = dict(metrics)
+        self._notify("metrics", entry)
 
     def for_data(self, fingerprint: str | None, n_atoms: int | None = None) -> list[TrainedModel]:
         """Entries trained on data with this fingerprint, or (``n_atoms`` given) of that size when unknown."""

@@ -272,6 +272,10 @@ class Workspace:
         return Trajectory(z=loaded.z, R=loaded.R, E=loaded.E, F=loaded.F, name=row["name"],
                           provenance=_provenance_from_json(row["provenance"]))
 
+    def data_entry(self, key: str) -> DataEntry:
+        """The index row of stored data ``key`` (its file is not read); :class:`WorkspaceError` when unknown."""
+        return self._data_entry(key)
+
     def list_data(self) -> list[DataEntry]:
         """Stored data whose file is present and of the size written, oldest first (see :meth:`problems`)."""
         with self._connect() as con:
@@ -301,7 +305,7 @@ class Workspace:
 
     # -- models ------------------------------------------------------------------------------
     def put_model(self, trained, *, name: str, data_key: str | None, cache_key: str | None = None,
-                  unique: bool = True, metrics: dict | None = None) -> ModelEntry:
+                  unique: bool = True, metrics: dict | None = None, model_id: str | None = None) -> ModelEntry:
         """Store a model file (``pipeline.save``), atomically, and index it.
 
         Parameters
@@ -316,6 +320,9 @@ class Workspace:
             The :func:`~aff_app.workspace.fit_key` this fit answers: later requests reuse it.
         metrics : dict, optional
             Its held-out metrics (``TrainedModel.metrics``: numbers, None or text), stored as JSON.
+        model_id : str, optional
+            32 hexadecimal digits (the session registry's ``uid``, so both name the model alike);
+            default a fresh one. An id already stored is refused.
 
         Raises
         ------
@@ -329,7 +336,13 @@ class Workspace:
             self._data_row(data_key)
         if cache_key is not None:
             _check(_DATA_KEY, cache_key, "fit-cache key")
-        model_id = uuid.uuid4().hex
+        if model_id is None:
+            model_id = uuid.uuid4().hex
+        else:
+            _check(_MODEL_ID, model_id, "model id")
+            with self._connect() as con:
+                if con.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone():
+                    raise WorkspaceError(f"a model with id {model_id} is stored already")
         path = self.models_dir / f"{model_id}.npz"
         size = write_atomic(path, lambda fh: pipeline.save(trained, fh))
         try:
@@ -508,6 +521,15 @@ class Workspace:
                     (session, model_id, session))
             con.execute("UPDATE sessions SET updated = ? WHERE key = ?", (time.time(), session))
         return self.session_state(session)
+
+    def session_models(self, key: str) -> list[ModelEntry]:
+        """The models of session ``key`` in its order (one query; damaged files are left to :meth:`get_model`)."""
+        _check(_SESSION_KEY, key, "session key")
+        with self._connect() as con:
+            rows = con.execute("SELECT models.* FROM session_models JOIN models ON models.id = session_models.model_id "
+                               "WHERE session_models.session = ? ORDER BY session_models.position", (key,)).fetchall()
+        cols = self._columns("models")
+        return [self._model_from_row(dict(zip(cols, raw))) for raw in rows]
 
     def detach_model(self, session: str, model_id: str) -> SessionRecord:
         """Take ``model_id`` out of the session (the model stays stored)."""
