@@ -152,6 +152,8 @@ class Job:
     error: str | None = None
     partial: Any = None
     token: CancelToken = field(default_factory=CancelToken)
+    # The exception a failed task raised (a page that waits for the job re-raises a bug as a bug).
+    exception: BaseException | None = field(default=None, repr=False)
     # Submission order: the tie-breaker of the fair order (time.time() can repeat).
     seq: int = field(default=0, repr=False)
     # Guards fraction/message: the task may report from several threads (thread pools).
@@ -562,9 +564,11 @@ class JobQueue:
             state, error = "cancelled", None
         except AFFError as exc:
             state, error = "failed", str(exc)
+            job.exception = exc
         except Exception as exc:
             log.exception("job %s (%s, %s) failed", job.id, job.kind, job.label)
             state, error = "failed", f"internal error ({type(exc).__name__}): {exc}"
+            job.exception = exc
         except BaseException as exc:        # SystemExit/KeyboardInterrupt in a worker: record it, then let it go
             state, error = "failed", f"internal error ({type(exc).__name__}): {exc}"
             raise

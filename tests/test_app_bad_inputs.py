@@ -394,7 +394,9 @@ def _fixed_small(at: AppTest) -> AppTest:
 
 
 def test_cancel_during_training_keeps_the_session(monkeypatch):
-    """The Cancel button's callback sets the job's token; the library's next progress report raises Cancelled."""
+    """Cancel stops the fit job at its next progress report: no model, the session as it was."""
+    from aff_app.ui import background as bg
+
     real = pipeline.train
     seen = {}
 
@@ -402,10 +404,13 @@ def test_cancel_during_training_keeps_the_session(monkeypatch):
         progress = kwargs["progress"]
 
         def clicking_progress(f, m):
-            if f > 0.5 and not seen:
+            running = bg.get_queue().running()  # (none when the test's own fixture model is fitted)
+            if f > 0.5 and not seen and running:
                 seen["at"] = f
-                jobs.cancel_active()  # what the Cancel button's on_click does
-            progress(f, m)
+                (job,) = running
+                bg.get_queue().cancel(job.id, job.sessions[0])  # what the Cancel button's on_click does
+            if progress is not None:
+                progress(f, m)
 
         return real(*args, **{**kwargs, "progress": clicking_progress})
 
@@ -416,47 +421,9 @@ def test_cancel_during_training_keeps_the_session(monkeypatch):
     assert seen, "the fit reported progress"
     warning = _texts(at, "warning")
     assert "Training cancelled (AFF, M = 20): no model was added" in warning
-    assert state.ACTIVE_JOB not in at.session_state
     _survived(at)
     memo = at.session_state[state.HELD_OUT] if state.HELD_OUT in at.session_state else {}
     assert all(k[0] == at.session_state[state.MODELS].get("kept model").uid for k in memo)
-
-
-def test_interrupted_run_is_reported_on_the_next_run_and_can_never_register():
-    """A job record left by a run that Streamlit stopped (a click during training) becomes a message."""
-    token = CancelToken("AFF, M = 200")
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state[state.TRAJECTORY] = _traj()
-    at.session_state[state.DEFAULT_SAMPLE_TRIED] = True
-    at.session_state[state.MODELS] = _registry()
-    at.session_state[state.ACTIVE_JOB] = {"kind": "training", "label": "AFF, M = 200", "token": token}
-    at.switch_page(TRAIN).run()
-    assert not at.exception, at.exception
-    assert "Training interrupted (the page was rerun before it finished) (AFF, M = 200): no model was added" in \
-        _texts(at, "warning")
-    assert token.cancelled and state.ACTIVE_JOB not in at.session_state
-    _survived(at)
-    at.run()
-    assert "Training interrupted" not in _texts(at, "warning")  # said once
-
-
-def test_a_superseded_training_thread_registers_nothing(monkeypatch):
-    """The old run's thread may finish the fit after the new run started: it must not add its model."""
-    real = pipeline.train
-
-    def superseded(*args, **kwargs):
-        model = real(*args, **kwargs)
-        import streamlit as st
-
-        st.session_state.pop(state.ACTIVE_JOB)  # what the new run's report_interrupted does
-        return model
-
-    monkeypatch.setattr(pipeline, "train", superseded)
-    at = _fixed_small(_open(TRAIN))
-    at.button(key=state.TRAIN_RUN).click().run()
-    assert not at.exception, at.exception
-    assert "Training cancelled" in _texts(at, "warning")
-    _survived(at)
 
 
 def test_cancelled_learning_curve_stores_nothing(monkeypatch):
@@ -525,9 +492,9 @@ def test_shared_caches_hold_only_immutable_content_keyed_objects():
         with pytest.raises(ValueError):
             arr[0] = 0
     # no cache of mutable per-session objects: a session's registry and predictions stay in st.session_state.
-    # Shared on purpose (issue 19), and only these: the workspace (a connection per call) and the stored models
-    # read from it (fitted models are only read: every session restoring one uses the same object)
-    shared = {"session_store.py": ["_open_workspace", "_load_model"]}
+    # Shared on purpose (issue 19), and only these: the workspace (a connection per call) and the job queue
+    # (session_store also shares stored models, which are only read after fitting, in its own LRU)
+    shared = {"session_store.py": ["_open_workspace"], "background.py": ["_queue"]}
     for path in [*(REPO / "aff_app" / "ui").glob("*.py"), *(REPO / "pages").glob("*.py"), REPO / "app.py"]:
         src = path.read_text()
         found = re.findall(r"@st\.cache_resource[^\n]*\ndef (\w+)\(", src)

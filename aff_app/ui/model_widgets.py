@@ -16,8 +16,11 @@ also honours a Cancel button: see ``jobs`` for what an interruption leaves.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import threading
+from collections import OrderedDict
 from typing import Any, Callable
 
 import numpy as np
@@ -304,12 +307,60 @@ def held_out(entry: TrainedModel, traj: Trajectory, *, n_test: int | None, seed:
     key = (entry.uid, traj.fingerprint, None if n_test is None else int(n_test), int(seed))
     if key in memo:
         return memo[key]
-    result = pipeline.evaluate(entry.force, traj, energy=entry.energy, n_test=n_test, seed=int(seed),
-                               progress=progress)
-    memo[key] = result
+    # a model shared through the workspace has the same uid in every session: its predictions are made once
+    with _SHARED_HELD_OUT.slot(key) as slot:
+        if slot.value is None:
+            slot.value = pipeline.evaluate(entry.force, traj, energy=entry.energy, n_test=n_test, seed=int(seed),
+                                           progress=progress)
+        result = slot.value
+    remember_held_out(key, result)
+    return result
+
+
+class _SharedMemo:
+    """Held-out predictions shared by the server's sessions, computed once per key (their arrays are read-only).
+
+    ``slot(key)`` holds the key's own lock, so a second session asking for the same predictions waits for the
+    first instead of computing them again; other keys are not blocked. Least recently used out first.
+    """
+
+    class _Slot:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.value = None
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._slots: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(self, key):
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = self._Slot()
+            self._slots.move_to_end(key)
+            while len(self._slots) > self.size:
+                self._slots.popitem(last=False)
+        with slot.lock:
+            yield slot
+
+
+#: How many held-out prediction sets the server shares between sessions.
+SHARED_HELD_OUT = 32
+_SHARED_HELD_OUT = _SharedMemo(SHARED_HELD_OUT)
+
+
+def remember_held_out(key: tuple, held: HeldOut) -> None:
+    """Keep ``held`` in the session's memo under ``key`` (model uid, data fingerprint, n_test, seed), bounded,
+    and share it with the server's other sessions that have the same model."""
+    with _SHARED_HELD_OUT.slot(key) as slot:
+        slot.value = held
+    memo = st.session_state.setdefault(state.HELD_OUT, {})
+    memo[key] = held
     while len(memo) > MAX_HELD_OUT:
         memo.pop(next(iter(memo)))
-    return result
 
 
 def progress_adapter(bar, token: CancelToken | None = None, *, estimate_s: float | None = None) -> Progress:

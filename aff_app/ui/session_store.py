@@ -21,6 +21,9 @@ stops the app: the session then lives in memory only and the sidebar says why.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import streamlit as st
 
 from aff_app.errors import AFFError
@@ -34,7 +37,7 @@ from aff_app.ui import state
 #: The query parameter that carries the session key (short: it is part of every address the user shares).
 SESSION_PARAM = "s"
 #: How many loaded model files the server keeps in memory, shared by every session that has them.
-MODEL_CACHE_ENTRIES = 64
+MODEL_CACHE_ENTRIES = 16
 
 
 @st.cache_resource(show_spinner=False)
@@ -53,10 +56,43 @@ def workspace() -> Workspace | None:
         return None
 
 
-@st.cache_resource(max_entries=MODEL_CACHE_ENTRIES, show_spinner=False)
-def _load_model(root: str, model_id: str) -> pipeline.Trained:
-    # every session restoring the same model shares one object: the models are only read after fitting
-    return _open_workspace(root).get_model(model_id)
+class _ModelCache:
+    """Stored models in memory, shared by every session that has them (fitted models are only read).
+
+    A fit finished in the background puts its in-memory model here (with its Cholesky factors, which
+    the model file does not hold), so the sessions that pick it up predict intervals without
+    refactoring. Least recently used first out, at most :data:`MODEL_CACHE_ENTRIES`.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], pipeline.Trained] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ws: Workspace, model_id: str) -> pipeline.Trained:
+        key = (str(ws.root), model_id)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        trained = ws.get_model(model_id)  # outside the lock: reading a file must not block other sessions
+        self.put(ws, model_id, trained)
+        return trained
+
+    def put(self, ws: Workspace, model_id: str, trained: pipeline.Trained) -> None:
+        with self._lock:
+            self._items[(str(ws.root), model_id)] = trained
+            self._items.move_to_end((str(ws.root), model_id))
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+_MODELS = _ModelCache(MODEL_CACHE_ENTRIES)
+
+
+def remember_model(ws: Workspace, model_id: str, trained: pipeline.Trained) -> None:
+    """Share the in-memory ``trained`` (just stored as ``model_id``) with every session that restores it."""
+    _MODELS.put(ws, model_id, trained)
 
 
 def session_key() -> str | None:
@@ -159,7 +195,7 @@ def add_stored(ws: Workspace, entry: ModelEntry, registry: ModelRegistry | None 
     from aff_app.ui import model_widgets as mw
 
     registry = mw.get_registry() if registry is None else registry
-    trained = _load_model(str(ws.root), entry.id)
+    trained = _MODELS.get(ws, entry.id)
     return registry.add(trained.force, name=registry.unique_name(entry.name), energy=trained.energy,
                         data_fingerprint=entry.data_key or trained.force.record.data_fingerprint,
                         metrics=entry.metrics, uid=entry.id, notify=False,

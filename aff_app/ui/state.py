@@ -346,3 +346,11 @@ WS_NOTICE = "ws_notice"
 WS_SKIPPED = "ws_skipped"
 #: The Workspace page's file, absolute.
 WORKSPACE_PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "workspace.py")
+#: Owner of this session's jobs when the workspace is unavailable (else the workspace key).
+JOB_OWNER = "job_owner"
+#: Ids of this session's jobs not yet collected (``aff_app.ui.background``).
+JOBS_WATCHED = "jobs_watched"
+#: Ids of this session's jobs collected after they ended.
+JOBS_FINISHED = "jobs_finished"
+#: Ids of the jobs that were active when the sidebar was last drawn (a job ending reruns the page).
+JOBS_SEEN_ACTIVE = "jobs_seen_active"

@@ -10,19 +10,18 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from aff_app.cancel import Cancelled
 from aff_app.gp import covariance as cov
 from aff_app.gp.budget import ComputeBudgetError, check_budget, default_budget_bytes
 from aff_app.gp.persistence import load_model, model_bytes
 from aff_app.io.trajectory import Trajectory
 from aff_app.symmetry import SymmetryInfo
+from aff_app.ui import background as bg
 from aff_app.ui import data_widgets as dw
-from aff_app.ui import jobs
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
 from aff_app.ui import symmetry_widgets as sw
 from aff_app.units import FORCE_UNIT
-from aff_app.workflows import learning
+from aff_app.workflows import learning, pipeline
 from aff_app.workflows.kinds import PEER_MODES, has_interval, no_interval_note, uses_symmetry
 from aff_app.workflows.registry import MODE_LABELS, ModelRegistry, default_name
 from aff_app.workflows.training import check_atoms_match
@@ -74,8 +73,8 @@ class TrainForm:
 
 
 def notices() -> None:
-    """The interrupted-job report and the messages the last run left (success, warnings)."""
-    jobs.report_interrupted("training")
+    """The messages the last run and the session's finished fit jobs left (success, warnings, failures)."""
+    bg.collect_finished()  # (app.py does it on every run; AppTest reruns only the page)
     notice = st.session_state.pop(state.TRAIN_NOTICE, None)
     for level, text in ([notice] if isinstance(notice, tuple) else notice or []):
         getattr(st, level)(text)
@@ -260,68 +259,90 @@ def train_button(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | Non
     run = c_btn.button("Train", key=state.TRAIN_RUN, type="primary", disabled=over_budget is not None,
                        width="stretch")
     if run:
-        job_label = f"{MODE_LABELS[mode]}, M = {n_train}"
-        token = jobs.begin("training", job_label)
+        label = f"{MODE_LABELS[mode]}, M = {n_train}"
         times = learning.time_for(mode, n_train, traj.n_atoms, symmetry, search=not fixed, energy=traj.E is not None,
                                   n_test=n_test, energy_model=form.energy_model)
-        with st.status(f"Training {MODE_LABELS[mode]} on M = {n_train} frames…", expanded=True) as status:
-            jobs.cancel_button(state.TRAIN_CANCEL, "Cancel training")
-            bar = st.progress(0.0, text="starting")
-            try:
-                entry, warnings = mw.train_and_register(
-                    traj, mode=mode, n_train=n_train, seed=seed, n_test=n_test,
-                    gamma=float(gamma_in) if fixed else None, lam=float(lam_in) if fixed else None,
-                    criterion="cv" if hyper == "cv" else "likelihood", symmetry=symmetry, name=name,
-                    energy_model=form.energy_model,
-                    progress=mw.progress_adapter(bar, token, estimate_s=times.total_s), token=token,
-                    training_share=min(max(times.training_share, 0.2), 0.95),
-                )
-            except Cancelled:
-                jobs.end(token)
-                status.update(label="Training cancelled", state="error", expanded=True)
-                jobs.show_cancelled("training", job_label)
-            except mw.EXPECTED_ERRORS as exc:
-                jobs.end(token)
-                status.update(label="Training failed", state="error", expanded=True)
-                st.error(f"Training failed: {mw.error_text(exc)}\n\nThe session's models and the data are unchanged.")
-            else:
-                jobs.end(token)
-                record = entry.force.record
-                status.update(label=f"Trained {entry.name} in {mw.fmt(record.timings.total_s, '.3g')} s",
-                              state="complete", expanded=False)
-                m = entry.metrics or {}
-                if not has_interval(mode):
-                    t = record.timings
-                    msg = (f"Trained **{entry.name}**: held-out force MAE {mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}"
-                           + ("" if m.get("energy_mae") is None else
-                              f", energy MAE {mw.fmt(m.get('energy_mae'), '.3g', unit='kcal/mol')}")
-                           + f". {no_interval_note(mode)} Time {mw.fmt(t.total_s, '.3g')} s: training "
-                           f"{mw.fmt(t.force_s, '.3g')} s, held-out predictions {mw.fmt(t.evaluation_s, '.2g')} s.")
-                    st.session_state[state.TRAIN_NOTICE] = [("success", msg)] + [("warning", w) for w in warnings]
-                    st.session_state.pop(state.TRAIN_NAME, None)
-                    st.rerun()
-                msg = (f"Trained **{entry.name}**: γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; "
-                       "held-out force MAE "
-                       f"{mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}, PCI(95%) {mw.fmt(m.get('pci'), percent=True)}.")
-                if record.search.lam_at_floor:
-                    msg += (" λ is at its floor, 10⁻¹³ of the kernel variance (what double precision resolves): "
-                            "the search found the labels noise-free at this γ.")
-                check = record.lam_check
-                if check.lowered:
-                    msg += (f" λ lowered {check.factor:.0f}× from the search's {mw.fmt(check.candidates[0], '.2e')}: on "
-                            "all training frames its leave-one-frame-out force error was "
-                            f"{mw.fmt(100 * check.gain, '.0f')}% smaller.")
-                cal = record.calibration
-                if cal.method == "loo":
-                    msg += (f" Interval widths scaled by {mw.fmt(cal.scale, '.3g')} so that 95% of the "
-                            f"leave-one-frame-out forces of {cal.frames} training frames fall inside them.")
-                t = record.timings
-                msg += (f" Time {mw.fmt(t.total_s, '.3g')} s: symmetry {mw.fmt(t.symmetry_s, '.2g')} s, force fit "
-                        f"{mw.fmt(t.force_s, '.3g')} s (search {mw.fmt(t.search_s, '.2g')} s), energy fit "
-                        f"{mw.fmt(t.energy_s, '.2g')} s, held-out predictions {mw.fmt(t.evaluation_s, '.2g')} s.")
-                st.session_state[state.TRAIN_NOTICE] = [("success", msg)] + [("warning", w) for w in warnings]
-                st.session_state.pop(state.TRAIN_NAME, None)
-                st.rerun()
+        cost = learning.cost_for(mode, n_train, traj.n_atoms, symmetry)
+        request = bg.FitRequest(
+            traj=traj, n_train=n_train, n_test=n_test, seed=seed, name=name,
+            settings=pipeline.TrainSettings(mode=mode, gamma=float(gamma_in) if fixed else None,
+                                            lam=float(lam_in) if fixed else None,
+                                            criterion="cv" if hyper == "cv" else "likelihood",
+                                            energy_model=form.energy_model),
+            symmetry=symmetry if uses_symmetry(mode) else None,
+            training_share=min(max(times.training_share, 0.2), 0.95))
+        try:
+            submitted = bg.submit_fit(request, cost_bytes=cost.peak_bytes, estimate_s=times.total_s, label=label)
+        except mw.EXPECTED_ERRORS as exc:
+            st.error(f"Training refused: {mw.error_text(exc)}\n\nThe session's models and the data are unchanged.")
+            return
+        if submitted.how == "reused":
+            st.session_state[state.TRAIN_NOTICE] = [(
+                "success", f"Reused **{submitted.entry.name}**: an identical fit (same data, settings, split and code "
+                           "version) is stored in the workspace, so nothing was computed. Its numbers are below.")]
+            st.session_state.pop(state.TRAIN_NAME, None)
+            st.rerun()
+        job = submitted.job
+        heading = (f"Waiting for the identical fit another session started ({label})…" if submitted.how == "joined"
+                   else f"Training {MODE_LABELS[mode]} on M = {n_train} frames…")
+        with st.status(heading, expanded=True) as status:
+            st.caption("The fit runs on the server: you may switch pages or reload — its progress stays in the "
+                       "sidebar and the model arrives in the session when it is done.")
+            bg.wait_here(job, cancel_key=state.TRAIN_CANCEL, cancel_label="Cancel training")
+            if job.state == "failed" and job.exception is not None and not isinstance(job.exception, mw.EXPECTED_ERRORS):
+                raise job.exception  # a bug in aff_app is shown as one, with its traceback
+            status.update(label={"done": f"Trained {label}", "failed": "Training failed",
+                                 "cancelled": "Training cancelled"}[job.state],
+                          state="complete" if job.state == "done" else "error", expanded=job.state != "done")
+        bg.collect_finished()
+        st.session_state.pop(state.TRAIN_NAME, None)
+        st.rerun()
+
+
+def job_notices(job, entry) -> list[tuple[str, str]]:
+    """What the Train page says about a finished fit job (``entry``: its model in the session, or None)."""
+    if job.state == "cancelled":
+        return [("warning", f"Training cancelled ({job.label}): no model was added; the data and the session's "
+                            "models are unchanged.")]
+    if job.state == "failed":
+        return [("error", f"Training failed ({job.label}): {job.error}\n\nThe session's models and the data are "
+                          "unchanged.")]
+    if entry is None:
+        return []
+    return [("success", trained_message(entry))] + [("warning", w) for w in job.result.warnings]
+
+
+def trained_message(entry) -> str:
+    """The summary of a freshly trained model: hyperparameters, held-out numbers, calibration, time."""
+    mode = entry.mode
+    record = entry.force.record
+    m = entry.metrics or {}
+    t = record.timings
+    if not has_interval(mode):
+        return (f"Trained **{entry.name}**: held-out force MAE {mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}"
+                + ("" if m.get("energy_mae") is None else
+                   f", energy MAE {mw.fmt(m.get('energy_mae'), '.3g', unit='kcal/mol')}")
+                + f". {no_interval_note(mode)} Time {mw.fmt(t.total_s, '.3g')} s: training "
+                f"{mw.fmt(t.force_s, '.3g')} s, held-out predictions {mw.fmt(t.evaluation_s, '.2g')} s.")
+    msg = (f"Trained **{entry.name}**: γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; "
+           "held-out force MAE "
+           f"{mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}, PCI(95%) {mw.fmt(m.get('pci'), percent=True)}.")
+    if record.search.lam_at_floor:
+        msg += (" λ is at its floor, 10⁻¹³ of the kernel variance (what double precision resolves): "
+                "the search found the labels noise-free at this γ.")
+    check = record.lam_check
+    if check.lowered:
+        msg += (f" λ lowered {check.factor:.0f}× from the search's {mw.fmt(check.candidates[0], '.2e')}: on "
+                "all training frames its leave-one-frame-out force error was "
+                f"{mw.fmt(100 * check.gain, '.0f')}% smaller.")
+    cal = record.calibration
+    if cal.method == "loo":
+        msg += (f" Interval widths scaled by {mw.fmt(cal.scale, '.3g')} so that 95% of the "
+                f"leave-one-frame-out forces of {cal.frames} training frames fall inside them.")
+    msg += (f" Time {mw.fmt(t.total_s, '.3g')} s: symmetry {mw.fmt(t.symmetry_s, '.2g')} s, force fit "
+            f"{mw.fmt(t.force_s, '.3g')} s (search {mw.fmt(t.search_s, '.2g')} s), energy fit "
+            f"{mw.fmt(t.energy_s, '.2g')} s, held-out predictions {mw.fmt(t.evaluation_s, '.2g')} s.")
+    return msg
 
 
 def models_section(registry: ModelRegistry, fp: str) -> None:

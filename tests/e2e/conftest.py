@@ -16,13 +16,9 @@ failure under ``CI=true`` (the browser tests must never silently skip in CI).
 
 from __future__ import annotations
 
-import subprocess
-import time
-import urllib.request
-
 import pytest
 
-from .helpers import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, free_port, unavailable, is_local_url
+from .helpers import CHROMIUM, CHROMIUM_ARGS, free_port, is_local_url, serve, unavailable
 
 
 @pytest.fixture(scope="session")
@@ -32,34 +28,9 @@ def app_server(tmp_path_factory):
     Only the port and headless mode are added: every other setting (the file watcher among them) is
     the one a user gets. ``start.sh`` execs Streamlit, so ``pid`` is the server's own process.
     """
-    port = free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
-    cmd = ["bash", "scripts/start.sh", "--server.headless", "true", "--server.port", str(port)]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
-                    if resp.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not answer /_stcore/health within 90 s:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.3)
+    with serve(free_port(), log_path) as (url, proc):
         yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="session")

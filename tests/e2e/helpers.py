@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -76,3 +80,39 @@ def load_sample(page, name: str, formula: str) -> None:
                 raise
             page.wait_for_timeout(250)
     expect(page.get_by_text(formula).first).to_be_visible()
+
+
+@contextlib.contextmanager
+def serve(port: int, log_path: Path, env: dict | None = None):
+    """Serve the app exactly as the README does (``bash scripts/start.sh``) on ``port``; yield (url, process).
+
+    Only the port and headless mode are added. ``start.sh`` execs Streamlit, so the process is the server.
+    """
+    cmd = ["bash", "scripts/start.sh", "--server.headless", "true", "--server.port", str(port)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env=None if env is None else {**os.environ, **env})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
+                    if resp.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not answer /_stcore/health within 90 s:\n"
+                            f"{log_path.read_text(errors='replace')}")
+            time.sleep(0.3)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,154 @@
+"""Fits as background jobs (issue 19) through Streamlit's AppTest: a fit outlives the page that started it,
+identical requests from several sessions are computed once, a stored fit is reused at once, and failures
+and cancellations are reported on the Train page.
+
+Each test has its own workspace folder. The queue is the server's (one per process), as in the app.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from aff_app.ui import background as bg
+from aff_app.ui import state
+from aff_app.workflows import pipeline
+from aff_app.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+TRAIN, DATA = "pages/train.py", "pages/data.py"
+
+pytestmark = pytest.mark.usefixtures("fresh_streamlit_cache")
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("AFF_WORKSPACE", str(tmp_path / "ws"))
+    return tmp_path / "ws"
+
+
+@pytest.fixture
+def counted_train(monkeypatch):
+    """pipeline.train counting its calls; ``gate`` (an Event) holds every fit until the test sets it."""
+    real = pipeline.train
+    calls = []
+    gate = threading.Event()
+
+    def train(*args, **kwargs):
+        calls.append(1)
+        if not gate.wait(timeout=60):
+            raise RuntimeError("test gate never opened")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train", train)
+    return calls, gate
+
+
+def _train_page(*, name: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()  # the Data page opens the benzene sample
+    at.switch_page(TRAIN).run()
+    at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()
+    at.number_input(key=state.TRAIN_M).set_value(15)
+    at.number_input(key=state.TRAIN_N_TEST).set_value(10)
+    at.number_input(key=state.TRAIN_GAMMA).set_value(4.0)
+    at.number_input(key=state.TRAIN_LAM).set_value(1e-8)
+    if name:
+        at.text_input(key=state.TRAIN_NAME).set_value(name)
+    return at.run()
+
+
+def _texts(at, kind: str) -> str:
+    return " | ".join(str(e.value) for e in getattr(at, kind))
+
+
+def _leave_the_page(monkeypatch):
+    """The user clicks elsewhere right after Train: Streamlit stops the page's script at its next progress update
+    (with the StopException it raises there), while the job goes on."""
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    def stopped(job, **kwargs):
+        raise StopException()
+
+    monkeypatch.setattr(bg, "wait_here", stopped)
+
+
+def test_a_fit_goes_on_when_the_user_leaves_the_page(root, counted_train, monkeypatch):
+    calls, gate = counted_train
+    _leave_the_page(monkeypatch)
+    at = _train_page(name="left behind")
+    at.button(key=state.TRAIN_RUN).click().run()
+    assert not at.exception, at.exception
+    (job,) = bg.get_queue().jobs_for(at.session_state[state.WS_SESSION])
+    at.switch_page(DATA).run()  # another page while it runs
+    assert job.active and not at.session_state[state.MODELS].names()
+    gate.set()
+    assert bg.get_queue().wait(job, timeout=60) and job.state == "done"
+    at.switch_page(TRAIN).run()
+    assert not at.exception, at.exception
+    assert at.session_state[state.MODELS].names() == ["left behind"]
+    assert "Trained **left behind**" in _texts(at, "success")
+    stored = Workspace(root).session_models(at.session_state[state.WS_SESSION])
+    assert [m.name for m in stored] == ["left behind"] and stored[0].cache_key == job.key
+    assert len(calls) == 1
+
+
+def test_identical_requests_are_computed_once_and_a_stored_fit_is_reused(root, counted_train, monkeypatch):
+    calls, gate = counted_train
+    _leave_the_page(monkeypatch)
+    students = [_train_page() for _ in range(3)]
+    for at in students:
+        at.button(key=state.TRAIN_RUN).click().run()
+        assert not at.exception, at.exception
+    jobs = {id(j) for at in students for j in bg.get_queue().jobs_for(at.session_state[state.WS_SESSION])}
+    assert len(jobs) == 1  # the second and third joined the first one's job
+    gate.set()
+    job = bg.get_queue().jobs_for(students[0].session_state[state.WS_SESSION])[0]
+    assert bg.get_queue().wait(job, timeout=60) and job.state == "done"
+    uids = set()
+    for at in students:
+        at.switch_page(TRAIN).run()
+        (entry,) = list(at.session_state[state.MODELS])
+        uids.add(entry.uid)
+        assert entry.metrics["force_mae"] > 0
+    assert len(uids) == 1 and len(calls) == 1
+    # later, the same request: answered from the workspace at once, nothing computed
+    late = _train_page()
+    late.button(key=state.TRAIN_RUN).click().run()
+    assert not late.exception, late.exception
+    assert "Reused" in _texts(late, "success") and "nothing was computed" in _texts(late, "success")
+    assert [e.uid for e in late.session_state[state.MODELS]] == list(uids) and len(calls) == 1
+    # another split is another fit
+    late.number_input(key=state.TRAIN_SEED).set_value(1).run()
+    gate.set()
+    monkeypatch.undo()  # wait for this one in the page again
+    late.button(key=state.TRAIN_RUN).click().run()
+    assert len(late.session_state[state.MODELS]) == 2
+
+
+def test_a_failed_fit_is_reported_on_the_train_page(root, monkeypatch):
+    from aff_app.gp.force import FactorizationError
+
+    def refused(*args, **kwargs):
+        raise FactorizationError("Cholesky of PE set 0 failed with λ = 1e-12: raise λ")
+
+    monkeypatch.setattr(pipeline, "train", refused)
+    _leave_the_page(monkeypatch)
+    at = _train_page()
+    at.button(key=state.TRAIN_RUN).click().run()
+    (job,) = bg.get_queue().jobs_for(at.session_state[state.WS_SESSION])
+    assert bg.get_queue().wait(job, timeout=30) and job.state == "failed"
+    at.switch_page(TRAIN).run()
+    assert not at.exception, at.exception
+    assert "Training failed (AFF, M = 15)" in _texts(at, "error") and "raise λ" in _texts(at, "error")
+    assert at.session_state[state.MODELS].names() == []
+
+
+def test_a_fit_over_the_memory_budget_is_refused_before_it_is_queued(root, monkeypatch):
+    monkeypatch.setenv("AFF_MEMORY_BUDGET_GB", "0.00001")
+    at = _train_page()
+    assert at.button(key=state.TRAIN_RUN).disabled  # the cost card refuses it before anything runs
+    assert "Refused before training" in _texts(at, "error")
