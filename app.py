@@ -10,7 +10,7 @@ favicon, and for ``:material/...:`` icons it fetches that from fonts.gstatic.com
 
 import streamlit as st
 
-from aff_app.ui import background, session_store
+from aff_app.ui import background, runlog, session_store
 
 st.set_page_config(page_title="aff_app · atomized force fields", page_icon="⚛️", layout="wide")
 
@@ -27,11 +27,12 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-# the session's key in the URL; its data and models restored after a reload or a server restart (issue 19)
-session_store.begin_run()
-# fits run in the server's job queue, independent of the page: finished ones reach the session, the sidebar
-# shows the rest
-background.collect_finished()
-background.sidebar()
-session_store.notices()
-page.run()
+with runlog.timed(page.title):  # only with AFF_RUN_LOG set (the load test)
+    # the session's key in the URL; its data and models restored after a reload or a server restart (issue 19)
+    session_store.begin_run()
+    # fits run in the server's job queue, independent of the page: finished ones reach the session, the
+    # sidebar shows the rest
+    background.collect_finished()
+    background.sidebar()
+    session_store.notices()
+    page.run()

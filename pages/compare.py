@@ -17,8 +17,8 @@ st.caption("The models trained in this session side by side, and learning curves
 
 traj = state.require_trajectory()
 registry = mw.get_registry()
-jobs.report_interrupted("learning_curve")
 jobs.report_interrupted("conservation")
+cs.notices()  # learning curves run in the job queue: finished, failed or cancelled (finished points kept)
 cs.models_table(registry)
 
 # -- learning curves: settings and plan, the run, the curves

@@ -426,20 +426,25 @@ def test_cancel_during_training_keeps_the_session(monkeypatch):
     assert all(k[0] == at.session_state[state.MODELS].get("kept model").uid for k in memo)
 
 
-def test_cancelled_learning_curve_stores_nothing(monkeypatch):
+def test_a_cancelled_learning_curve_keeps_its_finished_points(monkeypatch):
+    """The Cancel button stops the job at the second point; the first point's numbers stay (issue 19)."""
+    from aff_app.ui import background as bg
+
     real = learning.learning_curve
 
-    def cancel_midway(*args, **kwargs):
+    def cancel_at_the_second_point(*args, **kwargs):
         progress = kwargs["progress"]
 
         def clicking_progress(f, m):
-            if f > 0.3:
-                jobs.cancel_active()
+            running = bg.get_queue().running()
+            if "M=50" in m and running:
+                (job,) = running
+                bg.get_queue().cancel(job.id, job.sessions[0])  # what the Cancel button's on_click does
             progress(f, m)
 
         return real(*args, **{**kwargs, "progress": clicking_progress})
 
-    monkeypatch.setattr(learning, "learning_curve", cancel_midway)
+    monkeypatch.setattr(learning, "learning_curve", cancel_at_the_second_point)
     at = _open(COMPARE)
     at.multiselect(key=state.CMP_MODELS).set_value(["aff"])
     at.multiselect(key=state.CMP_SIZES).set_value([25, 50])
@@ -450,8 +455,11 @@ def test_cancelled_learning_curve_stores_nothing(monkeypatch):
     at.run()
     at.button(key=state.CMP_RUN).click().run()
     assert not at.exception, at.exception
-    assert "Learning curves cancelled" in _texts(at, "warning")
-    assert state.CMP_RESULT not in at.session_state
+    assert "Learning curves cancelled (AFF; M = 25, 50): the 1 finished point(s) of 2 are kept" in \
+        _texts(at, "warning")
+    rows = at.session_state[state.CMP_RESULT]["rows"]
+    assert [(r["M"], r["status"]) for r in rows] == [(25, "ok"), (50, "cancelled")]
+    assert rows[0]["force_mae"] > 0 and rows[1]["force_mae"] is None
     _survived(at)
 
 

@@ -199,6 +199,14 @@ def submit_fit(request: FitRequest, *, cost_bytes: int, estimate_s: float | None
     return Submitted("joined" if running is job else "queued", job=job)
 
 
+def submit_task(kind: str, label: str, task, *, cost_bytes: int = 0, estimate_s: float | None = None) -> Job:
+    """Queue any long job of this session (``task(job)``, reporting through ``job.report``, keeping partial
+    results through ``job.keep``); collected by :func:`collect_finished` when it ends."""
+    job = get_queue().submit(owner(), kind, label, task, cost_bytes=int(cost_bytes), estimate_s=estimate_s)
+    _watch(job)
+    return job
+
+
 def _watch(job: Job) -> None:
     watched = st.session_state.setdefault(state.JOBS_WATCHED, [])
     if job.id not in watched:
@@ -262,6 +270,10 @@ def collect_finished() -> list[tuple[Job, TrainedModel | None]]:
             notice = st.session_state.get(state.TRAIN_NOTICE)
             notices = [notice] if isinstance(notice, tuple) else list(notice or [])
             st.session_state[state.TRAIN_NOTICE] = notices + job_notices(job, entry)
+        elif job.kind == "learning_curve":
+            from aff_app.ui.compare_sections import collect_curves  # (it imports this module)
+
+            collect_curves(job)
     st.session_state[state.JOBS_WATCHED] = still
     return out
 

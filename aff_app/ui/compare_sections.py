@@ -17,6 +17,7 @@ from aff_app.figures import compare as figc
 from aff_app.io.trajectory import Trajectory
 from aff_app.symmetry import SymmetryInfo
 from aff_app.ui import data_widgets as dw
+from aff_app.ui import background as bg
 from aff_app.ui import jobs
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
@@ -161,29 +162,70 @@ def compute_button(traj: Trajectory, form: CurveForm) -> None:
     run = st.button("Compute learning curves", key=state.CMP_RUN, type="primary", disabled=not ready)
     if run and ready:
         job_label = f"{', '.join(MODE_LABELS[m] for m in chosen)}; M = {', '.join(map(str, params['sizes']))}"
-        token = jobs.begin("learning_curve", job_label)
-        running = st.empty()  # the cancel button and the bar go away with the run
-        with running.container():
-            jobs.cancel_button(state.CMP_CANCEL, "Cancel learning curves")
-            bar = st.progress(0.0, text="starting")
-        try:
+        plan = learning.plan_learning_curve(traj.n_atoms, chosen, sizes, symmetry=symmetry)
+        allowed = [p for p in plan if p.allowed]
+        cost = max((p.estimate.peak_bytes for p in allowed), default=0)  # the points run one after another
+
+        def task(job, traj=traj):
+            def keep(rows):
+                job.keep(CurveResult(fp, params, rows))
+
             rows = learning.learning_curve(
                 traj, chosen, sizes, n_test=n_test, seed=seed, symmetry=symmetry, gamma=params["gamma"],
-                lam=params["lam"], with_energy=bool(with_energy), progress=mw.progress_adapter(bar, token),
-            )
-            jobs.ensure_current(token, "storing the curves")
-        except Cancelled:
-            jobs.end(token)
-            running.empty()
-            jobs.show_cancelled("learning_curve", job_label)
-        except mw.EXPECTED_ERRORS as exc:
-            jobs.end(token)
-            running.empty()
-            st.error(f"Learning curves failed: {mw.error_text(exc)}")
-        else:
-            jobs.end(token)
-            running.empty()
-            st.session_state[state.CMP_RESULT] = {"fingerprint": fp, "params": params, "rows": rows}
+                lam=params["lam"], with_energy=bool(with_energy), progress=job.report, on_point=keep)
+            return CurveResult(fp, params, rows)
+
+        job = bg.submit_task("learning_curve", job_label, task, cost_bytes=cost,
+                             estimate_s=sum(p.estimate.seconds for p in allowed))
+        running = st.empty()  # the cancel button and the bar go away with the run
+        with running.container():
+            st.caption("The curves are computed on the server: you may switch pages — the progress stays in the "
+                       "sidebar, and every finished point is kept even if you cancel.")
+            bg.wait_here(job, cancel_key=state.CMP_CANCEL, cancel_label="Cancel learning curves")
+        running.empty()
+        if job.state == "failed" and job.exception is not None and not isinstance(job.exception, mw.EXPECTED_ERRORS):
+            raise job.exception  # a bug in aff_app is shown as one
+        bg.collect_finished()
+        st.rerun()  # the notices and the curves are drawn above and below: show them
+
+
+@dataclass(frozen=True)
+class CurveResult:
+    """A learning-curve job's outcome (or what it finished before a cancel): its data, settings and rows."""
+
+    fingerprint: str
+    params: dict
+    rows: list
+
+
+def collect_curves(job) -> None:
+    """Store the curves of a finished learning-curve job (all of them, or the points finished before it stopped)."""
+    result = job.result if job.state == "done" else job.partial
+    notices = st.session_state.setdefault(state.CMP_NOTICE, [])
+    if job.state == "failed":
+        notices.append(("error", f"Learning curves failed ({job.label}): {job.error}"))
+    if not isinstance(result, CurveResult):
+        if job.state == "cancelled":
+            notices.append(("warning", f"Learning curves cancelled ({job.label}) before the first point finished: "
+                                       "nothing to keep; the data and the session's models are unchanged."))
+        return
+    rows = [dict(r) for r in result.rows]
+    if job.state != "done":
+        n_done = sum(r["status"] in ("ok", "failed") for r in rows)
+        for r in rows:
+            if r["status"] == "pending":
+                r.update(status=job.state, note=f"not computed: the run was {job.state}")
+        if job.state == "cancelled":
+            notices.append(("warning", f"Learning curves cancelled ({job.label}): the {n_done} finished point(s) of "
+                                       f"{len(rows)} are kept below."))
+    st.session_state[state.CMP_RESULT] = {"fingerprint": result.fingerprint, "params": result.params, "rows": rows}
+
+
+def notices() -> None:
+    """What finished learning-curve jobs left to say (shown once)."""
+    bg.collect_finished()  # (app.py does it on every run; AppTest reruns only the page)
+    for level, text in st.session_state.pop(state.CMP_NOTICE, None) or []:
+        getattr(st, level)(text)
 
 
 def curves(traj: Trajectory, form: CurveForm) -> None:

@@ -222,6 +222,8 @@ PRED_OWN_DOWNLOAD_EXTXYZ = "pred_own_download_extxyz"
 # -- Compare page -------------------------------------------------------------------------------------------
 #: ``{'fingerprint', 'params', 'rows'}`` of the last learning-curve run.
 CMP_RESULT = "cmp_result"
+#: ``[(level, message)]`` a finished learning-curve job left (cancelled: the points kept), shown once.
+CMP_NOTICE = "cmp_notice"
 CMP_MODELS = "cmp_models"
 CMP_SIZES = "cmp_sizes"
 CMP_N_TEST = "cmp_n_test"

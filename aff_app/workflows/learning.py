@@ -220,6 +220,7 @@ def learning_curve(
     budget_bytes: int | None = None,
     with_std: bool = True,
     progress: Progress | None = None,
+    on_point: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Fit and evaluate every (model, M); one row per point.
 
@@ -250,6 +251,9 @@ def learning_curve(
         Predict the held-out sds (default; PCI, LCI). False: means only, for every model alike
         (the benchmarks' thousands of test frames at large M, where the sds cost minutes).
     progress : callable(fraction, message), optional
+    on_point : callable(rows), optional
+        Called after every point with a copy of all rows so far (points not yet run have status
+        'pending'): a caller that is cancelled keeps the finished points.
 
     Returns
     -------
@@ -321,6 +325,8 @@ def learning_curve(
                 np.linalg.LinAlgError) as exc:
             row.update(status="failed", note=str(exc))
             done += w
+            if on_point is not None:
+                on_point([dict(r) for r in rows] + [_empty_row(q, test.size) for q in points[len(rows):]])
             continue
         fm, t = trained.force, trained.timings
         train_s, e_s = t.force_s, t.energy_s
@@ -331,6 +337,8 @@ def learning_curve(
             predict_ms=1e3 * held.predict_s / max(held.n_frames, 1),
         )
         done += w
+        if on_point is not None:
+            on_point([dict(r) for r in rows] + [_empty_row(q, test.size) for q in points[len(rows):]])
         progress(min(done / total, 1.0), f"{tag}: done")
     progress(1.0, "learning curve done")
     return rows
