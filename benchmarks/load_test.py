@@ -34,6 +34,7 @@ import os
 import re
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -169,7 +170,15 @@ async def main_async(args) -> dict:
     env = {"AFF_WORKSPACE": str(workspace), "AFF_RUN_LOG": str(run_log)}
     log_path = log_dir / "server.log"
     results: dict = {}
-    with serve(free_port(), log_path, env) as (url, _):
+    if args.pin:
+        env["AFF_MAX_JOBS"] = "1"  # the server gets one core: one fit at a time
+    with serve(free_port(), log_path, env) as (url, server):
+        if args.pin:
+            # the server (every thread) on the first core, this driver and the browsers it starts on the rest
+            cores = sorted(os.sched_getaffinity(0))
+            subprocess.run(["taskset", "-a", "-p", "-c", str(cores[0]), str(server.pid)], check=True,
+                           capture_output=True)
+            os.sched_setaffinity(0, set(cores[1:]))
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             t_start = time.perf_counter()
@@ -189,7 +198,7 @@ async def main_async(args) -> dict:
     latencies = [x for r in results.values() for x in r["latencies"]]
     with_model = [r for r in results.values() if r.get("has_model")]
     report = {
-        "users": args.users, "m": args.m, "distinct_seeds": args.distinct, "stagger_s": args.stagger, "cpus": os.cpu_count(),
+        "users": args.users, "m": args.m, "distinct_seeds": args.distinct, "pinned": args.pin, "stagger_s": args.stagger, "cpus": os.cpu_count(),
         "latency_s": {"n": len(latencies), "p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95),
                       "max": max(latencies) if latencies else None,
                       "mean": statistics.fmean(latencies) if latencies else None},
@@ -213,6 +222,8 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=200, help="training frames (the Train page's default: 200)")
     parser.add_argument("--distinct", action="store_true",
                         help="each user trains with its own split seed (no identical requests: the queue's worst case)")
+    parser.add_argument("--pin", action="store_true",
+                        help="server on the first core, browsers on the others (their rendering off the server's CPU)")
     parser.add_argument("--stagger", type=float, default=0.5, help="seconds between two users' starts")
     parser.add_argument("--think", type=float, default=0.5, help="seconds between two light interactions")
     parser.add_argument("--limit", type=float, default=1200.0, help="give up waiting for a model after this, s")

@@ -49,12 +49,20 @@ POLL_S = 1.0
 SHOWN_FINISHED = 4
 
 
+def _cores() -> int:
+    # the cores this process may use (taskset, container limits), not the machine's
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
+
+
 def _max_running() -> int:
     raw = os.environ.get(MAX_JOBS_ENV, "").strip()
     try:
-        return max(int(raw), 1) if raw else max(os.cpu_count() or 1, 1)
+        return max(int(raw), 1) if raw else _cores()
     except ValueError:
-        return max(os.cpu_count() or 1, 1)
+        return _cores()
 
 
 @st.cache_resource(show_spinner=False)
