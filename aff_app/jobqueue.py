@@ -436,7 +436,8 @@ class JobQueue:
 
     def _find_locked(self, key: str) -> Job | None:
         for job in self._running + self._queued:
-            if job.key == key:
+            # a job asked to stop is still 'running' until its next report: never join it
+            if job.key == key and not job.token.cancelled:
                 return job
         return None
 

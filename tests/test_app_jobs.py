@@ -18,6 +18,8 @@ from aff_app.ui import state
 from aff_app.workflows import pipeline
 from aff_app.workspace import Workspace
 
+real_wait_here = bg.wait_here
+
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
 TRAIN, DATA = "pages/train.py", "pages/data.py"
@@ -121,12 +123,15 @@ def test_identical_requests_are_computed_once_and_a_stored_fit_is_reused(root, c
     assert not late.exception, late.exception
     assert "Reused" in _texts(late, "success") and "nothing was computed" in _texts(late, "success")
     assert [e.uid for e in late.session_state[state.MODELS]] == list(uids) and len(calls) == 1
-    # another split is another fit
-    late.number_input(key=state.TRAIN_SEED).set_value(1).run()
-    gate.set()
-    monkeypatch.undo()  # wait for this one in the page again
+    # the same request again in a session that has the model: nothing added, nothing computed
     late.button(key=state.TRAIN_RUN).click().run()
-    assert len(late.session_state[state.MODELS]) == 2
+    assert "in the session already" in _texts(late, "info") and len(late.session_state[state.MODELS]) == 1
+    # another split is another fit, waited for in the page again
+    monkeypatch.setattr(bg, "wait_here", real_wait_here)
+    late.number_input(key=state.TRAIN_SEED).set_value(1).run()
+    late.button(key=state.TRAIN_RUN).click().run()
+    assert not late.exception, late.exception
+    assert len(late.session_state[state.MODELS]) == 2 and len(calls) == 2
 
 
 def test_a_failed_fit_is_reported_on_the_train_page(root, monkeypatch):
@@ -152,3 +157,19 @@ def test_a_fit_over_the_memory_budget_is_refused_before_it_is_queued(root, monke
     at = _train_page()
     assert at.button(key=state.TRAIN_RUN).disabled  # the cost card refuses it before anything runs
     assert "Refused before training" in _texts(at, "error")
+
+
+def test_a_fit_whose_model_cannot_be_stored_stays_in_the_session(root, monkeypatch):
+    import os
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    at = _train_page(name="kept in memory")
+    monkeypatch.setattr(os, "replace", full_disk)  # the disk fills up during the fit
+    at.button(key=state.TRAIN_RUN).click().run()
+    assert not at.exception, at.exception
+    assert at.session_state[state.MODELS].names() == ["kept in memory"]
+    warnings = _texts(at, "warning")
+    assert "could not be stored in the workspace" in warnings and "No space left on device" in warnings
+    assert "Trained **kept in memory**" in _texts(at, "success")

@@ -504,3 +504,23 @@ def test_many_sessions_stress(queue_factory):
         assert q.wait(j, T)
     assert all(j.state in ("done", "cancelled") for j in all_jobs)
     assert q.running() == [] and q.queued() == [] and q.reserved_bytes() == 0
+
+
+def test_a_request_never_joins_a_job_that_was_asked_to_stop(queue_factory):
+    q = queue_factory(max_running=2)
+    gate, started = threading.Event(), threading.Event()
+
+    def slow_to_notice(job):  # a long step between two reports: the cancel is noticed late
+        started.set()
+        gate.wait(T)
+        job.report(0.5, "after the long step")
+        return "first"
+
+    first = q.submit("A", "training", "fit", slow_to_notice, key="k")
+    assert started.wait(T)
+    q.cancel(first.id, "A")
+    assert first.state == "running"  # still running until its next report
+    second = q.submit("B", "training", "fit", lambda job: "second", key="k")
+    assert second is not first and q.wait(second, T) and second.result == "second"
+    gate.set()
+    assert q.wait(first, T) and first.state == "cancelled"

@@ -251,3 +251,11 @@ def test_on_change_hears_every_change_except_the_silent_ones():
     reg.remove("b")
     assert heard == [("add", "a", None), ("rename", "b", "a"), ("metrics", "b", None), ("remove", "b", None)]
     assert reg.uid_names() == {} and a.name == "b"
+
+
+def test_a_uid_is_in_a_registry_once():
+    reg = ModelRegistry()
+    a = reg.add(_model(), name="a")
+    with pytest.raises(RegistryError, match="in the registry already \\(as 'a'\\)"):
+        reg.add(_model(), name="b", uid=a.uid)
+    assert reg.names() == ["a"]

@@ -211,14 +211,37 @@ def test_a_failed_rename_leaves_no_partial_file_and_the_index_unchanged(ws, traj
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="No space"):
+    # a storage failure is the user's to fix (free space, another folder), reported as such, not as a bug
+    with pytest.raises(WorkspaceFileError, match="No space left on device.*disk may be full"):
         ws.put_model(trained, name="m", data_key=key)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(WorkspaceFileError, match="No space"):
         ws.put_data(traj.subset(slice(0, 100)))
     monkeypatch.undo()
     assert ws.list_models() == [] and len(ws.list_data()) == 1
     assert list(ws.models_dir.iterdir()) == [] and len(list(ws.data_dir.iterdir())) == 1
     assert ws.scan().ok
+
+
+def test_a_locked_or_broken_index_is_a_workspace_error(ws, traj, monkeypatch):
+    import sqlite3
+
+    real = sqlite3.connect
+
+    class Locked:
+        def __init__(self, *args, **kwargs):
+            self.con = real(*args, **kwargs)
+
+        def execute(self, sql, *args):
+            if sql.startswith("BEGIN"):
+                raise sqlite3.OperationalError("database is locked")
+            return self.con.execute(sql, *args)
+
+        def close(self):
+            self.con.close()
+
+    monkeypatch.setattr(sqlite3, "connect", Locked)
+    with pytest.raises(WorkspaceFileError, match="database is locked"):
+        ws.new_session()
 
 
 def test_a_leftover_temporary_file_is_ignored_and_named(ws, traj, trained):

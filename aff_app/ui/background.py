@@ -22,6 +22,7 @@ workspace, the names, the sessions) is captured when it is submitted.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -40,6 +41,8 @@ from aff_app.workflows.registry import TrainedModel
 from aff_app.workspace import Workspace, WorkspaceError, fit_key
 
 from aff_app.ui import session_store, state
+
+log = logging.getLogger(__name__)
 
 #: Environment variable: how many heavy jobs run at once (default: one per core).
 MAX_JOBS_ENV = "AFF_MAX_JOBS"
@@ -68,7 +71,7 @@ def _max_running() -> int:
 @st.cache_resource(show_spinner=False)
 def _queue() -> JobQueue:
     # finished jobs hold their models until collected: keep few (the workspace has them anyway)
-    return JobQueue(max_running=_max_running(), keep_finished=64)
+    return JobQueue(max_running=_max_running(), keep_finished=16)
 
 
 def get_queue() -> JobQueue:
@@ -121,6 +124,7 @@ class FitOutcome:
     model_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     name: str = ""
     stored: bool = False
+    storage_error: str = ""  # why it could not be stored (the sessions keep it in memory)
 
 
 def _fit(request: FitRequest, job: Job) -> FitOutcome:
@@ -157,8 +161,10 @@ def _store(ws: Workspace | None, request: FitRequest, key: str):
             ws.put_data(request.traj)  # normally stored already (remember_data); content-addressed, so idempotent
             entry = ws.put_model(outcome.trained, name=request.name, data_key=data_key, cache_key=key,
                                  metrics=outcome.metrics, model_id=outcome.model_id)
-        except WorkspaceError:
-            return  # the sessions that wait take the model from the job instead (collect)
+        except Exception as exc:  # noqa: BLE001 - a fit of minutes is never lost to a failed write
+            log.exception("the model of job %s could not be stored; the waiting sessions keep it in memory", job.id)
+            outcome.storage_error = str(exc) or type(exc).__name__
+            return  # the sessions that wait take the model from the job instead (collect), and say so
         session_store.remember_model(ws, entry.id, outcome.trained)
         outcome.name, outcome.stored = entry.name, True
         for session in list(job.sessions):
@@ -191,6 +197,9 @@ def submit_fit(request: FitRequest, *, cost_bytes: int, estimate_s: float | None
     key = request.key
     if ws is not None:
         cached = ws.cached_model(key)
+        have = mw_registry().uid_names()
+        if cached is not None and cached.id in have:
+            return Submitted("in session", entry=mw_registry().get(have[cached.id]))
         if cached is not None:
             try:
                 entry = session_store.add_stored(ws, cached)
@@ -215,6 +224,13 @@ def submit_task(kind: str, label: str, task, *, cost_bytes: int = 0, estimate_s:
     return job
 
 
+def mw_registry():
+    """The session's registry (``model_widgets.get_registry``; imported late: it imports this module's users)."""
+    from aff_app.ui import model_widgets as mw
+
+    return mw.get_registry()
+
+
 def _watch(job: Job) -> None:
     watched = st.session_state.setdefault(state.JOBS_WATCHED, [])
     if job.id not in watched:
@@ -224,9 +240,18 @@ def _watch(job: Job) -> None:
 def cancel(job_id: str) -> None:
     """``on_click`` of a Cancel button: leave the job (it stops unless another session also waits for it)."""
     try:
-        get_queue().cancel(job_id, owner())
+        job = get_queue().cancel(job_id, owner())
     except QueueError:
-        pass  # finished and forgotten meanwhile
+        return  # finished and forgotten meanwhile
+    if owner() not in job.sessions:
+        # other sessions wait for the same fit: it goes on for them, and this session no longer takes it
+        watched = st.session_state.get(state.JOBS_WATCHED) or []
+        st.session_state[state.JOBS_WATCHED] = [j for j in watched if j != job_id]
+        notice = st.session_state.get(state.TRAIN_NOTICE)
+        notices = [notice] if isinstance(notice, tuple) else list(notice or [])
+        st.session_state[state.TRAIN_NOTICE] = notices + [(
+            "info", f"You left the fit {job.label}: another session waits for the same fit, so it goes on for "
+                    "them; no model was added to this session.")]
 
 
 # -- the session picks up what its jobs finished --------------------------------------------------------------
@@ -247,6 +272,12 @@ def collect(job: Job) -> TrainedModel | None:
         entry = registry.add(outcome.trained.force, name=registry.unique_name(outcome.name or "model"),
                              energy=outcome.trained.energy, data_fingerprint=outcome.trained.force.record.data_fingerprint,
                              metrics=outcome.metrics, uid=outcome.model_id, notify=not outcome.stored)
+    ws, key = session_store.workspace(), session_store.session_key()
+    if outcome.stored and ws is not None and key is not None:
+        try:  # idempotent; covers a session that joined after the job attached its waiting sessions
+            ws.attach(key, model_id=outcome.model_id)
+        except WorkspaceError:
+            pass
     # the held-out predictions were made by the job: the Predictions page shows them without recomputing
     fp = outcome.trained.force.record.data_fingerprint
     mw.remember_held_out((entry.uid, fp, int(outcome.held.n_frames), int(outcome.trained.force.record.seed or 0)),

@@ -175,8 +175,12 @@ def compute_button(traj: Trajectory, form: CurveForm) -> None:
                 lam=params["lam"], with_energy=bool(with_energy), progress=job.report, on_point=keep)
             return CurveResult(fp, params, rows)
 
-        job = bg.submit_task("learning_curve", job_label, task, cost_bytes=cost,
-                             estimate_s=sum(p.estimate.seconds for p in allowed))
+        try:
+            job = bg.submit_task("learning_curve", job_label, task, cost_bytes=cost,
+                                 estimate_s=sum(p.estimate.seconds for p in allowed))
+        except mw.EXPECTED_ERRORS as exc:
+            st.error(f"Learning curves refused: {mw.error_text(exc)}")
+            return
         running = st.empty()  # the cancel button and the bar go away with the run
         with running.container():
             st.caption("The curves are computed on the server: you may switch pages — the progress stays in the "

@@ -232,13 +232,20 @@ def mirror(event: str, entry: TrainedModel, old_name: str | None) -> None:
         elif event == "remove":
             # the file stays stored (other sessions, the fit cache); the Workspace page deletes it for good
             ws.detach_model(key, entry.uid)
-        elif event == "metrics":
+        elif event == "metrics" and ws.model_entry(entry.uid).metrics is None:
+            # only a model stored without them (an upload): a shared fit keeps the metrics of its own split
             ws.set_metrics(entry.uid, entry.metrics)
     except WorkspaceError as exc:
-        if event == "add" or "no stored model" not in str(exc):
-            st.session_state.setdefault(state.WS_NOTICE, []).append(
-                ("warning", f"{entry.name!r} is not kept in the workspace ({exc}); it stays in this browser "
-                            "session only."))
+        if "no stored model" in str(exc):
+            return  # a model that never reached the workspace (it said so when it was added)
+        what = {"add": f"{entry.name!r} is not kept in the workspace ({exc}); it stays in this browser session "
+                       "only — download it on the Train page to keep it.",
+                "rename": f"The new name {entry.name!r} is used in this session only: the workspace refused it "
+                          f"({exc}). After a reload the model has its stored name.",
+                "remove": f"{entry.name!r} was removed from this session, but the workspace could not record it "
+                          f"({exc}): a reload may bring it back.",
+                "metrics": f"The metrics of {entry.name!r} are not kept in the workspace ({exc})."}[event]
+        st.session_state.setdefault(state.WS_NOTICE, []).append(("warning", what))
 
 
 def _data_stored(ws: Workspace, fingerprint: str | None) -> bool:

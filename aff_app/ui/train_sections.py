@@ -276,14 +276,19 @@ def train_button(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | Non
         except mw.EXPECTED_ERRORS as exc:
             st.error(f"Training refused: {mw.error_text(exc)}\n\nThe session's models and the data are unchanged.")
             return
+        if submitted.how == "in session":
+            st.session_state[state.TRAIN_NOTICE] = [(
+                "info", f"This fit is in the session already, as **{_md(submitted.entry.name)}**: nothing was "
+                        "computed.")]
+            st.rerun()
         if submitted.how == "reused":
             st.session_state[state.TRAIN_NOTICE] = [(
-                "success", f"Reused **{submitted.entry.name}**: an identical fit (same data, settings, split and code "
+                "success", f"Reused **{_md(submitted.entry.name)}**: an identical fit (same data, settings, split and code "
                            "version) is stored in the workspace, so nothing was computed. Its numbers are below.")]
             st.session_state.pop(state.TRAIN_NAME, None)
             st.rerun()
         job = submitted.job
-        heading = (f"Waiting for the identical fit another session started ({label})…" if submitted.how == "joined"
+        heading = (f"Waiting for the identical fit that is already running ({label})…" if submitted.how == "joined"
                    else f"Training {MODE_LABELS[mode]} on M = {n_train} frames…")
         with st.status(heading, expanded=True) as status:
             st.caption("The fit runs on the server: you may switch pages or reload — its progress stays in the "
@@ -309,7 +314,15 @@ def job_notices(job, entry) -> list[tuple[str, str]]:
                           "unchanged.")]
     if entry is None:
         return []
-    return [("success", trained_message(entry))] + [("warning", w) for w in job.result.warnings]
+    stored = [] if not job.result.storage_error else [(
+        "warning", f"The model could not be stored in the workspace ({job.result.storage_error}): it stays in this "
+                   "browser session only — download it below to keep it.")]
+    return [("success", trained_message(entry))] + stored + [("warning", w) for w in job.result.warnings]
+
+
+def _md(text: str) -> str:
+    """``text`` safe inside markdown (a model name may come from another user of the server)."""
+    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!<>|~" else ch for ch in str(text))
 
 
 def trained_message(entry) -> str:
@@ -319,12 +332,12 @@ def trained_message(entry) -> str:
     m = entry.metrics or {}
     t = record.timings
     if not has_interval(mode):
-        return (f"Trained **{entry.name}**: held-out force MAE {mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}"
+        return (f"Trained **{_md(entry.name)}**: held-out force MAE {mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}"
                 + ("" if m.get("energy_mae") is None else
                    f", energy MAE {mw.fmt(m.get('energy_mae'), '.3g', unit='kcal/mol')}")
                 + f". {no_interval_note(mode)} Time {mw.fmt(t.total_s, '.3g')} s: training "
                 f"{mw.fmt(t.force_s, '.3g')} s, held-out predictions {mw.fmt(t.evaluation_s, '.2g')} s.")
-    msg = (f"Trained **{entry.name}**: γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; "
+    msg = (f"Trained **{_md(entry.name)}**: γ = {mw.fmt(entry.gamma, '.4g')} 1/Å, λ = {mw.fmt(entry.lam, '.2e')}; "
            "held-out force MAE "
            f"{mw.fmt(m.get('force_mae'), '.3g', unit=FORCE_UNIT)}, PCI(95%) {mw.fmt(m.get('pci'), percent=True)}.")
     if record.search.lam_at_floor:

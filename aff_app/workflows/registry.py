@@ -264,6 +264,8 @@ class ModelRegistry:
         if clean in self._entries and not unique:
             raise RegistryError(f"a model named {clean!r} exists already: choose another name")
         clean = self.unique_name(clean)
+        if uid is not None and any(e.uid == str(uid) for e in self._entries.values()):
+            raise RegistryError(f"this model is in the registry already (as {self.uid_names()[str(uid)]!r})")
         if data_fingerprint is None:
             data_fingerprint = force.record.data_fingerprint
         entry = TrainedModel(name=clean, force=force, energy=energy, data_fingerprint=data_fingerprint,
@@ -304,6 +306,8 @@ class ModelRegistry:
     def set_metrics(self, name: str, metrics: dict) -> None:
         """Record the held-out metrics of ``name`` (see :attr:`TrainedModel.metrics`)."""
         entry = self.get(name)
+        if entry.metrics == metrics:
+            return  # (the Predictions page sets them on every rerun)
         entry.metrics = dict(metrics)
         self._notify("metrics", entry)
 

@@ -163,7 +163,7 @@ class Workspace:
                         raise WorkspaceError(
                             f"the workspace index {self.index_path} has schema version {row[0]}, this aff_app "
                             f"reads version {SCHEMA_VERSION}: use another folder or the matching aff_app")
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, WorkspaceFileError) as exc:
             raise WorkspaceFileError(f"{self.index_path} is not a usable workspace index ({exc}); move it away "
                                      "or choose another folder") from None
 
@@ -173,13 +173,31 @@ class Workspace:
     # -- the index ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A fresh connection for one call (connections must not cross Streamlit's session threads)."""
-        con = sqlite3.connect(self.index_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        """A fresh connection for one call (connections must not cross Streamlit's session threads).
+
+        A failure of the index itself (locked longer than :data:`BUSY_TIMEOUT_S`, a full disk, a damaged
+        file) becomes a :class:`WorkspaceFileError` that says so: it is the storage's problem, not a bug.
+        """
+        try:
+            con = sqlite3.connect(self.index_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise WorkspaceFileError(f"the workspace index {self.index_path} cannot be opened ({exc})") from None
         try:
             con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             yield con
+        except sqlite3.Error as exc:
+            raise WorkspaceFileError(f"the workspace index {self.index_path} failed ({exc}): the disk may be full "
+                                     "or the folder read-only") from None
         finally:
             con.close()
+
+    def _write_file(self, path: Path, write) -> int:
+        """``write_atomic`` with a storage failure (full disk, read-only folder) as a :class:`WorkspaceFileError`."""
+        try:
+            return write_atomic(path, write)
+        except OSError as exc:
+            raise WorkspaceFileError(f"cannot write {path} ({exc.strerror or exc}): the disk may be full or the "
+                                     "folder read-only") from None
 
     @contextlib.contextmanager
     def _write(self, con: sqlite3.Connection) -> Iterator[None]:
@@ -234,7 +252,7 @@ class Workspace:
         path = self.data_path(key)
         if existing is not None and self._file_problem(path, existing.size_bytes, "", key) is None:
             return existing
-        size = write_atomic(path, lambda fh: _write_trajectory(traj, fh))
+        size = self._write_file(path, lambda fh: _write_trajectory(traj, fh))
         digest = sha256_file(path)
         now = time.time()
         with self._connect() as con, self._write(con):
@@ -344,7 +362,7 @@ class Workspace:
                 if con.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone():
                     raise WorkspaceError(f"a model with id {model_id} is stored already")
         path = self.models_dir / f"{model_id}.npz"
-        size = write_atomic(path, lambda fh: pipeline.save(trained, fh))
+        size = self._write_file(path, lambda fh: pipeline.save(trained, fh))
         try:
             digest = sha256_file(path)
             with self._connect() as con, self._write(con):
@@ -400,6 +418,10 @@ class Workspace:
             return pipeline.load(path, where=f"{what} ({path})")
         except (AFFError, FileNotFoundError) as exc:
             raise WorkspaceFileError(f"{what} cannot be loaded: {exc}") from None
+
+    def model_entry(self, model_id: str) -> ModelEntry:
+        """The index row of stored model ``model_id`` (its file is not read); :class:`WorkspaceError` when unknown."""
+        return self._model_entry(model_id)
 
     def list_models(self, data_key: str | None = None) -> list[ModelEntry]:
         """Stored models (of ``data_key`` when given) whose file is present and whole, oldest first.

@@ -1,6 +1,7 @@
 """Nothing lost (issue 19) in a real browser: a fit goes on while the user switches pages, its progress in the
-sidebar; a reload, a deep link to another page and a restart of the server all bring back the data and the
-model (the session key is in the address).
+sidebar; after it ended, a reload, a deep link to another page and a restart of the server all bring back the
+data and the model (the session key is in the address). (A job still running when the server stops is lost:
+see docs/workspace.md.)
 
 The restart needs a server of its own (the shared one serves the other tests): it is started with
 ``bash scripts/start.sh`` as the README does, on its own workspace folder, stopped, and started again.
@@ -27,7 +28,7 @@ def _key(page) -> str:
     return keys[0]
 
 
-def test_a_fit_survives_page_switches_reloads_and_a_server_restart(browser, tmp_path):
+def test_a_fit_survives_page_switches_and_its_model_a_reload_and_a_server_restart(browser, tmp_path):
     expect = _expect()
     env = {"AFF_WORKSPACE": str(tmp_path / "workspace")}
     port = free_port()
