@@ -322,7 +322,8 @@ def job_notices(job, entry) -> list[tuple[str, str]]:
 
 def _md(text: str) -> str:
     """``text`` safe inside markdown (a model name may come from another user of the server)."""
-    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!<>|~" else ch for ch in str(text))
+    # mid-line (after "Trained **"), only these make markup: emphasis, code, links/images, html, math, tables
+    return "".join("\\" + ch if ch in "\\`*_[]<>$|~" else ch for ch in str(text))
 
 
 def trained_message(entry) -> str:
