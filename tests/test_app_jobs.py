@@ -173,3 +173,40 @@ def test_a_fit_whose_model_cannot_be_stored_stays_in_the_session(root, monkeypat
     warnings = _texts(at, "warning")
     assert "could not be stored in the workspace" in warnings and "No space left on device" in warnings
     assert "Trained **kept in memory**" in _texts(at, "success")
+
+
+def test_a_reload_while_a_learning_curve_runs_still_gets_its_curves(root, monkeypatch):
+    from aff_app.workflows import learning
+
+    real = learning.learning_curve
+    gate = threading.Event()
+
+    def held_curve(*args, **kwargs):
+        if not gate.wait(timeout=60):
+            raise RuntimeError("test gate never opened")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(learning, "learning_curve", held_curve)
+    _leave_the_page(monkeypatch)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    key = at.session_state[state.WS_SESSION]
+    at.switch_page("pages/compare.py").run()
+    at.multiselect(key=state.CMP_MODELS).set_value(["aff"])
+    at.multiselect(key=state.CMP_SIZES).set_value([25])
+    at.number_input(key=state.CMP_N_TEST).set_value(10)
+    at.radio(key=state.CMP_HYPER).set_value("fixed").run()
+    at.number_input(key=state.CMP_GAMMA).set_value(4.0)
+    at.number_input(key=state.CMP_LAM).set_value(1e-8).run()
+    at.button(key=state.CMP_RUN).click().run()
+    (job,) = bg.get_queue().jobs_for(key, active_only=True)
+    # the reload: a new Streamlit session on the same key while the job runs
+    again = AppTest.from_file(APP, default_timeout=120)
+    again.query_params["s"] = key
+    again.run()
+    assert job.id in again.session_state[state.JOBS_WATCHED]
+    gate.set()
+    assert bg.get_queue().wait(job, timeout=60) and job.state == "done"
+    again.switch_page("pages/compare.py").run()
+    assert not again.exception, again.exception
+    rows = again.session_state[state.CMP_RESULT]["rows"]
+    assert [(r["M"], r["status"]) for r in rows] == [(25, "ok")]

@@ -231,6 +231,12 @@ def mw_registry():
     return mw.get_registry()
 
 
+def adopt_running_jobs() -> None:
+    """Watch the queued and running jobs of this session's key (called once, when a reloaded tab restores it)."""
+    for job in get_queue().jobs_for(owner(), active_only=True):
+        _watch(job)
+
+
 def _watch(job: Job) -> None:
     watched = st.session_state.setdefault(state.JOBS_WATCHED, [])
     if job.id not in watched:

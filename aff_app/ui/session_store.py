@@ -115,6 +115,11 @@ def begin_run() -> None:
         if key is None:
             return
         st.session_state[state.WS_SESSION] = key
+        # a reload while a job of this session runs: this new Streamlit session takes it over (its curves,
+        # its messages); the jobs belong to the key, not to the browser tab that started them
+        from aff_app.ui import background  # (imports this module)
+
+        background.adopt_running_jobs()
     if st.query_params.get(SESSION_PARAM) != key:
         # a page switch drops the query string: put the key back so a reload finds the session
         st.query_params[SESSION_PARAM] = key
