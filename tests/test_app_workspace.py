@@ -19,6 +19,7 @@ from aff_app.ui import state
 from aff_app.ui import workspace_sections as wsec
 from aff_app.workflows import pipeline
 from aff_app.workspace import Workspace
+from test_app_jobs import _train_page  # the Train page on the sample, M = 15, γ and λ by hand
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -85,14 +86,8 @@ def test_a_reload_with_the_key_restores_the_data_and_the_models(root):
 
 
 def test_models_trained_renamed_and_removed_in_the_session_are_written_through(root):
-    at = _open()
+    at = _train_page()
     key = at.session_state[state.WS_SESSION]
-    at.switch_page(TRAIN).run()
-    at.radio(key=state.TRAIN_HYPER).set_value("fixed").run()
-    at.number_input(key=state.TRAIN_M).set_value(15)
-    at.number_input(key=state.TRAIN_N_TEST).set_value(10)
-    at.number_input(key=state.TRAIN_GAMMA).set_value(4.0)
-    at.number_input(key=state.TRAIN_LAM).set_value(1e-8)
     at.button(key=state.TRAIN_RUN).click().run()
     assert not at.exception, at.exception
     ws = Workspace(root)

@@ -313,7 +313,7 @@ def held_out(entry: TrainedModel, traj: Trajectory, *, n_test: int | None, seed:
             slot.value = pipeline.evaluate(entry.force, traj, energy=entry.energy, n_test=n_test, seed=int(seed),
                                            progress=progress)
         result = slot.value
-    remember_held_out(key, result)
+    _remember_in_session(key, result)  # (the shared memo has it already)
     return result
 
 
@@ -357,6 +357,10 @@ def remember_held_out(key: tuple, held: HeldOut) -> None:
     and share it with the server's other sessions that have the same model."""
     with _SHARED_HELD_OUT.slot(key) as slot:
         slot.value = held
+    _remember_in_session(key, held)
+
+
+def _remember_in_session(key: tuple, held: HeldOut) -> None:
     memo = st.session_state.setdefault(state.HELD_OUT, {})
     memo[key] = held
     while len(memo) > MAX_HELD_OUT:

@@ -140,6 +140,7 @@ class Workspace:
         self.data_dir = self.root / "data"
         self.models_dir = self.root / "models"
         self.index_path = self.root / "index.sqlite3"
+        self._column_names: dict[str, list[str]] = {}
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -649,8 +650,12 @@ class Workspace:
                                      "the entry")
 
     def _columns(self, table: str) -> list[str]:
-        with self._connect() as con:
-            return [r[1] for r in con.execute(f"PRAGMA table_info({table})")]  # table: a constant of ours
+        # the tables are fixed once __init__ has created or upgraded them: read their columns once, not with
+        # a second connection for every row (the app reads the session's models on every script run)
+        if table not in self._column_names:
+            with self._connect() as con:
+                self._column_names[table] = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]  # ours
+        return self._column_names[table]
 
     def _data_row(self, key: str) -> dict[str, Any]:
         _check(_DATA_KEY, key, "data key")
