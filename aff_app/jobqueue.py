@@ -79,7 +79,13 @@ def _gb(n_bytes: float) -> str:
 
 
 def _describe(partial: Any) -> str:
-    """A few words for a kept partial result: a short string as is, a collection by its size."""
+    """A few words for a kept partial result: its own ``describe()``, a short string as is, a collection by its size."""
+    describe = getattr(partial, "describe", None)
+    if callable(describe):
+        try:
+            return str(describe())
+        except Exception:  # noqa: BLE001 - a status text never fails because of the task's object
+            return f"a partial {type(partial).__name__}"
     if isinstance(partial, str):
         return partial if len(partial) <= 60 else partial[:57] + "..."
     if isinstance(partial, Sized):

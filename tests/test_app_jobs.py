@@ -210,3 +210,48 @@ def test_a_reload_while_a_learning_curve_runs_still_gets_its_curves(root, monkey
     assert not again.exception, again.exception
     rows = again.session_state[state.CMP_RESULT]["rows"]
     assert [(r["M"], r["status"]) for r in rows] == [(25, "ok")]
+
+
+def test_an_md_run_goes_on_when_the_user_leaves_the_page(root, monkeypatch):
+    """The MD run is a job of the server too: the user switches page at once; the run finishes and its frames reach
+    the MD page when the user comes back."""
+    from aff_app.workflows import md
+    from aff_app.workflows.registry import ModelRegistry
+
+    real = md.run_model_md
+    gate = threading.Event()
+
+    def held_run(*args, **kwargs):
+        if not gate.wait(timeout=60):
+            raise RuntimeError("test gate never opened")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(md, "run_model_md", held_run)
+    _leave_the_page(monkeypatch)
+    at = AppTest.from_file(APP, default_timeout=120).run()  # the benzene sample
+    traj = at.session_state[state.TRAJECTORY]
+    trained = pipeline.train(traj, n_train=15, n_test=10, seed=0, settings=pipeline.TrainSettings(gamma=4.0, lam=1e-8))
+    registry = ModelRegistry()
+    registry.add(trained.force, energy=trained.energy, name="small", data_fingerprint=traj.fingerprint)
+    at.session_state[state.MODELS] = registry
+    at.switch_page("pages/md.py").run()
+    at.number_input(key=state.MD_STEPS).set_value(40)
+    at.number_input(key=state.MD_RECORD_EVERY).set_value(10).run()
+    at.button(key=state.MD_RUN_BUTTON).click().run()
+    assert not at.exception, at.exception
+    (job,) = bg.get_queue().jobs_for(at.session_state[state.WS_SESSION], active_only=True)
+    assert job.kind == "md"
+    at.switch_page(DATA).run()
+    # another tab of the session (app.py runs in full, sidebar included): the run is listed with its progress
+    tab = AppTest.from_file(APP, default_timeout=120)
+    tab.query_params["s"] = at.session_state[state.WS_SESSION]
+    tab.run()
+    sidebar = " ".join(str(getattr(e, "text", "") or getattr(e, "value", "")) for e in tab.sidebar.get("progress"))
+    assert "MD: small, NVE, 40 steps" in sidebar, sidebar
+    gate.set()
+    assert bg.get_queue().wait(job, timeout=60) and job.state == "done"
+    at.switch_page("pages/md.py").run()
+    assert not at.exception, at.exception
+    run = at.session_state[state.MD_RUN]
+    assert run.stop_reason == "completed" and run.n_frames == 5
+    assert "**small**: " in _texts(at, "success")

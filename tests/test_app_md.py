@@ -161,50 +161,88 @@ def _head(run, k: int):
                                stop_reason="running", message="")
 
 
-def test_live_traces_and_partial_frames_while_the_run_goes(monkeypatch):
-    """The workflow hands each recorded frame to the page (``on_frame``): the traces are redrawn while the run
-    goes, and the frames so far are kept before every Streamlit call."""
+def _cancel_after(monkeypatch, n_frames: int, which: str = "model"):
+    """Wrap the MD job so that it cancels itself once the ``which`` run has recorded ``n_frames`` frames, as a click on
+    Cancel would (the job's token); returns the list of frame counts the job kept, in order."""
+    from aff_app.ui import md_sections as ms
+
+    kept, original = [], ms._md_task
+
+    def cancelling(form, base):
+        task = original(form, base)
+
+        def wrapped(job):
+            real_keep = job.keep
+
+            def keep(partial):
+                real_keep(partial)
+                run = partial.snapshot()
+                kept.append((partial.which, run.n_frames))
+                if partial.which == which and run.stop_reason == "running" and run.n_frames >= n_frames:
+                    job.token.cancel()
+
+            job.keep = keep
+            return task(job)
+
+        return wrapped
+
+    monkeypatch.setattr(ms, "_md_task", cancelling)
+    return kept
+
+
+def test_the_job_keeps_every_frame_and_the_page_draws_live_traces(monkeypatch):
+    """The workflow hands each recorded frame to the job (``on_frame`` → ``job.keep``); the page waiting for the job
+    redraws the traces from what the job has, and the finished run reaches the session."""
     from aff_app.figures import md as figmd
     from aff_app.ui import md_sections as ms
 
-    drawn, kept = [], []
+    drawn = []
     monkeypatch.setattr(ms, "LIVE_EVERY_S", 0.0)
     original = figmd.md_traces
 
     def counting(runs, **kw):
         if kw.get("title") == "Running…":
             drawn.append(runs[-1].n_frames)
-            kept.append(ms.st.session_state[state.MD_PARTIAL]["run"].n_frames)
         return original(runs, **kw)
 
     monkeypatch.setattr(figmd, "md_traces", counting)
+    kept = _cancel_after(monkeypatch, n_frames=10**6)  # never cancels: only records what the job keeps
     at = _open(_registry())
     _short_run(at, steps=50, every=10)
     at.button(key=state.MD_RUN_BUTTON).click().run()
     assert not at.exception, at.exception
-    assert drawn == kept == [1, 2, 3, 4, 5, 6]
-    assert state.MD_PARTIAL not in at.session_state and at.session_state[state.MD_RUN].n_frames == 6
+    assert [n for which, n in kept] == [1, 2, 3, 4, 5, 6, 6]  # one per recorded frame, then the finished run
+    assert drawn and drawn == sorted(drawn) and drawn[-1] == 6
+    assert at.session_state[state.MD_RUN].n_frames == 6 and at.session_state[state.MD_RUN].stop_reason == "completed"
 
 
-def test_an_interrupted_run_keeps_the_frames_it_had_recorded():
-    """A click during a run stops the script; the next run of the page finds the job record and the partial frames."""
-    from aff_app.cancel import CancelToken
-    from aff_app.workflows.md import MDSettings, run_model_md
-
-    full = run_model_md(_aff().force, _aff().energy, _traj().R[5], MDSettings(n_steps=40, record_every=10))
-    at = AppTest.from_file(APP, default_timeout=240)
-    at.session_state[state.TRAJECTORY] = _traj()
-    at.session_state[state.DEFAULT_SAMPLE_TRIED] = True
-    at.session_state[state.MODELS] = _registry()
-    at.session_state[state.ACTIVE_JOB] = {"kind": "md", "label": "small AFF", "token": CancelToken("md")}
-    at.session_state[state.MD_PARTIAL] = {"fingerprint": _traj().fingerprint, "model": "small AFF",
-                                          "start": "frame 5", "which": "model", "run": _head(full, 3)}
-    at.switch_page(MD_PAGE).run()
+def test_a_cancelled_run_keeps_the_frames_it_had_recorded(monkeypatch):
+    """Cancel mid-run (the job's token, as the Cancel button sets it): the frames recorded so far reach the session
+    as a stopped run, and the page says so."""
+    _cancel_after(monkeypatch, n_frames=3)
+    at = _open(_registry())
+    _short_run(at, steps=100, every=10)
+    at.button(key=state.MD_RUN_BUTTON).click().run()
     assert not at.exception, at.exception
-    assert "The MD run interrupted" in _texts(at, "warning")
     run = at.session_state[state.MD_RUN]
     assert run.stop_reason == "cancelled" and run.n_frames == 3
-    assert "3 frames recorded up to the last redraw are kept" in _texts(at, "warning")
+    assert "cancelled at step 20 of 100; the 3 frames recorded up to then are kept" in _texts(at, "warning")
+    np.testing.assert_allclose(run.positions[0], _traj().R[at.session_state[state.MD_FRAME]])
+
+
+def test_a_cancelled_reference_keeps_the_whole_model_run(monkeypatch):
+    """Cancelled while GFN2-xTB runs: the finished model run is kept whole, beside the reference's frames so far."""
+    pytest.importorskip("tblite")
+    _cancel_after(monkeypatch, n_frames=2, which="reference")
+    at = _open(_registry())
+    _short_run(at, steps=30, every=10)
+    at.checkbox(key=state.MD_WITH_REFERENCE).check().run()
+    at.button(key=state.MD_RUN_BUTTON).click().run()
+    assert not at.exception, at.exception
+    result = at.session_state[state.MD_RESULT]
+    assert result["run"].stop_reason == "completed" and result["run"].n_frames == 4
+    assert result["reference"].stop_reason == "cancelled" and result["reference"].n_frames == 2
+    assert "The GFN2-xTB reference was cancelled" in _texts(at, "warning")
 
 
 def test_nvt_from_the_model_s_first_training_frame_reports_no_drift():

@@ -393,6 +393,20 @@ def test_progress_and_remaining_text():
     job.partial = [1, 2, 3]
     assert job.status_text() == "cancelled after 5 s (kept: 3 items)"
 
+    class Frames:
+        def __init__(self, fail):
+            self.fail = fail
+
+        def describe(self):
+            if self.fail:
+                raise RuntimeError("no snapshot")
+            return "12 frames of the model run"
+
+    job.partial = Frames(fail=False)
+    assert job.status_text() == "cancelled after 5 s (kept: 12 frames of the model run)"
+    job.partial = Frames(fail=True)  # the task's object never breaks the status line
+    assert job.status_text() == "cancelled after 5 s (kept: a partial Frames)"
+
 
 def test_keep_finished_trims_oldest(queue_factory):
     q = queue_factory(max_running=1, keep_finished=3)

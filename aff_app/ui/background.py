@@ -22,6 +22,7 @@ workspace, the names, the sessions) is captured when it is submitted.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
@@ -291,6 +292,16 @@ def collect(job: Job) -> TrainedModel | None:
     return entry
 
 
+#: Who stores a finished job of each kind in the session (module:function, imported when needed).
+COLLECTORS = {
+    "learning_curve": "aff_app.ui.compare_sections:collect_curves",
+    "md": "aff_app.ui.md_sections:collect_md",
+    "design": "aff_app.ui.design_sections:collect_design",
+    "simulation": "aff_app.ui.data_sections:collect_simulation",
+    "conservation": "aff_app.ui.compare_sections:collect_conservation",
+}
+
+
 def collect_finished() -> list[tuple[Job, TrainedModel | None]]:
     """Every watched job of this session that finished since the last look: (job, its model or None)."""
     watched = st.session_state.get(state.JOBS_WATCHED) or []
@@ -315,19 +326,21 @@ def collect_finished() -> list[tuple[Job, TrainedModel | None]]:
             notice = st.session_state.get(state.TRAIN_NOTICE)
             notices = [notice] if isinstance(notice, tuple) else list(notice or [])
             st.session_state[state.TRAIN_NOTICE] = notices + job_notices(job, entry)
-        elif job.kind == "learning_curve":
-            from aff_app.ui.compare_sections import collect_curves  # (it imports this module)
-
-            collect_curves(job)
+        elif job.kind in COLLECTORS:
+            module, name = COLLECTORS[job.kind].split(":")
+            getattr(importlib.import_module(module), name)(job)  # (those modules import this one)
     st.session_state[state.JOBS_WATCHED] = still
     return out
 
 
-def wait_here(job: Job, *, cancel_key: str, cancel_label: str = "Cancel", where=None) -> Job:
+def wait_here(job: Job, *, cancel_key: str, cancel_label: str = "Cancel", where=None, on_tick=None,
+              tick_s: float = 1.0) -> Job:
     """Show ``job``'s progress (and a Cancel button) in the page until it ends; return it.
 
     A click elsewhere stops this script run at its next progress update — the
-    job goes on, and the sidebar keeps showing it.
+    job goes on, and the sidebar keeps showing it. ``on_tick(job)`` draws what
+    the job has so far (e.g. live traces from ``job.partial``), at most every
+    ``tick_s`` seconds and once more when it ends.
     """
     queue = get_queue()
     where = where or st
@@ -335,9 +348,15 @@ def wait_here(job: Job, *, cancel_key: str, cancel_label: str = "Cancel", where=
                  help="Stops the fit at its next progress report (another session waiting for the same fit keeps "
                       "it going); the data and the session's models stay as they were.")
     bar = where.progress(0.0, text=job.status_text(queue.position(job)))
+    last_tick = -1e9
     while not queue.wait(job, timeout=0.25):
         bar.progress(job.fraction, text=job.status_text(queue.position(job)))
+        if on_tick is not None and time.monotonic() - last_tick >= tick_s:
+            last_tick = time.monotonic()
+            on_tick(job)
     bar.progress(job.fraction, text=job.status_text())
+    if on_tick is not None:
+        on_tick(job)
     return job
 
 

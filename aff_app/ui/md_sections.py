@@ -5,26 +5,24 @@ The run goes through ``aff_app.workflows.md`` (ASE's velocity Verlet or Langevin
 at once under ``state.MD_RESULT`` with the fingerprint of the data it started from, and as
 ``state.MD_RUN`` (the Sequential design page's pool); nothing here changes the data or the models.
 
-Live plots: the workflow hands over the frames so far (``run_md(on_frame=...)``); the traces figure
-is redrawn from the progress callback at most once a second, and the frames so far are kept in
-``state.MD_PARTIAL`` before each Streamlit call, so a run that a click interrupts keeps them.
+The run is a job of the server's queue (``aff_app.ui.background``): it goes on when the user switches
+page or reloads. Live plots: the workflow hands over the frames so far (``run_md(on_frame=...)``), the
+job keeps them (``job.keep``), and the page waiting for the job redraws the traces once a second; a
+cancelled or failed run keeps the frames it recorded (:func:`collect_md`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
 
-from aff_app.cancel import Cancelled, CancelToken
 from aff_app.figures import md as figmd
 from aff_app.io.trajectory import Trajectory
 from aff_app.ui import data_widgets as dw
-from aff_app.ui import jobs
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
 from aff_app.units import ENERGY_UNIT, FORCE_UNIT, LENGTH_UNIT
@@ -36,8 +34,6 @@ ENSEMBLE_LABELS = {"nve": "NVE (velocity Verlet)", "nvt": "NVT (Langevin thermos
 START_LABELS = {"data": "a frame of the loaded data", "model": "the model's first training frame"}
 #: Seconds between two redraws of the live traces (the browser is not flooded).
 LIVE_EVERY_S = 1.0
-#: Seconds between two updates of the progress bar.
-BAR_EVERY_S = 0.25
 #: GFN2-xTB's cost per MD step for uracil (12 atoms) on one core (measured: 4–6 ms); it grows ~N².
 XTB_MS_PER_STEP_12 = 5.0
 
@@ -194,128 +190,170 @@ def md_form(entry: TrainedModel, traj: Trajectory) -> MDForm:
 
 
 # -- the run ---------------------------------------------------------------------------------------------------
-class _Live:
-    """The progress callback of one run: a throttled bar, the live traces and the partial frames kept."""
+@dataclass(frozen=True)
+class MDPartial:
+    """What a running (or stopped) MD job has so far: the run it is in and a snapshot of its frames.
 
-    def __init__(self, bar, chart, token: CancelToken, base: dict, which: str, share: tuple[float, float],
-                 earlier=None):
-        self.progress = mw.progress_adapter(bar, token)
-        self.chart, self.token, self.base, self.which = chart, token, base, which
-        self.lo, self.hi = share
-        self.earlier = earlier  # the model run, drawn beside the live reference
-        self.snapshot = None
-        self.last_bar = self.last_live = -1e9
-        self.drawn = 0
-        self.frames = 0
+    ``snapshot()`` builds an :class:`aff_app.workflows.md.MDRun` of the frames recorded so far (the workflow's
+    ``on_frame`` hook); ``done`` holds the finished model run while the reference runs.
+    """
 
-    def on_frame(self, snapshot) -> None:
-        self.snapshot = snapshot
-        self.frames += 1
+    base: dict
+    which: str  # 'model' or 'reference'
+    snapshot: object  # callable() -> MDRun
+    done: object = None  # the finished model run (while the reference runs)
 
-    def __call__(self, fraction: float, message: str) -> None:
-        self.token.check(message)
-        now = time.perf_counter()
-        if self.snapshot is not None and now - self.last_live >= LIVE_EVERY_S:
-            self.last_live = now
-            run = self.snapshot()
-            # kept before any Streamlit call: a click stops the script at the next one
-            st.session_state[state.MD_PARTIAL] = {**self.base, "which": self.which, "run": run}
-            if run.n_frames > self.drawn:
-                self.drawn = run.n_frames
-                runs = [self.earlier, run] if self.earlier is not None else [run]
-                self.chart.plotly_chart(figmd.md_traces(runs, title="Running…"), width="stretch",
-                                        key=f"{state.MD_TRACES_CHART}_live_{self.which}_{run.n_frames}")
-        if now - self.last_bar >= BAR_EVERY_S or fraction >= 1.0:
-            self.last_bar = now
-            self.progress(self.lo + (self.hi - self.lo) * fraction, message)
+    def describe(self) -> str:
+        run = self.snapshot()
+        return f"{run.n_frames} frames of the {self.which} run" if run is not None else "no frame yet"
 
 
-def _run(fn, *args, live: _Live, token: CancelToken, **kwargs):
-    return fn(*args, progress=live, should_stop=lambda: token.cancelled, on_frame=live.on_frame, **kwargs)
-
-
-def run_button(traj: Trajectory, form: MDForm) -> None:
-    """The Run button, then the run: progress, Cancel, live traces; the result is stored as soon as it ends."""
-    ready = form.settings is not None
-    clicked = st.button("Run MD", key=state.MD_RUN_BUTTON, type="primary", disabled=not ready)
-    if not (clicked and ready):
-        return
+def _md_task(form: MDForm, base: dict):
+    """The job: the model run, then the GFN2-xTB reference from the same start (no Streamlit in here)."""
     s, entry = form.settings, form.entry
-    job_label = f"{form.label}, {s.ensemble.upper()}, {s.n_steps:,} steps" + (" + GFN2-xTB" if form.with_reference
-                                                                                else "")
-    token = jobs.begin("md", job_label)
-    st.session_state.pop(state.MD_PARTIAL, None)
-    base = {"fingerprint": traj.fingerprint, "model": entry.name, "start": form.start}
-    running = st.empty()
-    with running.container():
-        jobs.cancel_button(state.MD_CANCEL, "Cancel the MD run")
-        bar = st.progress(0.0, text="starting")
-        chart = st.empty()
     split = 0.5 if form.with_reference else 1.0
-    try:
-        run = _run(md.run_model_md, entry.force, entry.energy, form.R0, s, label=form.label, token=token,
-                   live=_Live(bar, chart, token, base, "model", (0.0, split)))
-    except Cancelled:  # a report came after the cancel: nothing of this run to keep
-        jobs.end(token)
-        running.empty()
-        jobs.show_cancelled("md", job_label)
-        return
-    except mw.EXPECTED_ERRORS as exc:
-        jobs.end(token)
-        running.empty()
-        st.error(f"The MD run could not start: {mw.error_text(exc)}")
-        return
-    result = {**base, "run": run, "reference": None, "reference_note": None}
-    _store(result)
-    if form.with_reference and run.stop_reason != "cancelled":
-        result = {**result, "reference": None}
+
+    def task(job):
+        def scaled(lo, hi):
+            return lambda f, m: job.report(lo + (hi - lo) * float(f), m)
+
+        def keep(which, done=None):
+            return lambda snapshot: job.keep(MDPartial(base, which, snapshot, done))
+
+        run = md.run_model_md(entry.force, entry.energy, form.R0, s, label=form.label, progress=scaled(0.0, split),
+                              should_stop=lambda: job.token.cancelled, on_frame=keep("model"))
+        result = {**base, "run": run, "reference": None, "reference_note": None}
+        job.keep(MDPartial(base, "model", lambda: run))
+        if not form.with_reference:
+            return result
+        if run.stop_reason == "cancelled":
+            result["reference_note"] = "The model run was cancelled, so the GFN2-xTB reference did not run."
+            return result
         try:
-            ref = _run(md.run_md, md.xtb_calculator(), entry.force.z, form.R0, md.reference_settings(s),
-                       label="GFN2-xTB", threads=1, token=token,
-                       live=_Live(bar, chart, token, base, "reference", (split, 1.0), earlier=run))
-            result["reference"] = ref
-        except Cancelled:
-            result["reference_note"] = "The GFN2-xTB reference was cancelled before it recorded a frame."
+            result["reference"] = md.run_md(md.xtb_calculator(), entry.force.z, form.R0, md.reference_settings(s),
+                                            label="GFN2-xTB", threads=1, progress=scaled(split, 1.0),
+                                            should_stop=lambda: job.token.cancelled,
+                                            on_frame=keep("reference", done=run))
         except ImportError as exc:
             result["reference_note"] = (f"The GFN2-xTB reference needs tblite, which is not installed ({exc}); "
                                         "`pip install tblite` and restart the app.")
         except mw.EXPECTED_ERRORS as exc:  # a start xTB cannot take (a failure mid-run ends the run instead)
             result["reference_note"] = f"The GFN2-xTB reference failed: {mw.error_text(exc)}"
-        _store(result)
-    elif form.with_reference:
-        result["reference_note"] = "The model run was cancelled, so the GFN2-xTB reference did not run."
-        _store(result)
-    jobs.end(token)
+        return result
+
+    return task
+
+
+def run_button(traj: Trajectory, form: MDForm) -> None:
+    """The Run button, then the run as a job of the server: progress, Cancel, live traces while the user stays.
+
+    The run goes on when the user switches page or reloads (the sidebar shows it); its result, or the frames
+    recorded before a cancel, reach the session when it ends (:func:`collect_md`).
+    """
+    from aff_app.ui import background as bg
+
+    ready = form.settings is not None
+    clicked = st.button("Run MD", key=state.MD_RUN_BUTTON, type="primary", disabled=not ready)
+    job = _running_job()
+    if clicked and ready and job is None:
+        s, entry = form.settings, form.entry
+        job_label = (f"MD: {form.label}, {s.ensemble.upper()}, {s.n_steps:,} steps"
+                     + (" + GFN2-xTB" if form.with_reference else ""))
+        base = {"fingerprint": traj.fingerprint, "model": entry.name, "start": form.start}
+        try:
+            job = bg.submit_task("md", job_label, _md_task(form, base))
+        except mw.EXPECTED_ERRORS as exc:
+            st.error(f"The MD run could not start: {mw.error_text(exc)}")
+            return
+    elif clicked and job is not None:
+        st.info(f"An MD run of this session is still going ({job.label}): it is shown below; cancel it first to "
+                "start another.")
+    if job is None:
+        return
+    running = st.empty()
+    with running.container():
+        st.caption("The run goes on on the server: you may switch pages — the sidebar shows its progress, and the "
+                   "frames recorded so far are kept if you cancel.")
+        chart = st.empty()
+        drawn = [0]
+
+        def live(j) -> None:
+            partial = j.partial
+            if not isinstance(partial, MDPartial):
+                return
+            run = partial.snapshot()
+            if run is None or run.n_frames <= drawn[0]:
+                return
+            drawn[0] = run.n_frames
+            runs = [partial.done, run] if partial.done is not None else [run]
+            chart.plotly_chart(figmd.md_traces(runs, title="Running…"), width="stretch",
+                               key=f"{state.MD_TRACES_CHART}_live_{partial.which}_{run.n_frames}")
+
+        bg.wait_here(job, cancel_key=state.MD_CANCEL, cancel_label="Cancel the MD run", on_tick=live,
+                     tick_s=LIVE_EVERY_S)
     running.empty()
+    if job.state == "failed" and job.exception is not None and not isinstance(job.exception, mw.EXPECTED_ERRORS):
+        raise job.exception  # a bug in aff_app is shown as one
+    bg.collect_finished()
+    _show_notices()
+
+
+def _running_job():
+    """This session's queued or running MD job, if any (one at a time: the page shows one run)."""
+    from aff_app.ui import background as bg
+
+    active = [j for j in bg.get_queue().jobs_for(bg.owner(), active_only=True) if j.kind == "md"]
+    return active[-1] if active else None
 
 
 def _store(result: dict) -> None:
     st.session_state[state.MD_RESULT] = result
     st.session_state[state.MD_RUN] = result["run"]
     st.session_state[state.MD_REFERENCE] = result.get("reference")
-    st.session_state.pop(state.MD_PARTIAL, None)
 
 
-def recover_interrupted(traj: Trajectory) -> None:
-    """At the top of the page: say that a run was interrupted, and keep the frames it had computed."""
-    if not jobs.report_interrupted("md"):
+def _stopped(run, job) -> object:
+    n = int(run.steps[-1]) if run.n_frames else 0
+    msg = (f"{job.state} at step {n} of {run.settings.n_steps}; the {run.n_frames} frames recorded up to then are "
+           "kept.")
+    if job.state == "failed":
+        msg += f" ({job.error})"
+    return dataclasses.replace(run, stop_reason="cancelled", message=msg)
+
+
+def collect_md(job) -> None:
+    """Store a finished MD job's runs in the session: all of it, or the frames recorded before a cancel/failure."""
+    notices = st.session_state.setdefault(state.MD_NOTICE, [])
+    if job.state == "done" and isinstance(job.result, dict):
+        _store(job.result)
         return
-    partial = st.session_state.pop(state.MD_PARTIAL, None)
-    if not isinstance(partial, dict) or partial.get("run") is None:
-        st.caption("Without the workflow's per-frame hook the frames of an interrupted run are not kept: the last "
-                   "finished run (if any) is shown below.")
+    partial = job.partial
+    what = "cancelled" if job.state == "cancelled" else f"failed ({job.error})"
+    if not isinstance(partial, MDPartial) or partial.snapshot() is None or partial.snapshot().n_frames == 0:
+        notices.append(("warning", f"The MD run was {what} ({job.label}) before it recorded a frame: the last "
+                                   "finished run (if any) is shown below."))
         return
-    run = partial["run"]
-    msg = (f"interrupted at step {int(run.steps[-1]) if run.n_frames else 0} of {run.settings.n_steps}; the "
-           f"{run.n_frames} frames recorded up to the last redraw are kept.")
-    run = dataclasses.replace(run, stop_reason="cancelled", message=msg)
-    base = {k: partial[k] for k in ("fingerprint", "model", "start")}
-    if partial.get("which") == "reference":
-        prev = st.session_state.get(state.MD_RESULT)
-        if isinstance(prev, dict) and prev.get("fingerprint") == base["fingerprint"]:
-            _store({**prev, "reference": run, "reference_note": "The GFN2-xTB reference was interrupted: " + msg})
-        return
-    _store({**base, "run": run, "reference": None, "reference_note": None})
+    run = _stopped(partial.snapshot(), job)
+    base = partial.base
+    if partial.which == "reference":  # the model run had finished: keep it whole, beside the partial reference
+        _store({**base, "run": partial.done, "reference": run,
+                "reference_note": f"The GFN2-xTB reference was {what}: {run.message}"})
+    else:
+        _store({**base, "run": run, "reference": None, "reference_note": None})
+    # (the stored run's own message says where it stopped and what was kept: no second notice)
+
+
+def notices() -> None:
+    """What finished MD jobs left to say (shown once)."""
+    from aff_app.ui import background as bg
+
+    bg.collect_finished()  # (app.py does it on every run; AppTest reruns only the page)
+    _show_notices()
+
+
+def _show_notices() -> None:
+    for level, text in st.session_state.pop(state.MD_NOTICE, None) or []:
+        getattr(st, level)(text, icon="⏹️" if level == "warning" else None)
 
 
 # -- the results -----------------------------------------------------------------------------------------------

@@ -279,9 +279,8 @@ MD_REFERENCE = "md_reference"
 #: ``{'fingerprint', 'model', 'start', 'run', 'reference', 'reference_note'}`` of the last MD run on the data of
 #: ``fingerprint`` (written as soon as each run ends, so an interrupted reference keeps the model run).
 MD_RESULT = "md_result"
-#: Frames of the run in progress (written by the progress callback before each Streamlit call, so a run that a
-#: click interrupts keeps what it had computed): ``{'fingerprint', 'model', 'start', 'run'}``.
-MD_PARTIAL = "md_partial"
+#: What finished MD jobs left to say: list of (level, text), shown once on the MD page.
+MD_NOTICE = "md_notice"
 #: ``{(model uid, hash of the start geometry): largest force sd there}`` (kcal/mol/Å; the threshold's default).
 MD_START_SD = "md_start_sd"
 #: ``(model uid, data fingerprint)`` the form's start frame and threshold were last defaulted for.
