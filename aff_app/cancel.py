@@ -9,7 +9,7 @@ errors, so the exception leaves them untouched and nothing half-made is
 returned. :class:`CancelToken` is the flag such a callback checks;
 :func:`cancellable` wraps a callback so that it checks one.
 
-No Streamlit here (the app's Cancel button lives in ``aff_app/ui/jobs.py``).
+No Streamlit here (the app cancels a job through its token: ``aff_app.jobqueue``).
 """
 
 from __future__ import annotations

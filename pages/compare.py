@@ -7,7 +7,6 @@ demand; every point's cost is checked against the memory budget first.
 import streamlit as st
 
 from aff_app.ui import compare_sections as cs
-from aff_app.ui import jobs
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
 
@@ -17,8 +16,7 @@ st.caption("The models trained in this session side by side, and learning curves
 
 traj = state.require_trajectory()
 registry = mw.get_registry()
-jobs.report_interrupted("conservation")
-cs.notices()  # learning curves run in the job queue: finished, failed or cancelled (finished points kept)
+cs.notices()  # learning curves and conservation checks run in the job queue (what they finished is kept)
 cs.models_table(registry)
 
 # -- learning curves: settings and plan, the run, the curves

@@ -17,13 +17,13 @@ st.caption("Uncertainty-driven sequential design (active learning): start from a
            "the learning curve with random frames from the same pool. Method and measured numbers: docs/design.md.")
 
 traj = state.require_trajectory()
-ds.interrupted()
+ds.notices()
 
 # -- the pool and the settings
 pool = ds.pool_choice(traj)
 form = ds.design_form(pool)
 
-# -- the run: progress, Cancel (the finished rounds are kept)
+# -- the run (a server job): progress, Cancel (the finished rounds are kept)
 ds.run_button(pool, form)
 
 # -- the answer, the learning curves, the chosen frames on the energy trace, the download

@@ -25,7 +25,7 @@ from aff_app.gp.budget import estimate_cost
 from aff_app.cancel import Cancelled, CancelToken, cancellable
 from aff_app.gp.energy import fit_energy_model
 from aff_app.workflows.registry import ModelRegistry
-from aff_app.ui import jobs, state
+from aff_app.ui import state
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -517,7 +517,7 @@ def test_cancelled_simulation_keeps_the_loaded_data(monkeypatch):
 
     def fake_simulation(*args, progress=None, **kwargs):
         progress(0.1, "relaxing")
-        jobs.cancel_active()  # the Cancel button's on_click
+        progress.__self__.token.cancel()  # the job's token, as the Cancel button sets it (progress is job.report)
         progress(0.2, "MD step 10")
         raise AssertionError("progress should have raised Cancelled")
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from aff_app.cancel import CancelToken
 from aff_app.ui import state
 from aff_app.workflows.design import DesignSettings, run_design
 
@@ -80,19 +79,44 @@ def test_page_loads_and_a_tiny_run_shows_curves_trace_and_answer():
     assert any(t.get("name") == "chosen by random" for t in trace["data"])
 
 
-def test_an_interrupted_run_keeps_its_finished_rounds():
-    traj = _traj()
-    seen = []
-    partial = run_design(traj, settings=DesignSettings(n_initial=10, batch=10, budget=30, n_test=200),
-                         on_round=lambda r: seen.append(r), should_stop=lambda: len(seen) >= 3)
-    token = CancelToken("design")
-    at = _open(**{state.ACTIVE_JOB: {"kind": "design", "label": "tiny", "token": token, "cancel_clicked": True},
-                  state.DESIGN_RESULT: {"pool": traj.fingerprint, "run": 1, "result": seen[-1]}})
-    assert token.cancelled  # a still-running thread of the old run can store nothing more
-    assert "Sequential design cancelled: the rounds that finished are kept" in _texts(at, "warning")
+def test_a_cancelled_run_keeps_its_finished_rounds(monkeypatch):
+    """Cancel after the third round (the job's token, as the Cancel button sets it): the three finished rounds reach
+    the session and the page says so; the library alone stops at the same place."""
+    from aff_app.ui import design_sections as ds
+
+    original = ds._design_task
+
+    def cancelling(pool, settings):
+        task = original(pool, settings)
+
+        def wrapped(job):
+            real_keep = job.keep
+
+            def keep(outcome):
+                real_keep(outcome)
+                if len(outcome.result.rows) >= 3:
+                    job.token.cancel()
+
+            job.keep = keep
+            return task(job)
+
+        return wrapped
+
+    monkeypatch.setattr(ds, "_design_task", cancelling)
+    at = _open()
+    _tiny(at)
+    at.button(key=state.DESIGN_RUN).click().run()
+    assert not at.exception, at.exception
+    assert "Sequential design cancelled" in _texts(at, "warning")
+    assert "the 3 rounds that finished are kept" in _texts(at, "warning")
     assert "stopped early" in _texts(at, "caption") and len(at.dataframe[-1].value) == 3
     assert len(at.get("plotly_chart")) == 2
+    seen = []
+    partial = run_design(_traj(), settings=DesignSettings(n_initial=10, batch=10, budget=30, n_test=200),
+                         on_round=lambda r: seen.append(r), should_stop=lambda: len(seen) >= 3)
     assert partial.stopped_early and len(partial.rows) == 3
+    stored = at.session_state[state.DESIGN_RESULT]["result"]
+    assert [(r.strategy, r.M) for r in stored.rows] == [(r.strategy, r.M) for r in partial.rows]
 
 
 def test_bad_settings_are_an_error_and_a_disabled_button():

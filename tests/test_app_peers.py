@@ -125,6 +125,41 @@ def test_compare_runs_the_conservation_check_on_the_session_s_models():
     assert list(table["model"]) == names and "NVE drift (kcal/mol/ps)" in table.columns
 
 
+def test_a_cancelled_conservation_check_keeps_the_finished_models_reports(monkeypatch):
+    """The check is a job of the server: cancelled after the first model's report (the job's token, as the Cancel
+    button sets it), that report is kept and shown; the page says how many were kept."""
+    from aff_app.ui import compare_sections as cs
+
+    original = cs._conservation_task
+
+    def cancelling(*args):
+        task = original(*args)
+
+        def wrapped(job):
+            real_keep = job.keep
+
+            def keep(outcome):
+                real_keep(outcome)
+                job.token.cancel()
+
+            job.keep = keep
+            return task(job)
+
+        return wrapped
+
+    monkeypatch.setattr(cs, "_conservation_task", cancelling)
+    at = _open(COMPARE, _registry())
+    at.multiselect(key=state.CMP_CONS_MODELS).set_value(["small AFF", "small DCF"])
+    at.number_input(key=state.CMP_CONS_STEPS).set_value(100).run()
+    at.button(key=state.CMP_CONS_RUN).click().run()
+    assert not at.exception, at.exception
+    reports = at.session_state[state.CMP_CONS_RESULT]["reports"]
+    assert [r.name for r in reports] == ["small AFF"]
+    assert "The conservation check was cancelled" in _texts(at, "warning")
+    assert "1 of 3 reports are kept below" in _texts(at, "warning")
+    assert at.dataframe[-1].value["model"].tolist() == ["small AFF"]
+
+
 def test_missing_package_is_a_message_and_a_disabled_button(monkeypatch):
     from aff_app.peers import sgdml as peer
 

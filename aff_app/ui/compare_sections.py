@@ -12,13 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from aff_app.cancel import Cancelled
 from aff_app.figures import compare as figc
 from aff_app.io.trajectory import Trajectory
 from aff_app.symmetry import SymmetryInfo
 from aff_app.ui import data_widgets as dw
 from aff_app.ui import background as bg
-from aff_app.ui import jobs
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
 from aff_app.ui import symmetry_widgets as sw
@@ -275,7 +273,7 @@ MAX_CONSERVATION_MODELS = 6
 def conservation_section(registry: ModelRegistry, traj: Trajectory) -> None:
     """NVE drift, closed-loop work and Jacobian asymmetry of the session's models on this data."""
     from aff_app.figures import conservation as figcons
-    from aff_app.workflows.conservation import ConservationSettings, conservation_check
+    from aff_app.workflows.conservation import ConservationSettings
     from aff_app.workflows.force_fields import force_fields
 
     st.subheader("Conservation check")
@@ -307,39 +305,31 @@ def conservation_section(registry: ModelRegistry, traj: Trajectory) -> None:
     st.caption(f"Start: frame {start_frame} of {traj.name or traj.formula}, a frame none of the chosen models trained "
                "on (a test frame recorded at training when there is one).")
     run = st.button("Run the conservation check", key=state.CMP_CONS_RUN, disabled=not chosen)
-    if run and chosen:
+    active = [j for j in bg.get_queue().jobs_for(bg.owner(), active_only=True) if j.kind == "conservation"]
+    job = active[-1] if active else None
+    if run and chosen and job is None:
         settings = ConservationSettings(temperature_K=temp, dt_fs=dt, n_steps=steps)
-        label = f"{len(chosen)} model(s), {steps} steps"
-        token = jobs.begin("conservation", label)
+        fields = [f for n in chosen for f in force_fields(n, by_name[n].force, by_name[n].energy)]
+        try:
+            job = bg.submit_task("conservation", f"Conservation: {len(chosen)} model(s), {steps} steps",
+                                 _conservation_task(fields, traj, start_frame, settings))
+        except mw.EXPECTED_ERRORS as exc:
+            st.error(f"The conservation check was refused: {mw.error_text(exc)}")
+    elif run and job is not None:
+        st.info(f"A conservation check of this session is still going ({job.label}): cancel it first to start "
+                "another.")
+    if job is not None:
         running = st.empty()
         with running.container():
-            jobs.cancel_button(state.CMP_CONS_CANCEL, "Cancel the conservation check")
-            bar = st.progress(0.0, text="starting")
-        progress = mw.progress_adapter(bar, token)
-        fields = [f for n in chosen for f in force_fields(n, by_name[n].force, by_name[n].energy)]
-        reports, failed = [], []
-        try:
-            for k, field in enumerate(fields):
-                share = lambda f, m, k=k, name=field.name: progress((k + f) / len(fields), f"{name}: {m}")  # noqa: E731
-                try:
-                    reports.append(conservation_check(field.name, field.forces, field.z, traj.R[start_frame],
-                                                      energy=field.energy, settings=settings, progress=share))
-                except mw.EXPECTED_ERRORS as exc:  # one model's failure keeps the others' reports
-                    failed.append((field.name, mw.error_text(exc)))
-            jobs.ensure_current(token, "storing the check")
-        except Cancelled:
-            jobs.end(token)
-            running.empty()
-            jobs.show_cancelled("conservation", label)
-        except mw.EXPECTED_ERRORS as exc:
-            jobs.end(token)
-            running.empty()
-            st.error(f"The conservation check failed: {mw.error_text(exc)}")
-        else:
-            jobs.end(token)
-            running.empty()
-            st.session_state[state.CMP_CONS_RESULT] = {"fingerprint": traj.fingerprint, "reports": reports,
-                                                      "frame": start_frame, "failed": failed}
+            st.caption("The check runs on the server: you may switch pages — the sidebar shows its progress, and the "
+                       "finished models' reports are kept if you cancel.")
+            bg.wait_here(job, cancel_key=state.CMP_CONS_CANCEL, cancel_label="Cancel the conservation check")
+        running.empty()
+        if job.state == "failed" and job.exception is not None and not isinstance(job.exception, mw.EXPECTED_ERRORS):
+            raise job.exception  # a bug in aff_app is shown as one
+        bg.collect_finished()
+        for level, text in st.session_state.pop(state.CMP_NOTICE, None) or []:
+            getattr(st, level)(text)
     result = st.session_state.get(state.CMP_CONS_RESULT)
     if not result or result["fingerprint"] != traj.fingerprint:
         st.caption("No conservation check yet on this data: choose models and press the button (about a minute for "
@@ -359,6 +349,61 @@ def conservation_section(registry: ModelRegistry, traj: Trajectory) -> None:
                "of radius 0.05 Å; divided by the gross work ∮|F·dR| it says what share of the work does not cancel. "
                "Jacobian asymmetry at 3 frames of the run (central differences, h = 10⁻³ Å). A conservative field "
                "shows the integrator's and the differences' error only (≈ 10⁻⁶–10⁻⁴).")
+
+
+@dataclass(frozen=True)
+class ConservationOutcome:
+    """A conservation job's reports so far (all of them once it is done) and the models that failed."""
+
+    fingerprint: str
+    frame: int
+    reports: list
+    failed: list
+    n_fields: int
+
+    def describe(self) -> str:
+        return f"{len(self.reports)} of {self.n_fields} reports"
+
+
+def _conservation_task(fields: list, traj: Trajectory, start_frame: int, settings):
+    """The job: one conservation check per force field, each kept as soon as it finishes (no Streamlit here)."""
+    from aff_app.workflows.conservation import conservation_check
+
+    R0, fp = traj.R[start_frame], traj.fingerprint
+
+    def task(job):
+        reports, failed = [], []
+        for k, field in enumerate(fields):
+            def share(f, m, k=k, name=field.name):
+                job.report((k + f) / len(fields), f"{name}: {m}")
+
+            try:
+                reports.append(conservation_check(field.name, field.forces, field.z, R0, energy=field.energy,
+                                                  settings=settings, progress=share))
+            except mw.EXPECTED_ERRORS as exc:  # one model's failure keeps the others' reports
+                failed.append((field.name, mw.error_text(exc)))
+            job.keep(ConservationOutcome(fp, start_frame, list(reports), list(failed), len(fields)))
+        return ConservationOutcome(fp, start_frame, reports, failed, len(fields))
+
+    return task
+
+
+def collect_conservation(job) -> None:
+    """Store a finished conservation job's reports (all, or those finished before a cancel or failure)."""
+    notices = st.session_state.setdefault(state.CMP_NOTICE, [])
+    outcome = job.result if job.state == "done" else job.partial
+    if job.state == "failed":
+        notices.append(("error", f"The conservation check failed ({job.label}): {job.error}"))
+    if not isinstance(outcome, ConservationOutcome):
+        if job.state == "cancelled":
+            notices.append(("warning", f"The conservation check was cancelled ({job.label}) before a model finished: "
+                                       "nothing to keep; the session is unchanged."))
+        return
+    if job.state == "cancelled":
+        notices.append(("warning", f"The conservation check was cancelled ({job.label}): {outcome.describe()} are "
+                                   "kept below."))
+    st.session_state[state.CMP_CONS_RESULT] = {"fingerprint": outcome.fingerprint, "reports": outcome.reports,
+                                              "frame": outcome.frame, "failed": outcome.failed}
 
 
 def _start_frame(by_name: dict, chosen: list, traj: Trajectory) -> int:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from aff_app.cancel import Cancelled
 from aff_app.errors import AFFError
 from aff_app.io import files as data_lib
 from aff_app.io import simulate
 from aff_app.io.trajectory import Trajectory
 from aff_app.ui import data_widgets as dw
-from aff_app.ui import jobs, state
+from aff_app.ui import state
 from aff_app.units import ENERGY_UNITS, LENGTH_UNITS
 
 AUTO = "auto"
@@ -26,37 +25,20 @@ def _kept_tail() -> str:
     return f"\n\nThe previously loaded data set ({kept.name or kept.formula}) is still loaded." if kept else ""
 
 
-def load_into_session(loader, where, *, announce: bool = True, token=None) -> None:
-    """Run ``loader()``; on success make its trajectory the loaded one, else show why (old data stays).
-
-    ``token``: the job's cancel token (simulation): a cancelled or interrupted
-    job never replaces the loaded data.
-    """
+def load_into_session(loader, where, *, announce: bool = True) -> None:
+    """Run ``loader()``; on success make its trajectory the loaded one, else show why (old data stays)."""
     try:
         traj = loader()
-    except Cancelled:
-        if token is not None:
-            jobs.end(token)
-        jobs.show_cancelled("simulation", token.what if token is not None else "", where=where)
-        return
     except AFFError as exc:  # one place per action turns the user's errors into a message; a bug shows as one
-        if token is not None:
-            jobs.end(token)
         where.error(f"Loading failed: {dw.error_message(exc)}{_kept_tail()}")
         return
-    if token is not None:
-        if not jobs.still_current(token):
-            jobs.show_cancelled("simulation", token.what, where=where)
-            return
-        jobs.end(token)
     state.set_trajectory(traj)
     if announce:
         where.success(f"Loaded {traj.name or traj.formula}: {traj.n_frames:,} frames of {traj.formula}.")
 
 
 def notices_and_default_sample() -> None:
-    """The interrupted-job report, the last run's notice, and the benzene sample a fresh session opens on."""
-    jobs.report_interrupted("simulation")
+    """The last job's notice (a simulation), and the benzene sample a fresh session opens on."""
     notice = st.session_state.pop(state.DATA_NOTICE, None)
     if notice:
         getattr(st, notice[0])(notice[1])
@@ -189,22 +171,51 @@ def simulate_tab(tab_sim) -> None:
     timestep = s5.number_input("Time step (fs)", min_value=0.05, max_value=2.0, value=0.5, step=0.05,
                                key=state.SIM_TIMESTEP)
     seed = s6.number_input("Seed", min_value=0, value=0, step=1, key=state.SIM_SEED)
-    if st.button("Run simulation", key=state.SIM_RUN, type="primary"):
-        token = jobs.begin("simulation", f"{molecule or smiles}, {int(steps)} frames")
-        jobs.cancel_button(state.SIM_CANCEL)
-        bar = tab_sim.progress(0.0, text="Starting…")
+    from aff_app.ui import background as bg
 
-        def _simulate():
-            """The simulation with the settings above, driving the progress bar."""
-            return simulate.simulate_trajectory(
-                molecule, smiles=smiles, steps=int(steps), temperature_K=float(temperature),
-                timestep_fs=float(timestep), equilibration_steps=int(equilibration),
-                sample_every=int(sample_every), seed=int(seed),
-                progress=jobs.progress_callback(bar, token),
-            )
+    clicked = st.button("Run simulation", key=state.SIM_RUN, type="primary")
+    active = [j for j in bg.get_queue().jobs_for(bg.owner(), active_only=True) if j.kind == "simulation"]
+    job = active[-1] if active else None
+    if clicked and job is None:
+        settings = dict(smiles=smiles, steps=int(steps), temperature_K=float(temperature), timestep_fs=float(timestep),
+                        equilibration_steps=int(equilibration), sample_every=int(sample_every), seed=int(seed))
 
-        load_into_session(_simulate, tab_sim, token=token)
-        bar.empty()
+        def task(job, molecule=molecule, settings=settings):
+            """The simulation with the settings above (no Streamlit in here)."""
+            return simulate.simulate_trajectory(molecule, **settings, progress=job.report)
+
+        job = bg.submit_task("simulation", f"Simulation: {molecule or smiles}, {int(steps)} frames", task)
+    elif clicked:
+        tab_sim.info(f"A simulation of this session is still running ({job.label}): cancel it first to start another.")
+    if job is None:
+        return
+    running = st.empty()
+    with running.container():
+        st.caption("The simulation runs on the server: you may switch pages — the sidebar shows its progress; the "
+                   "data set it makes is loaded when it ends.")
+        bg.wait_here(job, cancel_key=state.SIM_CANCEL, cancel_label="Cancel")
+    running.empty()
+    if job.state == "failed" and job.exception is not None and not isinstance(job.exception, AFFError):
+        raise job.exception  # a bug in aff_app is shown as one
+    bg.collect_finished()
+    st.rerun()  # the loaded data and the notice are drawn above
+
+
+def collect_simulation(job) -> None:
+    """A finished simulation job: its trajectory becomes the loaded data; a failure or a cancel says why (the data
+    loaded meanwhile stays)."""
+    label = job.label.removeprefix("Simulation: ")
+    if job.state == "done" and isinstance(job.result, Trajectory):
+        traj = job.result
+        state.set_trajectory(traj)
+        st.session_state[state.DATA_NOTICE] = (
+            "success", f"Loaded the simulation {label}: {traj.n_frames:,} frames of {traj.formula}.")
+    elif job.state == "failed":
+        st.session_state[state.DATA_NOTICE] = ("error", f"Simulation failed ({label}): {job.error}{_kept_tail()}")
+    else:
+        st.session_state[state.DATA_NOTICE] = (
+            "warning", f"Simulation cancelled ({label}): no trajectory was stored; the loaded data and the session's "
+                       "models are unchanged.")
 
 
 def require_loaded() -> Trajectory:

@@ -17,7 +17,6 @@ from aff_app.errors import AFFError
 from aff_app.figures import design as figd
 from aff_app.io.trajectory import Trajectory
 from aff_app.symmetry import SymmetryInfo
-from aff_app.ui import jobs
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
 from aff_app.ui import symmetry_widgets as sw
@@ -163,59 +162,107 @@ def design_form(pool: DesignPool) -> DesignForm:
     return DesignForm(settings=settings)
 
 
-def _store(pool: DesignPool, run_id: int, result: design.DesignResult) -> None:
-    st.session_state[state.DESIGN_RESULT] = {"pool": pool.key, "run": run_id, "result": result}
+@dataclass(frozen=True)
+class DesignOutcome:
+    """What a design job holds: the pool it ran on and the result (all rounds, or those finished so far)."""
+
+    pool_key: str
+    result: design.DesignResult
+
+    def describe(self) -> str:
+        return f"{len(self.result.rows)} finished rounds"
 
 
-def interrupted() -> None:
-    """A run stopped by a click before it returned: say so (its finished rounds were kept)."""
-    job = st.session_state.get(state.ACTIVE_JOB)
-    clicked = isinstance(job, dict) and bool(job.get("cancel_clicked"))
-    where = st.empty()
-    if jobs.report_interrupted("design", where=where):
-        how = "cancelled" if clicked else "interrupted (the page was rerun before it finished)"
-        where.warning(f"Sequential design {how}: the rounds that finished are kept and shown below.", icon="⏹️")
+def _store(pool_key: str, run_id: str, result: design.DesignResult) -> None:
+    st.session_state[state.DESIGN_RESULT] = {"pool": pool_key, "run": run_id, "result": result}
+
+
+def notices() -> None:
+    """What finished design jobs left to say (shown once)."""
+    from aff_app.ui import background as bg
+
+    bg.collect_finished()  # (app.py does it on every run; AppTest reruns only the page)
+    _show_notices()
+
+
+def _show_notices() -> None:
+    for level, text in st.session_state.pop(state.DESIGN_NOTICE, None) or []:
+        getattr(st, level)(text, icon="⏹️" if level == "warning" else None)
+
+
+def collect_design(job) -> None:
+    """Store a finished design job's result in the session: every round, or the rounds finished before it stopped."""
+    notices = st.session_state.setdefault(state.DESIGN_NOTICE, [])
+    outcome = job.result if job.state == "done" else job.partial
+    if job.state == "failed":
+        notices.append(("error", f"Sequential design failed ({job.label}): {job.error}"))
+    if not isinstance(outcome, DesignOutcome):
+        if job.state == "cancelled":
+            notices.append(("warning", f"Sequential design cancelled ({job.label}) before its first round finished: "
+                                       "nothing to keep; the data and the session's models are unchanged."))
+        return
+    _store(outcome.pool_key, job.id, outcome.result)
+    if job.state == "cancelled":
+        notices.append(("warning", f"Sequential design cancelled ({job.label}): the {len(outcome.result.rows)} rounds "
+                                   "that finished are kept and shown below."))
+    elif outcome.result.stopped_early:
+        notices.append(("warning", f"Sequential design stopped early: {outcome.result.stopped_early}."))
+
+
+def _design_task(pool: DesignPool, settings: design.DesignSettings):
+    """The job: the design run (no Streamlit in here); every finished round is kept by the job."""
+    symmetry = pool.symmetry if uses_symmetry(settings.mode) else None
+
+    def task(job):
+        result = design.run_design(pool.traj, pool.labels, settings, symmetry=symmetry, progress=job.report,
+                                   on_round=lambda partial: job.keep(DesignOutcome(pool.key, partial)))
+        outcome = DesignOutcome(pool.key, result)
+        job.keep(outcome)  # a cancel returns the finished rounds: the queue then records the job as cancelled
+        return outcome
+
+    return task
 
 
 def run_button(pool: DesignPool, form: DesignForm) -> None:
-    """The button and the run: progress with elapsed/remaining time, Cancel; every finished round is kept."""
+    """The button, then the run as a job of the server: progress with elapsed/remaining time, Cancel, the last
+    round while the user stays; the run goes on when the user leaves (the sidebar shows it)."""
+    from aff_app.ui import background as bg
+
     settings = form.settings
     run = st.button("Run sequential design", key=state.DESIGN_RUN, type="primary", disabled=settings is None)
-    if not run or settings is None:
+    active = [j for j in bg.get_queue().jobs_for(bg.owner(), active_only=True) if j.kind == "design"]
+    job = active[-1] if active else None
+    if run and settings is not None and job is None:
+        label = (f"Design: {MODE_LABELS[settings.mode]}, M0 = {settings.n_initial}, batch {settings.batch}, "
+                 f"budget {settings.budget}")
+        try:
+            job = bg.submit_task("design", label, _design_task(pool, settings))
+        except mw.EXPECTED_ERRORS as exc:
+            st.error(f"Sequential design refused: {mw.error_text(exc)}")
+            return
+    elif run and job is not None:
+        st.info(f"A sequential design of this session is still going ({job.label}): cancel it first to start "
+                "another.")
+    if job is None:
         return
-    label = f"{MODE_LABELS[settings.mode]}, M0 = {settings.n_initial}, batch {settings.batch}, budget {settings.budget}"
-    token = jobs.begin("design", label)
-    run_id = id(token)
     running = st.empty()
     with running.container():
-        jobs.cancel_button(state.DESIGN_CANCEL, "Cancel (keeps the finished rounds)")
-        bar = st.progress(0.0, text="starting")
+        st.caption("The run goes on on the server: you may switch pages — the sidebar shows its progress, and the "
+                   "finished rounds are kept if you cancel.")
         latest = st.empty()
 
-    def on_round(partial: design.DesignResult) -> None:
-        if jobs.still_current(token):
-            _store(pool, run_id, partial)
-            r = partial.rows[-1]
-            latest.caption(f"Last round: {r.strategy}, M = {r.M}, force MAE {r.force_mae:.3g} {FORCE_UNIT}.")
+        def last_round(j) -> None:
+            if isinstance(j.partial, DesignOutcome) and j.partial.result.rows:
+                r = j.partial.result.rows[-1]
+                latest.caption(f"Last round: {r.strategy}, M = {r.M}, force MAE {r.force_mae:.3g} {FORCE_UNIT}.")
 
-    try:
-        result = design.run_design(pool.traj, pool.labels, settings,
-                                   symmetry=pool.symmetry if uses_symmetry(settings.mode) else None,
-                                   progress=mw.progress_adapter(bar, token), on_round=on_round)
-    except mw.EXPECTED_ERRORS as exc:
-        jobs.end(token)
-        running.empty()
-        st.error(f"Sequential design failed: {mw.error_text(exc)}")
-        return
-    current = jobs.still_current(token)
-    jobs.end(token)
+        bg.wait_here(job, cancel_key=state.DESIGN_CANCEL, cancel_label="Cancel (keeps the finished rounds)",
+                     on_tick=last_round)
     running.empty()
-    stored = st.session_state.get(state.DESIGN_RESULT) or {}
-    # a finished run is stored; a cancelled one replaces only its own partial result (or nothing), never a later run's
-    if current or stored.get("run") in (None, run_id):
-        _store(pool, run_id, result)
-    if result.stopped_early:
-        st.warning(f"Sequential design stopped early: {result.stopped_early}.", icon="⏹️")
+    if job.state == "failed" and job.exception is not None and not isinstance(job.exception, mw.EXPECTED_ERRORS):
+        raise job.exception  # a bug in aff_app is shown as one
+    bg.collect_finished()
+    _show_notices()
 
 
 def results(pool: DesignPool) -> None:

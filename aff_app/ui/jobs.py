@@ -1,27 +1,10 @@
-"""Long runs in the app (training, learning curves, simulation): progress, Cancel, and what survives an interruption.
+"""In-page progress bars: the text with elapsed and remaining time, and a thread-safe callback.
 
-How Streamlit (1.67, ``runner.fastReruns`` on by default) treats a click while
-a script is still running: the running script is asked to stop and a new run
-starts at once with the click applied. The old run stops at its next Streamlit
-call (``StopException``, a BaseException) — for a long job, at its next
-progress report, because :func:`progress_callback` updates an ``st.progress``
-bar. So any click (the Cancel button, another widget, another page) ends the
-job; the session (data, models) is untouched because a job changes the session
-only after it has finished.
-
-This module makes that explicit and safe:
-
-* :func:`begin` records the running job in ``state.ACTIVE_JOB`` with an
-  :class:`aff_app.cancel.CancelToken`;
-* :func:`cancel_button`'s ``on_click`` sets the token; :func:`progress_callback`
-  raises :class:`aff_app.cancel.Cancelled` when it is set (so a job running in a
-  script whose Streamlit calls do not stop it still stops);
-* :func:`still_current` is checked by the job right before it changes the
-  session (e.g. registers a model): an interrupted job never adds anything;
-* :func:`report_interrupted`, at the top of the page that owns a kind of job,
-  turns a job record left behind by an interrupted run into a message
-  ("Training cancelled …") and cancels its token;
-* :func:`end` clears the record when the job finished (or failed) normally.
+Long jobs (fits, learning curves, MD, sequential design, conservation checks,
+simulations) run in the server's job queue (``aff_app.ui.background``,
+``aff_app.jobqueue``), independent of the page; this module only drives an
+``st.progress`` bar for work a page does while the user waits (held-out
+predictions), and formats the progress text.
 """
 
 from __future__ import annotations
@@ -30,97 +13,10 @@ import threading
 import time
 from typing import Callable
 
-import streamlit as st
+from aff_app.cancel import CancelToken
 
-from aff_app.cancel import Cancelled, CancelToken
-
-from aff_app.ui import state
 
 Progress = Callable[[float, str], None]
-
-#: What each kind of job is called in messages.
-KIND_TEXT = {"training": "Training", "learning_curve": "Learning curves", "simulation": "Simulation",
-             "conservation": "The conservation check", "design": "Sequential design",
-             "md": "The MD run"}
-
-
-def begin(kind: str, label: str) -> CancelToken:
-    """Record a job of ``kind`` ('training', 'learning_curve', 'simulation') as running; return its token."""
-    token = CancelToken(label)
-    st.session_state[state.ACTIVE_JOB] = {"kind": kind, "label": label, "token": token}
-    return token
-
-
-def end(token: CancelToken) -> None:
-    """The job of ``token`` finished (successfully or with an error that was shown): forget it."""
-    job = st.session_state.get(state.ACTIVE_JOB)
-    if isinstance(job, dict) and job.get("token") is token:
-        st.session_state.pop(state.ACTIVE_JOB, None)
-
-
-def still_current(token: CancelToken) -> bool:
-    """True while ``token`` is the session's running job and was not cancelled."""
-    job = st.session_state.get(state.ACTIVE_JOB)
-    return (not token.cancelled) and isinstance(job, dict) and job.get("token") is token
-
-
-def ensure_current(token: CancelToken, message: str = "saving the result") -> None:
-    """Raise :class:`Cancelled` unless the job may still change the session (call right before it does)."""
-    if not still_current(token):
-        token.cancel()
-        raise Cancelled(f"{token.what} cancelled (at: {message})")
-
-
-def cancel_active() -> None:
-    """``on_click`` of the Cancel button: ask the running job to stop."""
-    job = st.session_state.get(state.ACTIVE_JOB)
-    if isinstance(job, dict) and isinstance(job.get("token"), CancelToken):
-        job["token"].cancel()
-        job["cancel_clicked"] = True
-
-
-def cancel_button(key: str, label: str = "Cancel") -> None:
-    """A Cancel button for the job that is about to run in this script run.
-
-    Clicking it reruns the page: Streamlit stops this run at the job's next
-    progress report and :func:`report_interrupted` says so on the new run.
-    """
-    st.button(label, key=key, on_click=cancel_active, icon="⏹️",
-              help="Stops the run at its next progress report; the data and the models of the session stay as they "
-                   "were.")
-
-
-def report_interrupted(kind: str, *, where=None) -> bool:
-    """Show a message when a job of ``kind`` was interrupted; returns True if one was.
-
-    A job record still present at the top of a new run means the run that
-    started the job was stopped before the job finished (Cancel, another click,
-    a page change). Its token is cancelled so that a still-running thread of
-    the old run can never store a result.
-    """
-    job = st.session_state.get(state.ACTIVE_JOB)
-    if not isinstance(job, dict) or job.get("kind") != kind:
-        return False
-    st.session_state.pop(state.ACTIVE_JOB, None)
-    token = job.get("token")
-    if isinstance(token, CancelToken):
-        token.cancel()
-    show_cancelled(kind, job.get("label", ""), where=where, clicked=bool(job.get("cancel_clicked")))
-    return True
-
-
-def show_cancelled(kind: str, label: str, *, where=None, clicked: bool = True) -> None:
-    """The message of a cancelled job (``where``: a container, default the page)."""
-    what = KIND_TEXT.get(kind, "The run")
-    how = "cancelled" if clicked else "interrupted (the page was rerun before it finished)"
-    tail = {
-        "training": "no model was added; the data and the session's models are unchanged.",
-        "learning_curve": "no curves were stored; the data and the session's models are unchanged.",
-        "simulation": "no trajectory was stored; the loaded data and the session's models are unchanged.",
-    }.get(kind, "the session is unchanged.")
-    text = f"{what} {how}" + (f" ({label})" if label else "") + f": {tail}"
-    (where or st).warning(text, icon="⏹️")
-
 
 def _duration(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{int(s // 60)} min {int(s % 60):02d} s"

@@ -3,15 +3,13 @@
 * :func:`get_registry` — the session's :class:`aff_app.workflows.registry.ModelRegistry`.
 * :func:`require_models` — like ``state.require_trajectory``: the models that
   fit the loaded molecule, or a pointer to the Train page and ``st.stop()``.
-* :func:`train_and_register` — train (force, energy), evaluate on the held-out
-  frames, add to the registry; the library's ``progress`` reaches ``st.progress``.
 * :func:`held_out` — the held-out predictions of a model, memoised in the
   session by (model uid, data fingerprint, test frames, seed): computed once,
   never mutated (the arrays are read-only).
 * :func:`fmt` — numbers for display; None/NaN/inf become "—".
 
-Long runs report through :func:`progress_adapter` (``aff_app.ui.jobs``), which
-also honours a Cancel button: see ``jobs`` for what an interruption leaves.
+Fits run in the server's job queue (``aff_app.ui.background``); work a page does while the
+user waits reports through :func:`progress_adapter` (``aff_app.ui.jobs``).
 """
 
 from __future__ import annotations
@@ -32,9 +30,8 @@ from aff_app.cancel import CancelToken
 from aff_app.workflows.metrics import MetricError
 from aff_app.workflows import pipeline
 from aff_app.workflows.predictions import HeldOut
-from aff_app.workflows.kinds import GP_MODES, uses_symmetry
+from aff_app.workflows.kinds import GP_MODES
 from aff_app.workflows.registry import ModelRegistry, TrainedModel
-from aff_app.symmetry import SymmetryInfo
 from aff_app.io.trajectory import Trajectory
 
 from aff_app.ui import jobs, state
@@ -172,65 +169,6 @@ def package_status() -> str | None:
 
     with st.spinner("Looking for the sgdml package…"):
         return peer_status()
-
-
-def train_and_register(
-    traj: Trajectory,
-    *,
-    mode: str,
-    n_train: int,
-    seed: int,
-    n_test: int,
-    gamma: float | None,
-    lam: float | None,
-    criterion: str,
-    symmetry: SymmetryInfo | None,
-    name: str | None,
-    progress: Progress,
-    energy_model: str = "integrated",
-    token: CancelToken | None = None,
-    training_share: float = 0.8,
-) -> tuple[TrainedModel, list[str]]:
-    """Train a force model (and its energy model), evaluate it on the held-out frames, register it.
-
-    The registry changes only when everything succeeded; an exception leaves
-    the session's models as they were. Returns the new entry and warnings
-    (e.g. an energy fit that failed while the force model is fine).
-
-    ``token``: the job's :class:`~aff_app.cancel.CancelToken` (``jobs.begin``);
-    right before registering, the job must still be the session's current one
-    (``jobs.ensure_current``), so an interrupted or cancelled run adds nothing.
-    ``training_share``: the part of the progress bar for training (the rest is
-    the held-out predictions); the estimate's share keeps the bar time-linear.
-
-    Raises
-    ------
-    One of :data:`EXPECTED_ERRORS`; :class:`aff_app.cancel.Cancelled` when
-    ``progress`` raised it or the job was cancelled.
-    """
-    settings = pipeline.TrainSettings(mode=mode, gamma=gamma, lam=lam, criterion=criterion, energy_model=energy_model)
-    trained = pipeline.train(traj, n_train=int(n_train), n_test=int(n_test), seed=int(seed), settings=settings,
-                             symmetry=symmetry if uses_symmetry(mode) else None,
-                             progress=lambda f, m: progress(training_share * f, m))
-    force, energy, warnings = trained.force, trained.energy, list(trained.warnings)
-    reg = get_registry()
-    entry = TrainedModel(name="(pending)", force=force, energy=energy, data_fingerprint=traj.fingerprint)
-    held = held_out(entry, traj, n_test=int(n_test), seed=int(seed),
-                    progress=lambda f, m: progress(training_share + (1 - training_share) * f,
-                                                   "held-out predictions: " + m))
-    # the wall time of the whole action: symmetry, search, force fit, energy fit and held-out predictions
-    timings = force.record.timings
-    timings.evaluation_s = held.predict_s
-    timings.total_s = (timings.total_s or 0.0) + held.predict_s
-    if token is not None:
-        jobs.ensure_current(token, "registering the model")
-    if not np.all(np.isfinite(held.F_mean)):
-        warnings.append("Some held-out force predictions are NaN or infinite: the metrics that depend on them are "
-                        "shown as —. Retrain with a larger λ or without duplicate frames.")
-    # same uid: the held-out predictions just made are memoised under it
-    entry = reg.add(force, name=name, energy=energy, data_fingerprint=traj.fingerprint, uid=entry.uid,
-                    metrics=held_report(held, 0.95, "latent"))
-    return entry, warnings
 
 
 # -- held-out predictions ------------------------------------------------------------------------------

@@ -250,9 +250,6 @@ CMP_CONS_CHART = "cmp_cons_chart"
 
 
 # == Bad input, long runs and cancellation (issue 6) ============================================
-#: The running long job, ``{'kind', 'label', 'token': aff_app.cancel.CancelToken}`` (see ``aff_app.ui.jobs``);
-#: still present at the top of a run = the job was interrupted.
-ACTIVE_JOB = "active_job"
 #: Cancel buttons shown while a job runs.
 TRAIN_CANCEL = "train_cancel"
 CMP_CANCEL = "cmp_cancel"
@@ -314,6 +311,8 @@ DESIGN_PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "design.py")
 #: ``{'pool': pool key, 'run': run id, 'result': aff_app.workflows.design.DesignResult}`` of the last run
 #: (written after every finished round, so a cancelled or interrupted run keeps its rounds).
 DESIGN_RESULT = "design_result"
+#: What finished design jobs left to say: list of (level, text), shown once on the Sequential design page.
+DESIGN_NOTICE = "design_notice"
 #: ``{pool key: aff_app.workflows.design.XTBLabels}``: GFN2-xTB labels computed so far, reused by later runs.
 DESIGN_LABELLERS = "design_labellers"
 DESIGN_POOL = "design_pool"

@@ -1,7 +1,7 @@
 """The Train page's sections: each function draws one part of the page (pages/train.py is the storyboard).
 
-Widget keys live in ``aff_app.ui.state``; the work is the library's (``aff_app.workflows.pipeline``
-through ``model_widgets.train_and_register``). A failure leaves the session's models and data untouched.
+Widget keys live in ``aff_app.ui.state``; the work is the library's (``aff_app.workflows.pipeline``),
+run as a job of the server (``aff_app.ui.background``). A failure leaves the session's models and data untouched.
 """
 
 from __future__ import annotations
