@@ -78,6 +78,16 @@ def _gb(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.3g} GB"
 
 
+def _notify(job: "Job", event: str) -> None:
+    """Call the job's ``on_change`` hook; a failing hook is logged and never stops the job."""
+    if job.on_change is None:
+        return
+    try:
+        job.on_change(job, event)
+    except Exception:  # noqa: BLE001 - a record that cannot be written must not cost the user the job
+        log.exception("the on_change hook of job %s (%s) failed at %r", job.id, job.label, event)
+
+
 def _describe(partial: Any) -> str:
     """A few words for a kept partial result: its own ``describe()``, a short string as is, a collection by its size."""
     describe = getattr(partial, "describe", None)
@@ -164,6 +174,9 @@ class Job:
     seq: int = field(default=0, repr=False)
     # Guards fraction/message: the task may report from several threads (thread pools).
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # on_change(job, event) with event 'submitted', 'started', 'partial' or 'finished' (e.g. writes a record
+    # that outlives the server); never called under the queue's lock, its errors are logged, not raised.
+    on_change: Callable[["Job", str], None] | None = field(default=None, repr=False, compare=False)
 
     def report(self, fraction: float, message: str) -> None:
         """The task's progress callback: stop if cancelled, else record the progress.
@@ -186,6 +199,7 @@ class Job:
     def keep(self, partial: Any) -> None:
         """Store what the task has finished so far (survives a cancel or a failure)."""
         self.partial = partial
+        _notify(self, "partial")
 
     @property
     def active(self) -> bool:
@@ -300,7 +314,8 @@ class JobQueue:
     # ------------------------------------------------------------------ submit
     def submit(self, session: str, kind: str, label: str, task: Callable[[Job], Any], *,
                key: str | None = None, cost_bytes: int = 0, estimate_s: float | None = None,
-               on_done: Callable[[Job], None] | None = None) -> Job:
+               on_done: Callable[[Job], None] | None = None,
+               on_change: Callable[[Job, str], None] | None = None) -> Job:
         """Queue ``task(job)`` for ``session``, or subscribe to the active job with the same ``key``.
 
         Parameters
@@ -324,6 +339,9 @@ class JobQueue:
             ``on_done(job)`` in the worker after the task returned (e.g. saves
             the result); the job is 'done' only once it returned, and 'failed'
             if it raised.
+        on_change : callable, optional
+            ``on_change(job, event)`` when the job is submitted, starts, keeps a
+            partial result and finishes (see :attr:`Job.on_change`).
 
         Returns
         -------
@@ -338,6 +356,8 @@ class JobQueue:
             raise QueueError(f"the task of a job must be callable, got {type(task).__name__}")
         if on_done is not None and not callable(on_done):
             raise QueueError(f"on_done must be callable, got {type(on_done).__name__}")
+        if on_change is not None and not callable(on_change):
+            raise QueueError(f"on_change must be callable, got {type(on_change).__name__}")
         try:
             cost = int(cost_bytes)
         except (TypeError, ValueError):
@@ -371,13 +391,14 @@ class JobQueue:
             self._seq += 1
             job = Job(id=uuid.uuid4().hex, kind=str(kind), label=str(label), key=key, cost_bytes=cost,
                       sessions=[session], submitted=time.time(), estimate_s=estimate_s,
-                      token=CancelToken(str(label)), seq=self._seq)
+                      token=CancelToken(str(label)), seq=self._seq, on_change=on_change)
             self._jobs[job.id] = job
             self._queued.append(job)
             self._calls[job.id] = (task, on_done)
             self._dispatch_locked()
             self._cond.notify_all()
-            return job
+        _notify(job, "submitted")  # (it may have started already: a hook reads the job's state, not the event)
+        return job
 
     # ------------------------------------------------------------------ cancel
     def cancel(self, job_id: str, session: str) -> Job:
@@ -404,7 +425,10 @@ class JobQueue:
                 self._cond.notify_all()
                 return job
             self._cancel_locked(job)
-            return job
+            ended = not job.active  # a queued job ends here; a running one when its task stops
+        if ended:
+            _notify(job, "finished")
+        return job
 
     def _cancel_locked(self, job: Job) -> None:
         job.token.cancel()
@@ -489,12 +513,15 @@ class JobQueue:
         """
         with self._cond:
             self._closed = True
-            for job in list(self._queued):
+            dropped = list(self._queued)
+            for job in dropped:
                 self._cancel_locked(job)
             if cancel_running:
                 for job in self._running:
                     job.token.cancel()
             threads = list(self._threads.values())
+        for job in dropped:
+            _notify(job, "finished")
         deadline = time.monotonic() + max(float(timeout), 0.0)
         for thread in threads:
             if thread is threading.current_thread():
@@ -557,6 +584,7 @@ class JobQueue:
     def _work(self, job: Job, task: Callable[[Job], Any], on_done: Callable[[Job], None] | None) -> None:
         """The worker thread: run the task and on_done, then record the outcome and start the next job."""
         state, error = "failed", "internal error: the job ended without an outcome"
+        _notify(job, "started")
         try:
             job.token.check("starting")     # cancelled between dispatch and this thread starting
             result = task(job)
@@ -591,6 +619,7 @@ class JobQueue:
                 self._finish_locked(job, state)
                 self._dispatch_locked()
                 self._cond.notify_all()
+            _notify(job, "finished")
 
     def _finish_locked(self, job: Job, state: str) -> None:
         job.state = state

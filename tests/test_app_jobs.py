@@ -8,6 +8,7 @@ Each test has its own workspace folder. The queue is the server's (one per proce
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,63 @@ def test_an_md_run_goes_on_when_the_user_leaves_the_page(root, monkeypatch):
     run = at.session_state[state.MD_RUN]
     assert run.stop_reason == "completed" and run.n_frames == 5
     assert "**small**: " in _texts(at, "success")
+
+
+def test_a_server_restart_reports_the_interrupted_job_and_keeps_its_finished_points(root, monkeypatch):
+    """A learning curve records its finished points in the workspace as it goes; after a restart (its record's
+    server is a process that no longer exists) the reopened session is told, and gets those points back."""
+    import sqlite3
+    import socket
+
+    from aff_app.workflows import learning
+
+    real = learning.learning_curve
+    gate = threading.Event()
+
+    def held_after_first_point(*args, on_point=None, **kwargs):
+        def point(rows):
+            on_point(rows)
+            if sum(r["status"] == "ok" for r in rows) == 1:
+                gate.wait(timeout=60)  # the server "stops" here: one point finished, one to go
+
+        return real(*args, on_point=point, **kwargs)
+
+    monkeypatch.setattr(learning, "learning_curve", held_after_first_point)
+    _leave_the_page(monkeypatch)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    key = at.session_state[state.WS_SESSION]
+    at.switch_page("pages/compare.py").run()
+    at.multiselect(key=state.CMP_MODELS).set_value(["aff"])
+    at.multiselect(key=state.CMP_SIZES).set_value([25, 50])
+    at.number_input(key=state.CMP_N_TEST).set_value(10)
+    at.radio(key=state.CMP_HYPER).set_value("fixed").run()
+    at.number_input(key=state.CMP_GAMMA).set_value(4.0)
+    at.number_input(key=state.CMP_LAM).set_value(1e-8).run()
+    at.button(key=state.CMP_RUN).click().run()
+    (job,) = bg.get_queue().jobs_for(key, active_only=True)
+    ws = Workspace(root)
+    deadline = time.monotonic() + 60
+    while not (ws.session_jobs(key) and ws.session_jobs(key)[0].partial) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (record,) = ws.session_jobs(key)
+    assert record.state == "running" and record.kind == "learning_curve" and '"status": "ok"' in record.partial
+    # the restart, as the index sees it: the process that ran the job is gone
+    with sqlite3.connect(ws.index_path) as con:
+        con.execute("UPDATE jobs SET server = ? WHERE id = ?", (f"{socket.gethostname()}:{2**22 + 7}:0", job.id))
+    again = AppTest.from_file(APP, default_timeout=120)
+    again.query_params["s"] = key
+    again.run()
+    assert not again.exception, again.exception
+    warnings = _texts(again, "warning")
+    assert "was stopped by a server restart before it finished" in warnings, warnings
+    assert "its 1 finished point(s) of 2 are kept on the Compare page" in warnings
+    rows = again.session_state[state.CMP_RESULT]["rows"]
+    assert [(r["M"], r["status"]) for r in rows] == [(25, "ok"), (50, "interrupted")]
+    assert ws.session_jobs(key)[0].state == "interrupted" and ws.session_jobs(key)[0].reported
+    # told once: the next reload says nothing more
+    third = AppTest.from_file(APP, default_timeout=120)
+    third.query_params["s"] = key
+    third.run()
+    assert "server restart" not in _texts(third, "warning")
+    gate.set()
+    assert bg.get_queue().wait(job, timeout=60)

@@ -538,3 +538,37 @@ def test_a_request_never_joins_a_job_that_was_asked_to_stop(queue_factory):
     assert second is not first and q.wait(second, T) and second.result == "second"
     gate.set()
     assert q.wait(first, T) and first.state == "cancelled"
+
+
+def test_on_change_sees_every_transition_and_a_failing_hook_never_stops_the_job(queue_factory):
+    q = queue_factory(max_running=1)
+    seen, gate = [], threading.Event()
+
+    def hook(job, event):
+        seen.append((event, job.state))
+
+    def task(job):
+        job.keep([1])
+        gate.wait(5)
+        return "ok"
+
+    job = q.submit("a", "md", "one", task, on_change=hook)
+    waiting = q.submit("b", "md", "two", lambda j: "x", on_change=hook)  # queued behind the first
+    q.cancel(waiting.id, "b")
+    gate.set()
+    assert q.wait(job, timeout=5) and job.state == "done"
+    deadline = time.monotonic() + 5
+    while ("finished", "done") not in seen and time.monotonic() < deadline:
+        time.sleep(0.01)  # the hook runs after the waiters are woken
+    events = [e for e, _ in seen]
+    assert events.count("submitted") == 2 and events.count("started") == 1 and events.count("partial") == 1
+    assert ("finished", "cancelled") in seen and ("finished", "done") in seen
+    assert seen.index(("started", "running")) < seen.index(("partial", "running")) < seen.index(("finished", "done"))
+
+    def broken(job, event):
+        raise RuntimeError("disk full")
+
+    survivor = q.submit("a", "md", "three", lambda j: (j.keep("half"), "done")[1], on_change=broken)
+    assert q.wait(survivor, timeout=5) and survivor.state == "done" and survivor.result == "done"
+    with pytest.raises(QueueError, match="on_change must be callable"):
+        q.submit("a", "md", "four", lambda j: None, on_change="nope")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from pathlib import Path
@@ -14,7 +15,7 @@ from aff_app.io.files import load_trajectory
 from aff_app.io.trajectory import Trajectory
 from aff_app.workflows import pipeline
 from aff_app.workflows.pipeline import TrainSettings
-from aff_app.workspace import Workspace, WorkspaceError, WorkspaceFileError, default_root, fit_key
+from aff_app.workspace import JobRecord, Workspace, WorkspaceError, WorkspaceFileError, default_root, fit_key
 from aff_app.workspace import store as store_module
 
 REPO = Path(__file__).resolve().parents[1]
@@ -349,7 +350,7 @@ def test_an_index_that_is_not_sqlite_is_reported(tmp_path):
     (root / "index.sqlite3").write_bytes(b"this is not a database" * 10)
     with pytest.raises(WorkspaceFileError, match="not a usable workspace index"):
         Workspace(root)
-    assert store_module.SCHEMA_VERSION == 2
+    assert store_module.SCHEMA_VERSION == 3
 
 
 def test_metrics_are_stored_with_the_model_and_updated_later(ws, traj, trained):
@@ -365,21 +366,62 @@ def test_metrics_are_stored_with_the_model_and_updated_later(ws, traj, trained):
         ws.set_metrics(entry.id, [1, 2])
 
 
+def test_job_records_outlive_the_server_and_stale_ones_are_marked_interrupted(ws):
+    key, other = ws.new_session(), ws.new_session()
+    mine = JobRecord(id="1" * 32, session=key, kind="learning_curve", label="AFF; M = 25", state="queued",
+                     server="host:10:1.0", submitted=10.0)
+    ws.record_job(mine)
+    ws.record_job(dataclasses.replace(mine, state="running", started=11.0, partial='[{"M": 25}]'))
+    ws.record_job(dataclasses.replace(mine, state="running", started=11.0))  # partial=None keeps the last one
+    live = JobRecord(id="2" * 32, session=other, kind="training", label="AFF, M = 15", state="running",
+                     server="host:20:1.0", submitted=12.0, started=12.5)
+    ws.record_job(live)
+    (rec,) = ws.session_jobs(key)
+    assert (rec.state, rec.started, rec.partial, rec.reported) == ("running", 11.0, '[{"M": 25}]', False)
+    # a new server: the job of the dead one (pid 10) is interrupted, the live one's (pid 20) is left alone
+    assert ws.interrupt_stale_jobs(lambda server: server.split(":")[1] == "20") == 1
+    (rec,) = ws.session_jobs(key)
+    assert rec.state == "interrupted" and "server stopped" in rec.error and rec.finished is not None
+    assert rec.partial == '[{"M": 25}]'  # what it had finished is still there
+    assert ws.session_jobs(other)[0].state == "running"
+    assert ws.interrupt_stale_jobs(lambda server: True) == 0
+    ws.mark_reported(rec.id)
+    assert ws.session_jobs(key)[0].reported
+    with pytest.raises(WorkspaceError, match="job state"):
+        ws.record_job(dataclasses.replace(mine, state="exploded"))
+    with pytest.raises(WorkspaceError, match="session key"):
+        ws.record_job(dataclasses.replace(mine, session="../x"))
+    # bounded: only the newest finished records of a session stay
+    for i in range(store_module.KEEP_JOB_RECORDS + 5):
+        ws.record_job(JobRecord(id=f"{i:032x}", session=other, kind="md", label=f"MD {i}", state="done",
+                                server="host:20:1.0", submitted=100.0 + i))
+    kept = ws.session_jobs(other)
+    assert len(kept) == store_module.KEEP_JOB_RECORDS + 1  # + the running one
+    assert kept[-1].label == f"MD {store_module.KEEP_JOB_RECORDS + 4}" and "MD 0" not in {j.label for j in kept}
+    ws.forget_session(other)
+    assert ws.session_jobs(other) == []
+
+
 def test_an_index_of_version_1_is_upgraded_in_place(tmp_path, traj, trained):
     import sqlite3
 
     ws = Workspace(tmp_path / "old")
     data = ws.put_data(traj)
     kept = ws.put_model(trained, name="kept", data_key=data.key)
-    # make it a version-1 index: no metrics column
+    # make it a version-1 index: no metrics column, no jobs table
     with sqlite3.connect(ws.index_path) as con:
         con.execute("ALTER TABLE models DROP COLUMN metrics")
+        con.execute("DROP TABLE jobs")
         con.execute("UPDATE meta SET value = '1' WHERE name = 'schema'")
     reopened = Workspace(ws.root)
     assert [m.id for m in reopened.list_models()] == [kept.id]
     assert reopened.set_metrics(kept.id, {"force_mae": 0.1}).metrics == {"force_mae": 0.1}
+    key = reopened.new_session()
+    reopened.record_job(JobRecord(id="a" * 32, session=key, kind="md", label="MD", state="queued", server="h:1:0",
+                                  submitted=1.0))
+    assert [j.id for j in reopened.session_jobs(key)] == ["a" * 32]
     with sqlite3.connect(ws.index_path) as con:
-        assert con.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()[0] == "2"
+        assert con.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()[0] == "3"
     with sqlite3.connect(ws.index_path) as con:
         con.execute("UPDATE meta SET value = '99' WHERE name = 'schema'")
     with pytest.raises(WorkspaceError, match="schema version 99"):

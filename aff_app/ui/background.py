@@ -39,7 +39,7 @@ from aff_app.workflows import pipeline
 from aff_app.workflows.kinds import uses_symmetry
 from aff_app.workflows.predictions import HeldOut
 from aff_app.workflows.registry import TrainedModel
-from aff_app.workspace import Workspace, WorkspaceError, fit_key
+from aff_app.workspace import THIS_SERVER, JobRecord, Workspace, WorkspaceError, fit_key
 
 from aff_app.ui import session_store, state
 
@@ -86,6 +86,29 @@ def owner() -> str:
     if key is not None:
         return key
     return st.session_state.setdefault(state.JOB_OWNER, uuid.uuid4().hex)
+
+
+def _recorder(ws: Workspace | None, session: str):
+    """``on_change`` of a job: its record in the workspace, so that a server restart reports it (and keeps
+    what it finished when its partial result can be written as JSON: ``partial.to_json()``)."""
+    if ws is None:
+        return None
+
+    def on_change(job: Job, event: str) -> None:
+        partial = None
+        if event == "partial":
+            to_json = getattr(job.partial, "to_json", None)
+            if not callable(to_json):
+                return  # nothing a restart could use (e.g. MD frames): no write
+            partial = to_json()
+        try:
+            ws.record_job(JobRecord(id=job.id, session=session, kind=job.kind, label=job.label, state=job.state,
+                                    server=THIS_SERVER, submitted=job.submitted, started=job.started,
+                                    finished=job.finished, error=job.error, partial=partial))
+        except WorkspaceError:
+            log.warning("job %s could not be recorded in the workspace", job.id, exc_info=True)
+
+    return on_change
 
 
 # -- a fit as a job ------------------------------------------------------------------------------------------
@@ -212,7 +235,7 @@ def submit_fit(request: FitRequest, *, cost_bytes: int, estimate_s: float | None
     queue = get_queue()
     running = queue.find(key)
     job = queue.submit(owner(), "training", label, lambda j: _fit(request, j), key=key, cost_bytes=int(cost_bytes),
-                       estimate_s=estimate_s, on_done=_store(ws, request, key))
+                       estimate_s=estimate_s, on_done=_store(ws, request, key), on_change=_recorder(ws, owner()))
     _watch(job)
     return Submitted("joined" if running is job else "queued", job=job)
 
@@ -220,7 +243,8 @@ def submit_fit(request: FitRequest, *, cost_bytes: int, estimate_s: float | None
 def submit_task(kind: str, label: str, task, *, cost_bytes: int = 0, estimate_s: float | None = None) -> Job:
     """Queue any long job of this session (``task(job)``, reporting through ``job.report``, keeping partial
     results through ``job.keep``); collected by :func:`collect_finished` when it ends."""
-    job = get_queue().submit(owner(), kind, label, task, cost_bytes=int(cost_bytes), estimate_s=estimate_s)
+    job = get_queue().submit(owner(), kind, label, task, cost_bytes=int(cost_bytes), estimate_s=estimate_s,
+                             on_change=_recorder(session_store.workspace(), owner()))
     _watch(job)
     return job
 
@@ -300,6 +324,44 @@ COLLECTORS = {
     "simulation": "aff_app.ui.data_sections:collect_simulation",
     "conservation": "aff_app.ui.compare_sections:collect_conservation",
 }
+
+
+#: Who restores what an interrupted job had finished (its record's JSON ``partial``), per kind.
+RESTORERS = {"learning_curve": "aff_app.ui.compare_sections:restore_curves"}
+#: What each kind of job is called in messages.
+KIND_TEXT = {"training": "The fit", "learning_curve": "The learning-curve run", "md": "The MD run",
+             "design": "The sequential design", "simulation": "The simulation",
+             "conservation": "The conservation check"}
+
+
+def interrupted_notices(ws: Workspace, key: str) -> list[tuple[str, str]]:
+    """The jobs of session ``key`` that a server stop interrupted, told once (what they had finished is restored).
+
+    Called when a session is restored (a reload, or every tab reconnecting after a restart).
+    """
+    notices = []
+    try:
+        ws.interrupt_stale_jobs()
+        records = [r for r in ws.session_jobs(key) if r.state == "interrupted" and not r.reported]
+    except WorkspaceError as exc:
+        return [("warning", f"The session's job records could not be read: {exc}")]
+    for record in records:
+        what = KIND_TEXT.get(record.kind, "A job")
+        text = f"{what} *{record.label}* was stopped by a server restart before it finished"
+        kept = None
+        if record.partial and record.kind in RESTORERS:
+            module, name = RESTORERS[record.kind].split(":")
+            try:
+                kept = getattr(importlib.import_module(module), name)(record)
+            except (ValueError, TypeError, KeyError) as exc:  # a record of another version: say so, keep going
+                log.warning("the partial result of job %s could not be restored: %s", record.id, exc)
+        text += f": {kept}." if kept else ": nothing of it was kept; run it again."
+        notices.append(("warning", text))
+        try:
+            ws.mark_reported(record.id)
+        except WorkspaceError:
+            pass
+    return notices
 
 
 def collect_finished() -> list[tuple[Job, TrainedModel | None]]:

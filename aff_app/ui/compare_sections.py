@@ -7,6 +7,7 @@ first, and refused points are listed with a note.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,6 +199,38 @@ class CurveResult:
     fingerprint: str
     params: dict
     rows: list
+
+    def describe(self) -> str:
+        done = sum(r["status"] in ("ok", "failed") for r in self.rows)
+        return f"{done} of {len(self.rows)} points"
+
+    def to_json(self) -> str:
+        """The job record's partial result: a server restart keeps the finished points (:func:`restore_curves`)."""
+        return json.dumps({"fingerprint": self.fingerprint, "params": self.params, "rows": self.rows},
+                          default=_json_number)
+
+
+def _json_number(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def restore_curves(record) -> str | None:
+    """The finished points of a learning-curve job that a server restart interrupted, back in the session."""
+    saved = json.loads(record.partial)
+    rows = [dict(r) for r in saved["rows"]]
+    done = sum(r["status"] in ("ok", "failed") for r in rows)
+    if not done:
+        return None
+    for r in rows:
+        if r["status"] == "pending":
+            r.update(status="interrupted", note="not computed: the server stopped")
+    st.session_state[state.CMP_RESULT] = {"fingerprint": saved["fingerprint"], "params": saved["params"],
+                                          "rows": rows}
+    return f"its {done} finished point(s) of {len(rows)} are kept on the Compare page"
 
 
 def collect_curves(job) -> None:

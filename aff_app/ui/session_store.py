@@ -134,6 +134,9 @@ def _adopt_or_create(ws: Workspace, from_url: str | None) -> str | None:
             if ws.session_exists(from_url):
                 key = from_url
                 notices += _restore(ws, key)
+                from aff_app.ui import background  # (imports this module)
+
+                notices += background.interrupted_notices(ws, key)
             else:
                 notices.append(("warning", "The session of this address is not in the workspace (it was ended, or "
                                            "the address is from another server): a new session started."))

@@ -11,8 +11,11 @@ from pathlib import Path
 
 from aff_app.errors import AFFError
 
-__all__ = ["WorkspaceError", "WorkspaceFileError", "DataEntry", "ModelEntry", "SessionRecord", "Problem",
-           "ScanReport", "PROBLEM_KINDS"]
+__all__ = ["WorkspaceError", "WorkspaceFileError", "DataEntry", "ModelEntry", "SessionRecord", "JobRecord", "Problem",
+           "ScanReport", "PROBLEM_KINDS", "JOB_RECORD_STATES"]
+
+#: States of a recorded job: the queue's, plus 'interrupted' (its server stopped while it was queued or running).
+JOB_RECORD_STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 
 
 class WorkspaceError(AFFError, ValueError):
@@ -115,6 +118,45 @@ class SessionRecord:
 #: Kinds of :class:`Problem`: a file without an index row, a row without its file, a file that fails
 #: its checks, a leftover temporary file of an interrupted write.
 PROBLEM_KINDS = ("foreign", "missing", "corrupt", "temporary")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One long job of a session as the index keeps it, so that a server restart cannot make it vanish.
+
+    Attributes
+    ----------
+    id : str
+        The queue's job id (uuid4 hex).
+    session : str
+        The session key it belongs to.
+    kind, label : str
+        As the queue has them ('training', 'learning_curve', 'md', ...; 'AFF, M = 200').
+    state : str
+        One of :data:`JOB_RECORD_STATES`.
+    server : str
+        'host:pid:start' of the server process that ran it (a restart is a new one).
+    submitted, started, finished : float or None
+    error : str or None
+        Why it failed or was interrupted.
+    partial : str or None
+        JSON of what it had finished (e.g. learning-curve rows), written as it went.
+    reported : bool
+        Whether the session was told that the job was interrupted.
+    """
+
+    id: str
+    session: str
+    kind: str
+    label: str
+    state: str
+    server: str
+    submitted: float
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    partial: str | None = None
+    reported: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import sqlite3
 import time
 import uuid
@@ -40,7 +41,9 @@ from aff_app.workflows import pipeline
 from aff_app.workflows.registry import MAX_NAME_LENGTH as REGISTRY_MAX_NAME_LENGTH, clean_model_name
 from aff_app.workspace.atomic import TEMP_PREFIX, sha256_file, write_atomic
 from aff_app.workspace.records import (
+    JOB_RECORD_STATES,
     DataEntry,
+    JobRecord,
     ModelEntry,
     Problem,
     ScanReport,
@@ -58,9 +61,12 @@ MAX_NAME_LENGTH = REGISTRY_MAX_NAME_LENGTH
 #: How long a call waits for another writer's lock before giving up, s.
 BUSY_TIMEOUT_S = 30.0
 #: Bump when the tables change; an index of another version is refused, not silently altered.
-SCHEMA_VERSION = 2
-#: Older index versions this one upgrades in place: version -> its SQL (version 2 added models.metrics).
-_UPGRADES = {"1": "ALTER TABLE models ADD COLUMN metrics TEXT"}
+SCHEMA_VERSION = 3
+#: Older index versions this one upgrades in place: version -> its SQL (version 2 added models.metrics;
+#: version 3 the jobs table, which the CREATE ... IF NOT EXISTS of the schema makes).
+_UPGRADES = {"1": "ALTER TABLE models ADD COLUMN metrics TEXT", "2": None}
+#: Finished job records kept per session (the oldest are dropped).
+KEEP_JOB_RECORDS = 50
 
 _DATA_KEY = re.compile(r"[0-9a-f]{64}")
 _MODEL_ID = re.compile(r"[0-9a-f]{32}")
@@ -84,9 +90,42 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE TABLE IF NOT EXISTS session_models (
     session TEXT NOT NULL, model_id TEXT NOT NULL, position INTEGER NOT NULL,
     PRIMARY KEY (session, model_id));
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, session TEXT NOT NULL, kind TEXT NOT NULL, label TEXT NOT NULL, state TEXT NOT NULL,
+    server TEXT NOT NULL, submitted REAL NOT NULL, started REAL, finished REAL, error TEXT, partial TEXT,
+    reported INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS jobs_session ON jobs (session, submitted);
 """
 # models.data_key is '' for "no stored data": SQLite's UNIQUE treats NULLs as distinct, and names
 # must be unique among those models too.
+
+
+#: This process as a job's server: host, process id and start time (a restart is another server).
+THIS_SERVER = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
+
+
+def server_alive(server: str) -> bool:
+    """Whether the server process that recorded a job (``THIS_SERVER`` of some process) still runs.
+
+    This process: yes. The same process id but another start (a restarted container): no. Another
+    process of this host: whether it exists. Another host: assumed alive (nothing here can tell).
+    """
+    if server == THIS_SERVER:
+        return True
+    host, _, rest = server.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return host != socket.gethostname()
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def default_root() -> Path:
@@ -158,7 +197,9 @@ class Workspace:
                     if row is None:
                         con.execute("INSERT INTO meta (name, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                     elif row[0] in _UPGRADES:
-                        con.execute(_UPGRADES[row[0]])
+                        for version in sorted(v for v in _UPGRADES if int(v) >= int(row[0])):
+                            if _UPGRADES[version]:
+                                con.execute(_UPGRADES[version])
                         con.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (str(SCHEMA_VERSION),))
                     elif row[0] != str(SCHEMA_VERSION):
                         raise WorkspaceError(
@@ -568,7 +609,75 @@ class Workspace:
         _check(_SESSION_KEY, key, "session key")
         with self._connect() as con, self._write(con):
             con.execute("DELETE FROM session_models WHERE session = ?", (key,))
+            con.execute("DELETE FROM jobs WHERE session = ?", (key,))
             con.execute("DELETE FROM sessions WHERE key = ?", (key,))
+
+    # -- job records ---------------------------------------------------------------------------
+    def record_job(self, record: JobRecord) -> None:
+        """Insert or update one job's record (the queue's state as it changes; ``partial`` as it grows)."""
+        _check(_SESSION_KEY, record.session, "session key")
+        _check(_MODEL_ID, record.id, "job id")
+        if record.state not in JOB_RECORD_STATES:
+            raise WorkspaceError(f"job state {record.state!r} is not one of {', '.join(JOB_RECORD_STATES)}")
+        with self._connect() as con, self._write(con):
+            con.execute(
+                "INSERT INTO jobs (id, session, kind, label, state, server, submitted, started, finished, error, "
+                "partial, reported) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                # hooks of two threads may write out of order: a final state is never overwritten
+                "state = CASE WHEN jobs.state IN ('queued', 'running') THEN excluded.state ELSE jobs.state END, "
+                "started = COALESCE(excluded.started, jobs.started), "
+                "finished = COALESCE(jobs.finished, excluded.finished), "
+                "error = CASE WHEN jobs.state IN ('queued', 'running') THEN excluded.error ELSE jobs.error END, "
+                "partial = COALESCE(excluded.partial, jobs.partial)",
+                (record.id, record.session, record.kind, record.label, record.state, record.server,
+                 record.submitted, record.started, record.finished, record.error, record.partial,
+                 int(record.reported)))
+            if record.state not in ("queued", "running"):
+                # bounded: the oldest finished records of this session go
+                con.execute(
+                    "DELETE FROM jobs WHERE session = ? AND state NOT IN ('queued', 'running') AND id NOT IN "
+                    "(SELECT id FROM jobs WHERE session = ? ORDER BY submitted DESC LIMIT ?)",
+                    (record.session, record.session, KEEP_JOB_RECORDS))
+
+    def session_jobs(self, key: str) -> list[JobRecord]:
+        """The job records of session ``key``, oldest first."""
+        _check(_SESSION_KEY, key, "session key")
+        with self._connect() as con:
+            rows = con.execute("SELECT * FROM jobs WHERE session = ? ORDER BY submitted", (key,)).fetchall()
+        cols = self._columns("jobs")
+        return [self._job_from_row(dict(zip(cols, raw))) for raw in rows]
+
+    def interrupt_stale_jobs(self, is_alive=None) -> int:
+        """Mark 'interrupted' every queued or running record whose server is gone; return how many.
+
+        ``is_alive(server) -> bool`` says whether the server that recorded a job still runs; default
+        :func:`server_alive` (another live server's jobs are left alone).
+        """
+        is_alive = server_alive if is_alive is None else is_alive
+        with self._connect() as con:
+            rows = con.execute("SELECT id, server FROM jobs WHERE state IN ('queued', 'running')").fetchall()
+        stale = [job_id for job_id, server in rows if not is_alive(server)]
+        if stale:
+            with self._connect() as con, self._write(con):
+                con.executemany(
+                    "UPDATE jobs SET state = 'interrupted', finished = ?, error = ? WHERE id = ? AND state IN "
+                    "('queued', 'running')",
+                    [(time.time(), "the server stopped while the job was queued or running", job_id)
+                     for job_id in stale])
+        return len(stale)
+
+    def mark_reported(self, job_id: str) -> None:
+        """The session was told about this (interrupted) job: it is not reported again."""
+        _check(_MODEL_ID, job_id, "job id")
+        with self._connect() as con, self._write(con):
+            con.execute("UPDATE jobs SET reported = 1 WHERE id = ?", (job_id,))
+
+    @staticmethod
+    def _job_from_row(row: dict[str, Any]) -> JobRecord:
+        return JobRecord(id=row["id"], session=row["session"], kind=row["kind"], label=row["label"],
+                         state=row["state"], server=row["server"], submitted=row["submitted"],
+                         started=row["started"], finished=row["finished"], error=row["error"],
+                         partial=row["partial"], reported=bool(row["reported"]))
 
     # -- checks ------------------------------------------------------------------------------
     def problems(self) -> tuple[Problem, ...]:
