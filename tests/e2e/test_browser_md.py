@@ -62,3 +62,39 @@ def test_md_page_runs_a_model_and_the_xtb_reference(page, app_url):
     expect(frame.locator('body[data-frames="101"]')).to_be_attached()
     expect(frame.locator("#aff-info")).to_contain_text("ps")
     _shot(page, "md", 3500)
+
+
+def test_an_md_run_goes_on_while_the_user_is_on_another_page(page, app_url):
+    """The run is a job of the server: the user leaves the MD page while it runs; the sidebar of the Data page shows
+    it running, then done, and the MD page then shows the whole run."""
+    import re
+
+    expect = _expect()
+    goto_app(page, app_url)
+    expect(page.get_by_text("C6H6").first).to_be_visible()
+    _nav(page, "Train")
+    page.locator('[data-testid="stRadio"]', has_text="Hyperparameters").first.get_by_text(
+        "set γ and λ by hand", exact=True).click()
+    _settle(page, 300)
+    _train(page, "AFF", 200, "AFF M=200 seed 0")
+    _nav(page, "MD")
+    expect(page.get_by_role("heading", name="MD").first).to_be_visible()
+    page.locator(".st-key-md_ensemble").get_by_text("NVT (Langevin thermostat)", exact=True).click()
+    _settle(page, 300)
+    _set_keyed_number(page, "md_steps", 10000)
+    _set_keyed_number(page, "md_record_every", 50)
+    page.get_by_role("button", name="Run MD").click()
+    # the page waits for the job in place (progress bar) while the user stays
+    expect(page.locator('[data-testid="stProgress"]', has_text=re.compile(r"running \d+%")).first).to_be_visible(
+        timeout=60_000)
+    _nav(page, "Data")
+    expect(page.get_by_role("heading", name="Data").first).to_be_visible()
+    sidebar = page.get_by_test_id("stSidebar")
+    job = re.compile(r"MD: AFF M=200 seed 0, NVT, 10,000 steps: ")
+    expect(sidebar.get_by_text(re.compile(job.pattern + "running"))).to_be_visible(timeout=30_000)
+    _shot(page, "md_job_sidebar", 900)
+    expect(sidebar.get_by_text(re.compile(job.pattern + "done in"))).to_be_visible(timeout=RUN_TIMEOUT_MS * 2)
+    _nav(page, "MD")
+    expect(page.get_by_role("heading", name="Run: AFF M=200 seed 0").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_text(re.compile(r"(completed 10000 steps|stopped at step \d+)")).first).to_be_visible()
+    expect(page.locator("text.gtitle", has_text="MD run: energies").first).to_be_visible()
