@@ -170,3 +170,19 @@ def test_the_workspace_page_lists_adds_renames_deletes_and_starts_fresh(root):
     assert fresh != key and at.query_params["s"] == fresh
     assert state.MODELS not in at.session_state and state.TRAJECTORY not in at.session_state  # nothing carried over
     assert _open(key).session_state[state.WS_SESSION] == key  # the old session stays reachable
+
+
+def test_a_session_idle_for_longer_than_aff_session_days_is_forgotten_at_server_start(root, monkeypatch):
+    import sqlite3
+    import time
+
+    ws = Workspace(root)
+    idle, recent = ws.new_session(), ws.new_session()
+    with sqlite3.connect(ws.index_path) as con:
+        con.execute("UPDATE sessions SET updated = ? WHERE key = ?", (time.time() - 10 * 86400, idle))
+    monkeypatch.setenv("AFF_SESSION_DAYS", "7")
+    at = _open(idle)
+    assert "The session of this address is not in the workspace" in _texts(at, "warning")
+    assert at.session_state[state.WS_SESSION] != idle
+    again = _open(recent)
+    assert again.session_state[state.WS_SESSION] == recent and not _texts(again, "warning")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -426,3 +427,24 @@ def test_an_index_of_version_1_is_upgraded_in_place(tmp_path, traj, trained):
         con.execute("UPDATE meta SET value = '99' WHERE name = 'schema'")
     with pytest.raises(WorkspaceError, match="schema version 99"):
         Workspace(ws.root)
+
+
+def test_idle_sessions_are_forgotten_but_their_models_and_data_stay(ws, traj, trained):
+    import sqlite3
+
+    data = ws.put_data(traj)
+    model = ws.put_model(trained, name="kept", data_key=data.key)
+    old, busy, mine, fresh = (ws.new_session() for _ in range(4))
+    for key in (old, busy, mine, fresh):
+        ws.attach(key, data_key=data.key, model_id=model.id)
+    ws.record_job(JobRecord(id="3" * 32, session=busy, kind="training", label="AFF", state="running",
+                            server="h:1:0", submitted=1.0))
+    with sqlite3.connect(ws.index_path) as con:  # three of them last used 40 days ago
+        con.execute("UPDATE sessions SET updated = ? WHERE key IN (?, ?, ?)",
+                    (time.time() - 40 * 86400, old, busy, mine))
+    assert ws.forget_idle_sessions(30 * 86400, keep=mine) == 1
+    assert not ws.session_exists(old)
+    assert ws.session_exists(busy) and ws.session_exists(mine) and ws.session_exists(fresh)  # a job; the caller's
+    assert [m.id for m in ws.list_models()] == [model.id] and [d.key for d in ws.list_data()] == [data.key]
+    ws.touch_session(mine)  # a restore counts as use
+    assert ws.forget_idle_sessions(30 * 86400) == 0

@@ -21,6 +21,7 @@ stops the app: the session then lives in memory only and the sidebar says why.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
@@ -38,11 +39,28 @@ from aff_app.ui import state
 SESSION_PARAM = "s"
 #: How many loaded model files the server keeps in memory, shared by every session that has them.
 MODEL_CACHE_ENTRIES = 16
+#: Environment variable: days a session may stay unused before the server forgets it (0: never).
+SESSION_DAYS_ENV = "AFF_SESSION_DAYS"
+DEFAULT_SESSION_DAYS = 30.0
 
 
 @st.cache_resource(show_spinner=False)
 def _open_workspace(root: str) -> Workspace:
-    return Workspace(root)
+    ws = Workspace(root)
+    days = _session_days()
+    if days > 0:
+        # once per server process: sessions idle that long are forgotten (their data and models stay stored)
+        ws.forget_idle_sessions(days * 86400.0)
+    return ws
+
+
+def _session_days() -> float:
+    """``$AFF_SESSION_DAYS`` (default 30; 0 keeps every session)."""
+    raw = os.environ.get(SESSION_DAYS_ENV, "").strip()
+    try:
+        return max(float(raw), 0.0) if raw else DEFAULT_SESSION_DAYS
+    except ValueError:
+        return DEFAULT_SESSION_DAYS
 
 
 def workspace() -> Workspace | None:
@@ -133,6 +151,7 @@ def _adopt_or_create(ws: Workspace, from_url: str | None) -> str | None:
         try:
             if ws.session_exists(from_url):
                 key = from_url
+                ws.touch_session(key)
                 notices += _restore(ws, key)
                 from aff_app.ui import background  # (imports this module)
 

@@ -604,6 +604,29 @@ class Workspace:
             con.execute("UPDATE sessions SET updated = ? WHERE key = ?", (time.time(), session))
         return self.session_state(session)
 
+    def touch_session(self, key: str) -> None:
+        """Record that session ``key`` was used now (a restore counts as use for :meth:`forget_idle_sessions`)."""
+        _check(_SESSION_KEY, key, "session key")
+        with self._connect() as con, self._write(con):
+            con.execute("UPDATE sessions SET updated = ? WHERE key = ?", (time.time(), key))
+
+    def forget_idle_sessions(self, max_idle_s: float, *, keep: str | None = None) -> int:
+        """Forget sessions not used for ``max_idle_s`` seconds (their data and models stay stored); return how many.
+
+        ``keep``: a session never forgotten here (the caller's own). Sessions with a queued or running job
+        record stay.
+        """
+        cutoff = time.time() - float(max_idle_s)
+        with self._connect() as con, self._write(con):
+            stale = [k for (k,) in con.execute(
+                "SELECT key FROM sessions WHERE updated < ? AND key NOT IN "
+                "(SELECT session FROM jobs WHERE state IN ('queued', 'running'))", (cutoff,)) if k != keep]
+            for key in stale:
+                con.execute("DELETE FROM session_models WHERE session = ?", (key,))
+                con.execute("DELETE FROM jobs WHERE session = ?", (key,))
+                con.execute("DELETE FROM sessions WHERE key = ?", (key,))
+        return len(stale)
+
     def forget_session(self, key: str) -> None:
         """Forget a session (its data and models stay stored)."""
         _check(_SESSION_KEY, key, "session key")
