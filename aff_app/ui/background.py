@@ -422,6 +422,41 @@ def wait_here(job: Job, *, cancel_key: str, cancel_label: str = "Cancel", where=
     return job
 
 
+def active_job(kind: str) -> Job | None:
+    """This session's queued or running job of ``kind`` (a page runs one of its kind at a time), or None."""
+    active = [j for j in get_queue().jobs_for(owner(), active_only=True) if j.kind == kind]
+    return active[-1] if active else None
+
+
+def run_here(job: Job, *, cancel_key: str, cancel_label: str, caption: str, on_tick=None, tick_s: float = 1.0) -> Job:
+    """A page's job while the user stays: its caption, progress, Cancel and live view (``on_tick(job)``, drawn
+    below the caption), then — once it ended — a bug re-raised as one and the result collected into the session.
+
+    Any click elsewhere stops this script run; the job goes on (the sidebar shows it) and its result reaches
+    the session on a later run (:func:`collect_finished`).
+    """
+    from aff_app.errors import AFFError
+
+    running = st.empty()
+    with running.container():
+        st.caption(caption)
+        live = st.empty()
+        wait_here(job, cancel_key=cancel_key, cancel_label=cancel_label, tick_s=tick_s,
+                  on_tick=None if on_tick is None else (lambda j: on_tick(j, live)))
+    running.empty()
+    if job.state == "failed" and job.exception is not None and not isinstance(job.exception, AFFError):
+        raise job.exception  # a bug in aff_app is shown as one
+    collect_finished()
+    return job
+
+
+def show_notices(key: str) -> None:
+    """Show, once, what finished jobs left under ``st.session_state[key]``: a list of (level, text)."""
+    collect_finished()  # (app.py does it on every run; AppTest reruns only the page)
+    for level, text in st.session_state.pop(key, None) or []:
+        getattr(st, level)(text, icon="⏹️" if level == "warning" else None)
+
+
 # -- the sidebar --------------------------------------------------------------------------------------------------
 
 

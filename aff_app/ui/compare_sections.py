@@ -180,15 +180,9 @@ def compute_button(traj: Trajectory, form: CurveForm) -> None:
         except mw.EXPECTED_ERRORS as exc:
             st.error(f"Learning curves refused: {mw.error_text(exc)}")
             return
-        running = st.empty()  # the cancel button and the bar go away with the run
-        with running.container():
-            st.caption("The curves are computed on the server: you may switch pages — the progress stays in the "
-                       "sidebar, and every finished point is kept even if you cancel.")
-            bg.wait_here(job, cancel_key=state.CMP_CANCEL, cancel_label="Cancel learning curves")
-        running.empty()
-        if job.state == "failed" and job.exception is not None and not isinstance(job.exception, mw.EXPECTED_ERRORS):
-            raise job.exception  # a bug in aff_app is shown as one
-        bg.collect_finished()
+        bg.run_here(job, cancel_key=state.CMP_CANCEL, cancel_label="Cancel learning curves",
+                    caption="The curves are computed on the server: you may switch pages — the progress stays in the "
+                            "sidebar, and every finished point is kept even if you cancel.")
         st.rerun()  # the notices and the curves are drawn above and below: show them
 
 
@@ -338,8 +332,7 @@ def conservation_section(registry: ModelRegistry, traj: Trajectory) -> None:
     st.caption(f"Start: frame {start_frame} of {traj.name or traj.formula}, a frame none of the chosen models trained "
                "on (a test frame recorded at training when there is one).")
     run = st.button("Run the conservation check", key=state.CMP_CONS_RUN, disabled=not chosen)
-    active = [j for j in bg.get_queue().jobs_for(bg.owner(), active_only=True) if j.kind == "conservation"]
-    job = active[-1] if active else None
+    job = bg.active_job("conservation")
     if run and chosen and job is None:
         settings = ConservationSettings(temperature_K=temp, dt_fs=dt, n_steps=steps)
         fields = [f for n in chosen for f in force_fields(n, by_name[n].force, by_name[n].energy)]
@@ -352,17 +345,10 @@ def conservation_section(registry: ModelRegistry, traj: Trajectory) -> None:
         st.info(f"A conservation check of this session is still going ({job.label}): cancel it first to start "
                 "another.")
     if job is not None:
-        running = st.empty()
-        with running.container():
-            st.caption("The check runs on the server: you may switch pages — the sidebar shows its progress, and the "
-                       "finished models' reports are kept if you cancel.")
-            bg.wait_here(job, cancel_key=state.CMP_CONS_CANCEL, cancel_label="Cancel the conservation check")
-        running.empty()
-        if job.state == "failed" and job.exception is not None and not isinstance(job.exception, mw.EXPECTED_ERRORS):
-            raise job.exception  # a bug in aff_app is shown as one
-        bg.collect_finished()
-        for level, text in st.session_state.pop(state.CMP_NOTICE, None) or []:
-            getattr(st, level)(text)
+        bg.run_here(job, cancel_key=state.CMP_CONS_CANCEL, cancel_label="Cancel the conservation check",
+                    caption="The check runs on the server: you may switch pages — the sidebar shows its progress, "
+                            "and the finished models' reports are kept if you cancel.")
+        bg.show_notices(state.CMP_NOTICE)
     result = st.session_state.get(state.CMP_CONS_RESULT)
     if not result or result["fingerprint"] != traj.fingerprint:
         st.caption("No conservation check yet on this data: choose models and press the button (about a minute for "

@@ -174,8 +174,7 @@ def simulate_tab(tab_sim) -> None:
     from aff_app.ui import background as bg
 
     clicked = st.button("Run simulation", key=state.SIM_RUN, type="primary")
-    active = [j for j in bg.get_queue().jobs_for(bg.owner(), active_only=True) if j.kind == "simulation"]
-    job = active[-1] if active else None
+    job = bg.active_job("simulation")
     if clicked and job is None:
         settings = dict(smiles=smiles, steps=int(steps), temperature_K=float(temperature), timestep_fs=float(timestep),
                         equilibration_steps=int(equilibration), sample_every=int(sample_every), seed=int(seed))
@@ -189,15 +188,9 @@ def simulate_tab(tab_sim) -> None:
         tab_sim.info(f"A simulation of this session is still running ({job.label}): cancel it first to start another.")
     if job is None:
         return
-    running = st.empty()
-    with running.container():
-        st.caption("The simulation runs on the server: you may switch pages — the sidebar shows its progress; the "
-                   "data set it makes is loaded when it ends.")
-        bg.wait_here(job, cancel_key=state.SIM_CANCEL, cancel_label="Cancel")
-    running.empty()
-    if job.state == "failed" and job.exception is not None and not isinstance(job.exception, AFFError):
-        raise job.exception  # a bug in aff_app is shown as one
-    bg.collect_finished()
+    bg.run_here(job, cancel_key=state.SIM_CANCEL, cancel_label="Cancel",
+                caption="The simulation runs on the server: you may switch pages — the sidebar shows its progress; "
+                        "the data set it makes is loaded when it ends.")
     st.rerun()  # the loaded data and the notice are drawn above
 
 

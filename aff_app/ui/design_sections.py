@@ -17,6 +17,7 @@ from aff_app.errors import AFFError
 from aff_app.figures import design as figd
 from aff_app.io.trajectory import Trajectory
 from aff_app.symmetry import SymmetryInfo
+from aff_app.ui import background as bg
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
 from aff_app.ui import symmetry_widgets as sw
@@ -179,15 +180,7 @@ def _store(pool_key: str, run_id: str, result: design.DesignResult) -> None:
 
 def notices() -> None:
     """What finished design jobs left to say (shown once)."""
-    from aff_app.ui import background as bg
-
-    bg.collect_finished()  # (app.py does it on every run; AppTest reruns only the page)
-    _show_notices()
-
-
-def _show_notices() -> None:
-    for level, text in st.session_state.pop(state.DESIGN_NOTICE, None) or []:
-        getattr(st, level)(text, icon="⏹️" if level == "warning" else None)
+    bg.show_notices(state.DESIGN_NOTICE)
 
 
 def collect_design(job) -> None:
@@ -226,12 +219,9 @@ def _design_task(pool: DesignPool, settings: design.DesignSettings):
 def run_button(pool: DesignPool, form: DesignForm) -> None:
     """The button, then the run as a job of the server: progress with elapsed/remaining time, Cancel, the last
     round while the user stays; the run goes on when the user leaves (the sidebar shows it)."""
-    from aff_app.ui import background as bg
-
     settings = form.settings
     run = st.button("Run sequential design", key=state.DESIGN_RUN, type="primary", disabled=settings is None)
-    active = [j for j in bg.get_queue().jobs_for(bg.owner(), active_only=True) if j.kind == "design"]
-    job = active[-1] if active else None
+    job = bg.active_job("design")
     if run and settings is not None and job is None:
         label = (f"Design: {MODE_LABELS[settings.mode]}, M0 = {settings.n_initial}, batch {settings.batch}, "
                  f"budget {settings.budget}")
@@ -245,24 +235,16 @@ def run_button(pool: DesignPool, form: DesignForm) -> None:
                 "another.")
     if job is None:
         return
-    running = st.empty()
-    with running.container():
-        st.caption("The run goes on on the server: you may switch pages — the sidebar shows its progress, and the "
-                   "finished rounds are kept if you cancel.")
-        latest = st.empty()
 
-        def last_round(j) -> None:
-            if isinstance(j.partial, DesignOutcome) and j.partial.result.rows:
-                r = j.partial.result.rows[-1]
-                latest.caption(f"Last round: {r.strategy}, M = {r.M}, force MAE {r.force_mae:.3g} {FORCE_UNIT}.")
+    def last_round(j, where) -> None:
+        if isinstance(j.partial, DesignOutcome) and j.partial.result.rows:
+            r = j.partial.result.rows[-1]
+            where.caption(f"Last round: {r.strategy}, M = {r.M}, force MAE {r.force_mae:.3g} {FORCE_UNIT}.")
 
-        bg.wait_here(job, cancel_key=state.DESIGN_CANCEL, cancel_label="Cancel (keeps the finished rounds)",
-                     on_tick=last_round)
-    running.empty()
-    if job.state == "failed" and job.exception is not None and not isinstance(job.exception, mw.EXPECTED_ERRORS):
-        raise job.exception  # a bug in aff_app is shown as one
-    bg.collect_finished()
-    _show_notices()
+    bg.run_here(job, cancel_key=state.DESIGN_CANCEL, cancel_label="Cancel (keeps the finished rounds)",
+                on_tick=last_round, caption="The run goes on on the server: you may switch pages — the sidebar shows "
+                                            "its progress, and the finished rounds are kept if you cancel.")
+    bg.show_notices(state.DESIGN_NOTICE)
 
 
 def results(pool: DesignPool) -> None:

@@ -22,6 +22,7 @@ import streamlit as st
 
 from aff_app.figures import md as figmd
 from aff_app.io.trajectory import Trajectory
+from aff_app.ui import background as bg
 from aff_app.ui import data_widgets as dw
 from aff_app.ui import model_widgets as mw
 from aff_app.ui import state
@@ -250,11 +251,9 @@ def run_button(traj: Trajectory, form: MDForm) -> None:
     The run goes on when the user switches page or reloads (the sidebar shows it); its result, or the frames
     recorded before a cancel, reach the session when it ends (:func:`collect_md`).
     """
-    from aff_app.ui import background as bg
-
     ready = form.settings is not None
     clicked = st.button("Run MD", key=state.MD_RUN_BUTTON, type="primary", disabled=not ready)
-    job = _running_job()
+    job = bg.active_job("md")
     if clicked and ready and job is None:
         s, entry = form.settings, form.entry
         job_label = (f"MD: {form.label}, {s.ensemble.upper()}, {s.n_steps:,} steps"
@@ -270,40 +269,24 @@ def run_button(traj: Trajectory, form: MDForm) -> None:
                 "start another.")
     if job is None:
         return
-    running = st.empty()
-    with running.container():
-        st.caption("The run goes on on the server: you may switch pages — the sidebar shows its progress, and the "
-                   "frames recorded so far are kept if you cancel.")
-        chart = st.empty()
-        drawn = [0]
+    drawn = [0]
 
-        def live(j) -> None:
-            partial = j.partial
-            if not isinstance(partial, MDPartial):
-                return
-            run = partial.snapshot()
-            if run is None or run.n_frames <= drawn[0]:
-                return
-            drawn[0] = run.n_frames
-            runs = [partial.done, run] if partial.done is not None else [run]
-            chart.plotly_chart(figmd.md_traces(runs, title="Running…"), width="stretch",
-                               key=f"{state.MD_TRACES_CHART}_live_{partial.which}_{run.n_frames}")
+    def live(j, where) -> None:
+        partial = j.partial
+        if not isinstance(partial, MDPartial):
+            return
+        run = partial.snapshot()
+        if run is None or run.n_frames <= drawn[0]:
+            return
+        drawn[0] = run.n_frames
+        runs = [partial.done, run] if partial.done is not None else [run]
+        where.plotly_chart(figmd.md_traces(runs, title="Running…"), width="stretch",
+                           key=f"{state.MD_TRACES_CHART}_live_{partial.which}_{run.n_frames}")
 
-        bg.wait_here(job, cancel_key=state.MD_CANCEL, cancel_label="Cancel the MD run", on_tick=live,
-                     tick_s=LIVE_EVERY_S)
-    running.empty()
-    if job.state == "failed" and job.exception is not None and not isinstance(job.exception, mw.EXPECTED_ERRORS):
-        raise job.exception  # a bug in aff_app is shown as one
-    bg.collect_finished()
-    _show_notices()
-
-
-def _running_job():
-    """This session's queued or running MD job, if any (one at a time: the page shows one run)."""
-    from aff_app.ui import background as bg
-
-    active = [j for j in bg.get_queue().jobs_for(bg.owner(), active_only=True) if j.kind == "md"]
-    return active[-1] if active else None
+    bg.run_here(job, cancel_key=state.MD_CANCEL, cancel_label="Cancel the MD run", on_tick=live, tick_s=LIVE_EVERY_S,
+                caption="The run goes on on the server: you may switch pages — the sidebar shows its progress, and "
+                        "the frames recorded so far are kept if you cancel.")
+    bg.show_notices(state.MD_NOTICE)
 
 
 def _store(result: dict) -> None:
@@ -345,15 +328,7 @@ def collect_md(job) -> None:
 
 def notices() -> None:
     """What finished MD jobs left to say (shown once)."""
-    from aff_app.ui import background as bg
-
-    bg.collect_finished()  # (app.py does it on every run; AppTest reruns only the page)
-    _show_notices()
-
-
-def _show_notices() -> None:
-    for level, text in st.session_state.pop(state.MD_NOTICE, None) or []:
-        getattr(st, level)(text, icon="⏹️" if level == "warning" else None)
+    bg.show_notices(state.MD_NOTICE)
 
 
 # -- the results -----------------------------------------------------------------------------------------------
