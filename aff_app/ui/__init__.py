@@ -7,6 +7,12 @@
 Importing this package also makes sure a page never runs without ``app.py`` (below).
 """
 
+# Imported here, once, under this package's import lock: plotly looks pandas up in sys.modules, and when
+# twenty sessions drew their first page at once, some found pandas half-imported by another session's
+# thread ("partially initialized module 'pandas' has no attribute 'Series'", the load test).
+import pandas  # noqa: E402,F401
+import plotly.graph_objects  # noqa: E402,F401
+
 
 def _through_app_py() -> None:
     """Make a page that Streamlit ran on its own rerun through ``app.py`` (once per server process).
