@@ -7,6 +7,7 @@ listed in ``aff_app.cli.COMMAND_MODULES``)::
     python -m aff_app train DATA --model aff|gdml|sgdml|sgdml-package|dcf --n-train M --out MODEL.npz [--seed S]
                                  [--gamma G --lam L] [--criterion likelihood|cv] [--pe-sets "0,1;2 3"]
                                  [--labels md17|rmd17] [--memory-budget-gb X] [--no-energy]
+                                 [--solver auto|dense|iterative]
     python -m aff_app evaluate MODEL DATA [--n-test K] [--seed S] [--level 0.95] [--interval latent|observation]
     python -m aff_app predict MODEL DATA --out OUT.extxyz|OUT.csv [--frames ...]
 
@@ -171,6 +172,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symmetry-frames", type=int, default=200, help="frames sampled by the symmetry search (default 200)")
     p.add_argument("--memory-budget-gb", type=float, default=None,
                    help="refuse fits whose kernels need more memory (GB); default: AFF_MEMORY_BUDGET_GB or 60%% of RAM")
+    p.add_argument("--solver", choices=("auto", "dense", "iterative"), default="auto",
+                   help="auto (default): factor the PE sets' kernels when they fit the memory budget, else (AFF) "
+                        "conjugate gradients on the matrix-free kernel; dense; iterative (AFF only)")
 
 
 def _run_train(args) -> dict:
@@ -193,7 +197,7 @@ def _run_train(args) -> dict:
     budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30)
     settings = pipeline.TrainSettings(mode=args.model, gamma=args.gamma, lam=args.lam, criterion=args.criterion,
                                       energy=not args.no_energy, energy_model=args.energy_model,
-                                      budget_bytes=budget,
+                                      budget_bytes=budget, solver=args.solver,
                                       keep_factors=False)  # written and done: one kernel buffer
     progress = _progress_printer(args)
     symmetry, t_sym = None, None
@@ -244,7 +248,24 @@ def _run_train(args) -> dict:
                     "build_s": timings.build_s, "cholesky_s": timings.cholesky_s, "force_s": timings.force_s,
                     "energy_s": timings.energy_s, "total_s": timings.total_s},
         "data_fingerprint": rec.data_fingerprint,
+        "solver": _solver_summary(model, budget, args.solver),
     }
+
+
+def _solver_summary(model, budget: int | None, solver: str) -> dict | None:
+    """The fit's solver (``record.solver``) and the budget estimate of the path it took (GP models only)."""
+    rec = getattr(getattr(model, "record", None), "solver", None)
+    if rec is None or not hasattr(model, "pe_sets"):
+        return None
+    from aff_app.gp.budget import estimate_cost
+
+    est = estimate_cost(model.n_train, [s.size for s in model.pe_sets], n_perms=int(model.perms.shape[0]),
+                        keep_factors=False, solver=solver if model.mode == "aff" else "dense",
+                        budget_bytes=budget, n_atoms=model.n_atoms)
+    return {"method": rec.method, "reason": rec.reason, "iterations": list(rec.iterations) or None,
+            "held_out_iterations": None if rec.held_out_iterations is None else list(rec.held_out_iterations),
+            "lam_search": rec.lam_search, "lam": rec.lam, "lam_raised": rec.lam_raised,
+            "nystrom_frames": rec.nystrom_frames, "estimate": est.to_dict()}
 
 
 def _energy_kind(energy) -> str | None:
@@ -274,6 +295,15 @@ def _render_train(r: dict) -> str:
                      + f"; the whole command {r['wall_time_s']:.2f} s")
     else:
         lines.append(f"training time {r['training_time_s']:.2f} s; the whole command {r['wall_time_s']:.2f} s")
+    sv = r.get("solver")
+    if sv is not None:
+        line = f"solver: {sv['method']} ({sv['reason']}); estimate: {sv['estimate']['summary']}"
+        if sv["method"] == "iterative":
+            line += (f"; CG iterations per PE set {sv['iterations']} (held-out calibration solve "
+                     f"{sv['held_out_iterations']}), {sv['nystrom_frames']} preconditioner frames")
+            if sv["lam_raised"]:
+                line += f"; λ raised from the search's {sv['lam_search']:.3g} to the iterative floor {sv['lam']:.3g}"
+        lines.append(line)
     lines.extend(f"warning: {w}" for w in r.get("warnings") or [])
     return "\n".join(lines)
 

@@ -2,6 +2,9 @@
 
 Sizes follow method.md: PE set i has a 3·M·l_i square kernel; AFF factors
 each one (Σ (3 M l_i)³/3 flops), GDML/sGDML one of side 3·M·N ((3MN)³/3).
+When the dense kernels exceed the budget an AFF fit can take the iterative
+path instead (method.md "Iterative path", ``aff_app.gp.iterative``): its
+memory is the preconditioner's, chosen to fit the budget.
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ DEFAULT_MEMORY_FRACTION = 0.6
 #: Dense Cholesky rate assumed for time estimates (flop/s); measured on a
 #: 2-core machine, see benchmarks/bench_forces.py.
 ASSUMED_FLOPS = 3.0e10
+#: Solvers a fit can take: 'dense' (Cholesky), 'iterative' (preconditioned CG), 'auto' (dense
+#: when its kernels fit the budget, else iterative).
+SOLVERS = ("auto", "dense", "iterative")
+#: CG iterations the time estimate of the iterative path assumes per solve (it makes two: the
+#: held-out calibration's and the fit's). Measured: docs/benchmarks.md "Iterative path".
+ASSUMED_CG_ITERATIONS = 150
+#: Rate of the matrix-free product's GEMMs (inner dimension ~50: below the Cholesky's rate).
+ASSUMED_MATVEC_FLOPS = 1.5e10
 
 
 class ComputeBudgetError(AFFError, MemoryError):
@@ -58,6 +69,17 @@ class CostEstimate:
         Σ (3 M l_i)³ / 3.
     seconds : float
         Rough wall time of one fit at ``ASSUMED_FLOPS``.
+    solver : {'dense', 'iterative'}
+        The path the fit takes: ``peak_bytes``, ``seconds`` are that path's. 'iterative' when
+        asked for, or with ``solver='auto'`` when the dense peak exceeds the budget.
+    dense_peak_bytes : int or None
+        The dense path's peak (equal to ``peak_bytes`` when it is taken).
+    iterative_peak_bytes : int or None
+        The iterative path's peak with ``nystrom_frames`` preconditioner frames (None when not estimated).
+    nystrom_frames : int or None
+        r, the iterative path's subset of frames (preconditioner and predictive variance).
+    iterative_seconds : float or None
+        Rough wall time of the iterative fit (``ASSUMED_CG_ITERATIONS`` per solve).
     """
 
     n_train: int
@@ -67,6 +89,20 @@ class CostEstimate:
     peak_bytes: int
     cholesky_flops: float
     seconds: float
+    solver: str = "dense"
+    dense_peak_bytes: int | None = None
+    iterative_peak_bytes: int | None = None
+    nystrom_frames: int | None = None
+    iterative_seconds: float | None = None
+
+    @property
+    def summary(self) -> str:
+        """One line for the CLI and the Train page: the path, its memory and time."""
+        if self.solver == "iterative":
+            dense = "" if self.dense_peak_bytes is None else f"; dense would need {_gb(self.dense_peak_bytes)}"
+            return (f"iterative solver (conjugate gradients, {self.nystrom_frames} preconditioner frames): "
+                    f"about {_gb(self.peak_bytes)}, ~{self.seconds:.3g} s{dense}")
+        return f"dense solver (Cholesky): about {_gb(self.peak_bytes)}, ~{self.seconds:.3g} s"
 
     def to_dict(self) -> dict:
         return {
@@ -77,15 +113,61 @@ class CostEstimate:
             "peak_GB": self.peak_bytes / 2**30,
             "cholesky_GFLOP": self.cholesky_flops / 1e9,
             "seconds_estimate": self.seconds,
+            "solver": self.solver,
+            "dense_peak_GB": None if self.dense_peak_bytes is None else self.dense_peak_bytes / 2**30,
+            "iterative_peak_GB": None if self.iterative_peak_bytes is None else self.iterative_peak_bytes / 2**30,
+            "nystrom_frames": self.nystrom_frames,
+            "summary": self.summary,
         }
 
 
-def estimate_cost(n_train: int, set_sizes, *, n_perms: int = 1, keep_factors: bool = True) -> CostEstimate:
+def estimate_cost(n_train: int, set_sizes, *, n_perms: int = 1, keep_factors: bool = True,
+                  solver: str = "dense", budget_bytes: int | None = None, n_atoms: int | None = None) -> CostEstimate:
     """Estimate memory and time of a fit of M = ``n_train`` frames.
 
     ``keep_factors=False``: a fit that keeps no Cholesky factors reuses one
     kernel buffer for every PE set, so its peak holds the largest kernel only.
+
+    ``solver``: 'dense' (default, the Cholesky path), 'iterative' (method.md "Iterative path":
+    the preconditioner sized to ``budget_bytes``) or 'auto' (dense when its peak fits
+    ``budget_bytes``, else iterative), as :func:`aff_app.gp.force.fit_force_model` decides.
+    ``budget_bytes`` defaults to :func:`default_budget_bytes`; ``n_atoms`` to Σ l_i.
     """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    dense = _dense_cost(n_train, set_sizes, n_perms=n_perms, keep_factors=keep_factors)
+    if solver == "dense":
+        return dense
+    budget = default_budget_bytes() if budget_bytes is None else int(budget_bytes)
+    if solver == "auto" and dense.peak_bytes <= budget:
+        return dense
+    return iterative_cost(dense, budget, n_atoms=n_atoms)
+
+
+def iterative_cost(dense: CostEstimate, budget: int, *, n_atoms: int | None = None) -> CostEstimate:
+    """The iterative path's :class:`CostEstimate` for the fit whose dense estimate is ``dense``."""
+    from aff_app.gp.iterative import CALIBRATION_FRAMES, choose_subset_frames, iterative_memory
+
+    m, sizes, s = dense.n_train, dense.set_sizes, dense.n_perms
+    n = int(n_atoms) if n_atoms is not None else int(sum(sizes))
+    q = min(max(CALIBRATION_FRAMES, m // 20), m // 4) if m >= 8 else 0
+    r, cache = choose_subset_frames(m, sizes, s, n, budget, held_out=q)
+    peak = iterative_memory(m, sizes, s, n, r, cache_coefficients=cache)
+    touched = sum(l * (n - 1) - l * (l - 1) // 2 for l in sizes)  # pairs with an atom of each set
+    matvec = 6.0 * m * s * m * touched  # three GEMMs per product (method.md (27))
+    pre = sum(2.0 * (3 * m * l) * (3 * r * l) ** 2 for l in sizes)  # trsm + syrk per set
+    build = sum(8 * (3 * m * l) * (3 * r * l) for l in sizes) * s / 2e9
+    coef = (0.0 if cache else 1.0) * 2 * ASSUMED_CG_ITERATIONS * s * m * m * 2e-8
+    secs = 2 * ASSUMED_CG_ITERATIONS * matvec / ASSUMED_MATVEC_FLOPS + pre / ASSUMED_FLOPS + build + coef
+    return CostEstimate(
+        n_train=m, set_sizes=sizes, n_perms=s, matrix_sides=dense.matrix_sides, peak_bytes=int(peak),
+        cholesky_flops=dense.cholesky_flops, seconds=float(secs), solver="iterative",
+        dense_peak_bytes=dense.peak_bytes, iterative_peak_bytes=int(peak), nystrom_frames=int(r),
+        iterative_seconds=float(secs),
+    )
+
+
+def _dense_cost(n_train: int, set_sizes, *, n_perms: int = 1, keep_factors: bool = True) -> CostEstimate:
     sides = tuple(3 * int(n_train) * int(l) for l in set_sizes)
     mats = sum(8 * n * n for n in sides) if keep_factors else 8 * max(sides) ** 2
     # factored in place; plus the assembly's chunk temporaries (at most CHUNK_BYTES) and,
@@ -102,12 +184,20 @@ def estimate_cost(n_train: int, set_sizes, *, n_perms: int = 1, keep_factors: bo
         peak_bytes=int(peak),
         cholesky_flops=flops,
         seconds=flops / ASSUMED_FLOPS + build,
+        solver="dense",
+        dense_peak_bytes=int(peak),
     )
 
 
 def check_budget(estimate: CostEstimate, budget_bytes: int | None = None, *, what: str = "fit") -> None:
     """Raise :class:`ComputeBudgetError` when the estimate exceeds the budget."""
     budget = default_budget_bytes() if budget_bytes is None else int(budget_bytes)
+    if estimate.peak_bytes > budget and estimate.solver == "iterative":
+        raise ComputeBudgetError(
+            f"this {what} needs about {_gb(estimate.peak_bytes)} even with the iterative solver and no "
+            f"preconditioner frames (M = {estimate.n_train} frames, {estimate.n_perms} permutations) but the "
+            f"memory budget is {_gb(budget)}: use fewer training frames or raise the budget (AFF_MEMORY_BUDGET_GB)."
+        )
     if estimate.peak_bytes > budget:
         largest = max(estimate.matrix_sides)
         raise ComputeBudgetError(

@@ -29,9 +29,9 @@ import scipy.special
 
 from aff_app.errors import AFFError
 from aff_app import __version__
-from aff_app.gp.budget import check_budget, default_budget_bytes, estimate_cost
+from aff_app.gp.budget import SOLVERS, check_budget, default_budget_bytes, estimate_cost
 from aff_app.gp.hyper import search
-from aff_app.gp.record import Calibration, FitRecord, LamCheck, SearchRecord
+from aff_app.gp.record import Calibration, FitRecord, LamCheck, SearchRecord, SolverRecord
 from aff_app.gp.fast import MeanPredictor
 from aff_app.gp.kernels import (CoefficientCache, ColumnTerms, Geometry, column_terms, force_covariance_sets,
                                 force_covariance_self)
@@ -198,6 +198,12 @@ class ForceModel(TrainedForces):
     record : FitRecord, typed provenance and timings (``aff_app.gp.record``): the
         search, λ check and calibration of the fit, and the data, split and
         symmetry the workflow recorded
+    solver : {'dense', 'iterative'}
+        How α was solved. 'iterative' (method.md "Iterative path"): conjugate gradients,
+        no factor of the full kernels; the mean is eq. (26), the variance eq. (29) from the
+        subset frames ``subset_idx`` (their factor is rebuilt after a load).
+    subset_idx : (r,) int array or None
+        The iterative model's subset of training frames (rows of ``R_train``).
     """
 
     mode: str
@@ -213,6 +219,8 @@ class ForceModel(TrainedForces):
     alpha: list
     jitter: list
     record: FitRecord = field(default_factory=FitRecord)
+    solver: str = "dense"
+    subset_idx: np.ndarray | None = None
     _chol: list | None = field(default=None, repr=False)
     _geom: Geometry | None = field(default=None, repr=False)
     _columns: ColumnTerms | None = field(default=None, repr=False)
@@ -232,7 +240,15 @@ class ForceModel(TrainedForces):
         return self._geom
 
     def _factors(self) -> list:
-        """Cholesky factors of R_i + (λ + jitter_i) I (recomputed after load)."""
+        """Cholesky factors of R_i + (λ + jitter_i) I (recomputed after load).
+
+        For an iterative model: the factors of the subset kernels R_II + λI (method.md (29)).
+        """
+        if self._chol is None and self.solver == "iterative":
+            from aff_app.gp.iterative import subset_factors
+
+            self._chol = subset_factors(self._geometry(), self.pe_sets, self.perms, self.gamma, self.lam,
+                                        self.subset_idx)[0]
         if self._chol is None:
             Ks = force_covariance_sets(self._geometry(), self._geometry(), self.gamma, self.pe_sets, perms=self.perms,
                                        mirror=False)
@@ -285,6 +301,8 @@ class ForceModel(TrainedForces):
         """
         R = check_positions(R, self.n_atoms)
         progress = progress or _noop
+        if self.solver == "iterative":
+            return self._predict_iterative(R, return_std, batch_size, progress)
         B, N = R.shape[0], self.n_atoms
         mean = np.zeros((B, N, 3))
         std = np.zeros((B, N, 3))
@@ -316,6 +334,37 @@ class ForceModel(TrainedForces):
         noise = np.array([self.sigma2[k] * (self.lam + self.jitter[k]) for k in self.atom_to_set])
         return ForcePrediction(mean=mean, std=std, noise_var=noise, cov=cov)
 
+    def _predict_iterative(self, R, return_std: bool, batch_size: int, progress) -> ForcePrediction:
+        """An iterative model's prediction: mean by eq. (26), covariance by eq. (29) (subset frames)."""
+        B, N = R.shape[0], self.n_atoms
+        mean = self.predict_mean(R)
+        std = np.zeros((B, N, 3))
+        cov = np.zeros((B, N, 3, 3)) if return_std else None
+        if return_std:
+            from aff_app.gp.iterative import subset_variance
+
+            empty = self.subset_idx is None or self.subset_idx.size == 0
+            chol = None if empty else self._factors()
+            GI = None if empty else self._geometry().take(self.subset_idx)
+            if self._columns is None and not empty:
+                self._columns = column_terms(GI, self.pe_sets, self.perms)
+            for start in range(0, B, batch_size):
+                sl = slice(start, min(start + batch_size, B))
+                Gb = Geometry.from_positions(R[sl])
+                priors = force_covariance_self(Gb, self.gamma, self.pe_sets, perms=self.perms)
+                Kstars = None if empty else force_covariance_sets(Gb, GI, self.gamma, self.pe_sets,
+                                                                  perms=self.perms, columns=self._columns)
+                for k, s in enumerate(self.pe_sets):
+                    post = subset_variance(None if empty else chol[k], None if empty else Kstars[k], priors[k])
+                    post *= self.sigma2[k]
+                    cov[sl, s] = post
+                    std[sl, s] = np.sqrt(np.maximum(np.einsum("ficc->fic", post), 0.0))
+                progress(sl.stop / B, f"predicted {sl.stop}/{B} frames")
+        else:
+            progress(1.0, f"predicted {B}/{B} frames")
+        noise = np.array([self.sigma2[k] * (self.lam + self.jitter[k]) for k in self.atom_to_set])
+        return ForcePrediction(mean=mean, std=std, noise_var=noise, cov=cov)
+
     # -- persistence -------------------------------------------------------------
     def save(self, path) -> None:
         """Write the model to ``.npz`` (plain arrays only, no pickle)."""
@@ -338,6 +387,10 @@ class ForceModel(TrainedForces):
             alpha=np.concatenate(self.alpha),
             jitter=np.array(self.jitter, dtype=np.float64),
             info=np.array(json.dumps(self.record.to_dict(), default=_json_default)),
+            # an iterative model (method.md "Iterative path"): the solver and its subset frames; files
+            # without these keys (all written before it) are dense models
+            **({"solver": np.array(self.solver), "subset_idx": np.asarray(self.subset_idx, np.int64)}
+               if self.solver == "iterative" else {}),
         )
 
     @classmethod
@@ -403,9 +456,19 @@ class ForceModel(TrainedForces):
         if not isinstance(info, dict):
             raise ModelError(f"{where}: provenance must be a JSON object, got {type(info).__name__}")
         record = FitRecord.from_dict(info)
+        solver = str(d["solver"]) if "solver" in d else "dense"
+        subset = None
+        if solver == "iterative":
+            if "subset_idx" not in d:
+                raise ModelError(f"{where}: an iterative model without its subset frames ('subset_idx')")
+            subset = np.asarray(d["subset_idx"], dtype=np.int64).reshape(-1)
+            if subset.size and (subset.min() < 0 or subset.max() >= m or np.unique(subset).size != subset.size):
+                raise ModelError(f"{where}: subset_idx must hold distinct training frames 0..{m - 1}")
+        elif solver != "dense":
+            raise ModelError(f"{where}: unknown solver {solver!r}")
         return cls(mode=mode, z=z, R_train=R, F_train=F, train_idx=np.asarray(d["train_idx"], np.int64),
                    pe_sets=sets, perms=perms, gamma=gamma, lam=lam, sigma2=sigma2, alpha=alpha,
-                   jitter=list(jitter), record=record)
+                   jitter=list(jitter), record=record, solver=solver, subset_idx=subset)
 
 
 #: Format string written into every force-model file.
@@ -670,6 +733,9 @@ def fit_force_model(
     progress: Progress | None = None,
     record: FitRecord | None = None,
     seed: int = 0,
+    solver: str = "auto",
+    cg_tol: float | None = None,
+    nystrom_frames: int | None = None,
 ) -> ForceModel:
     """Fit a force GP on training frames.
 
@@ -735,8 +801,21 @@ def fit_force_model(
         reused by every set (peak memory one kernel, not the sum; no page
         faults per set), and a later ``predict`` with intervals rebuilds them.
     budget_bytes : int, optional
-        Memory budget; the fit is refused before any kernel is built when its
-        estimate exceeds it.
+        Memory budget (default ``AFF_MEMORY_BUDGET_GB`` or 60% of RAM); the fit is refused
+        before any kernel is built when its estimate exceeds it.
+    solver : {'auto', 'dense', 'iterative'}
+        'dense': build and factor every PE set's kernel. 'iterative' (AFF only; method.md
+        "Iterative path", :mod:`aff_app.gp.iterative`): preconditioned conjugate gradients on
+        the matrix-free kernel, a Nyström preconditioner on a subset of frames sized to the
+        budget, λ raised to at least ``ITERATIVE_LAM_FLOOR``·5/(3γ²), the predictive variance
+        from the subset frames, its scale calibrated on held-out training frames; no λ check.
+        'auto' (default): dense when its estimate fits the budget, else iterative (AFF; GDML
+        and sGDML are refused as before). The choice and the CG iterations are in
+        ``model.record.solver``.
+    cg_tol : float, optional
+        CG's relative residual (default ``aff_app.gp.iterative.CG_TOL``).
+    nystrom_frames : int, optional
+        The iterative path's subset size r (default: the most the budget allows).
     progress : callable(fraction, message), optional
     record : FitRecord, optional
         The caller's part of the provenance (data, split, symmetry); the fit
@@ -748,15 +827,27 @@ def fit_force_model(
     """
     t0 = time.perf_counter()
     progress = progress or _noop
+    if solver not in SOLVERS:
+        raise ModelError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver == "iterative" and mode != "aff":
+        raise ModelError(f"the iterative solver fits AFF models; {mode.upper()} needs solver='dense' or 'auto'")
     R, F, z, sets, kperms = _checked_inputs(R, F, z, mode, pe_sets, perms, gamma, lam, calibrate)
     m = R.shape[0]
-    est = estimate_cost(m, [s.size for s in sets], n_perms=len(kperms), keep_factors=keep_factors)
+    est = estimate_cost(m, [s.size for s in sets], n_perms=len(kperms), keep_factors=keep_factors,
+                        solver=solver if mode == "aff" else "dense", budget_bytes=budget_bytes, n_atoms=z.size)
     check_budget(est, budget_bytes, what=f"{mode.upper()} fit")
 
     G = Geometry.from_positions(R)
     gamma, lam, search_result, t_search = _search_hyperparameters(
         G, F, sets, kperms, gamma, lam, criterion=criterion, search_frames=search_frames,
         search_fraction=search_fraction, seed=seed, progress=progress)
+    if est.solver == "iterative":
+        reason = ("asked for (solver='iterative')" if solver == "iterative" else
+                  f"the dense kernels need {est.dense_peak_bytes / 2**30:.3g} GB, over the memory budget")
+        return _fit_iterative_model(R, F, z, mode, sets, kperms, gamma, lam, search_result, t_search, t0,
+                                    train_idx=train_idx, calibrate=calibrate, budget_bytes=budget_bytes,
+                                    cg_tol=cg_tol, nystrom_frames=nystrom_frames, reason=reason, est=est,
+                                    record=record, seed=seed, progress=progress, G=G)
 
     progress(0.72, f"building and factorising {len(sets)} kernel matrices (largest {max(est.matrix_sides)}²)")
     sf = _SetFactoriser(G, F, sets, kperms, gamma, lam, est.matrix_sides, keep_factors=keep_factors,
@@ -782,6 +873,8 @@ def fit_force_model(
             (record or FitRecord()).timings, search_s=t_search, build_s=sf.clock["build"],
             cholesky_s=sf.clock["factor"], force_s=time.perf_counter() - t0),
         cholesky_flops=est.cholesky_flops,
+        solver=SolverRecord(method="dense", reason=("asked for (solver='dense')" if solver == "dense" else
+                                                    "the dense kernels fit the memory budget")),
     )
     return ForceModel(
         mode=mode, z=z, R_train=R, F_train=F,
@@ -789,6 +882,45 @@ def fit_force_model(
         pe_sets=sets, perms=kperms, gamma=float(sf.gamma), lam=float(sf.lam), sigma2=np.array(sigma2),
         alpha=[r[1] for r in sf.results], jitter=[r[3] for r in sf.results], record=rec,
         _chol=[r[0] for r in sf.results] if keep_factors else None, _geom=G,
+    )
+
+
+def _fit_iterative_model(R, F, z, mode, sets, kperms, gamma, lam, search_result, t_search, t0, *, train_idx,
+                         calibrate, budget_bytes, cg_tol, nystrom_frames, reason, est, record, seed, progress, G):
+    """The iterative path of :func:`fit_force_model` (method.md "Iterative path")."""
+    from aff_app.gp.iterative import CG_TOL, fit_iterative
+
+    m = R.shape[0]
+    budget = default_budget_bytes() if budget_bytes is None else int(budget_bytes)
+    progress(0.72, f"conjugate gradients on {len(sets)} matrix-free kernels (largest {max(est.matrix_sides)}²)")
+    fit = fit_iterative(G, F, sets, kperms, gamma, lam, budget=budget, tol=CG_TOL if cg_tol is None else cg_tol,
+                        calibrate=calibrate == "loo" and m >= 8, n_subset=nystrom_frames, seed=seed,
+                        progress=lambda f, msg: progress(0.72 + 0.28 * f, msg))
+    sigma2 = [s2 * fit.calibration["scale"] ** 2 for s2 in fit.sigma2]
+    info = dict(fit.info)
+    info["reason"] = reason
+    rec = dataclasses.replace(
+        record or FitRecord(),
+        version=__version__,
+        mode=mode,
+        n_train=m,
+        criterion=search_result.criterion if search_result else "fixed",
+        search=SearchRecord.from_dict(search_result.to_dict()) if search_result else SearchRecord(fixed=True),
+        lam_check=LamCheck(skipped="the iterative solver keeps no factor to compare two nuggets with"),
+        calibration=Calibration.from_dict(fit.calibration),
+        solver=SolverRecord.from_dict(info),
+        timings=dataclasses.replace(
+            (record or FitRecord()).timings, search_s=t_search, build_s=info["precondition_s"],
+            cholesky_s=info["cg_s"], force_s=time.perf_counter() - t0),
+        cholesky_flops=None,
+    )
+    progress(1.0, "done")
+    return ForceModel(
+        mode=mode, z=z, R_train=R, F_train=F,
+        train_idx=np.arange(m) if train_idx is None else np.asarray(train_idx, np.int64),
+        pe_sets=sets, perms=kperms, gamma=float(gamma), lam=float(fit.lam), sigma2=np.array(sigma2),
+        alpha=fit.alpha, jitter=[0.0] * len(sets), record=rec, solver="iterative", subset_idx=fit.subset,
+        _chol=fit.factors if fit.subset.size else None, _geom=G,
     )
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "LamCheck",
     "Calibration",
     "Timings",
+    "SolverRecord",
     "FitRecord",
 ]
 
@@ -183,6 +184,55 @@ class Calibration:
         return cls(**_pick(cls, d))
 
 
+@dataclass(frozen=True)
+class SolverRecord:
+    """How the PE sets' systems were solved (method.md "Iterative path"); ``method`` 'dense' by default.
+
+    'dense': each kernel built and Cholesky-factored. 'iterative': preconditioned conjugate
+    gradients on the matrix-free kernel (``aff_app.gp.iterative``), with the nugget raised to
+    ``lam_floor`` when the search's ``lam_search`` was below it; ``iterations`` and ``residuals``
+    per set, ``nystrom_frames`` the preconditioner's (and the variance's) subset of frames,
+    ``reason`` why this path was taken, ``raised`` (λ, iterations, residual) of each attempt
+    that did not converge before λ was raised.
+    """
+
+    method: str = "dense"
+    reason: str | None = None
+    lam_search: float | None = None
+    lam_floor: float | None = None
+    lam_floor_rel: float | None = None
+    lam: float | None = None
+    tol: float | None = None
+    iterations: tuple[int, ...] = ()
+    residuals: tuple[float, ...] = ()
+    held_out_iterations: tuple[int, ...] | None = None
+    raised: tuple[tuple[float, int, float], ...] = ()
+    nystrom_frames: int | None = None
+    nystrom_sides: tuple[int, ...] = ()
+    coefficients_cached: bool | None = None
+    held_out_frames: int | None = None
+    memory_bytes: int | None = None
+    products: int | None = None
+    precondition_s: float | None = None
+    cg_s: float | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SolverRecord":
+        d = _pick(cls, d)
+        for k in ("iterations", "residuals", "nystrom_sides", "held_out_iterations"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        d["raised"] = tuple(tuple(x) for x in d.get("raised") or ())
+        return cls(**d)
+
+    @property
+    def lam_raised(self) -> bool:
+        """True when the iterative path raised the search's λ to its floor."""
+        return (self.method == "iterative" and self.lam_search is not None and self.lam is not None
+                and self.lam > self.lam_search)
+
+
 @dataclass
 class Timings:
     """Wall times of a training action, s; None for a part that did not run.
@@ -229,6 +279,8 @@ class FitRecord:
     criterion : str
         'likelihood', 'cv' or 'fixed'.
     search, lam_check, calibration : the method's choices, typed.
+    solver : SolverRecord
+        Dense factorisation or conjugate gradients (method.md "Iterative path").
     timings : Timings
     cholesky_flops : float
     data : DataRecord or None
@@ -244,6 +296,7 @@ class FitRecord:
     search: SearchRecord = field(default_factory=SearchRecord)
     lam_check: LamCheck = field(default_factory=LamCheck)
     calibration: Calibration = field(default_factory=Calibration)
+    solver: SolverRecord = field(default_factory=SolverRecord)
     timings: Timings = field(default_factory=Timings)
     cholesky_flops: float | None = None
     data: DataRecord | None = None
@@ -279,6 +332,7 @@ class FitRecord:
             search=SearchRecord.from_dict(d.get("search", d.get("hyper"))),
             lam_check=LamCheck.from_dict(d.get("lam_check", d.get("lam_refine"))),
             calibration=Calibration.from_dict(d.get("calibration")),
+            solver=SolverRecord.from_dict(d.get("solver")),
             timings=Timings.from_dict(d.get("timings")),
             cholesky_flops=d.get("cholesky_flops"),
             data=None if d.get("data") is None else DataRecord.from_dict(d["data"]),

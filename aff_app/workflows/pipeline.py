@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from aff_app.gp import persistence
-from aff_app.gp.budget import ComputeBudgetError, check_budget, estimate_cost
+from aff_app.gp.budget import SOLVERS, ComputeBudgetError, check_budget, estimate_cost
 from aff_app.gp.energy import EnergyModel, fit_energy_model
 from aff_app.gp.integrated import fit_integrated_energy
 from aff_app.gp.aff_energy import MIN_HELD_FRAMES, MIN_SUBSET_FRAMES, fit_subset_energy, subset_side, subset_size
@@ -100,6 +100,11 @@ class TrainSettings:
         Keep the Cholesky factors (False when the model is only written to disk).
     budget_bytes : int, optional
         Memory budget; default ``aff_app.gp.budget.default_budget_bytes()``.
+    solver : {'auto', 'dense', 'iterative'}
+        How the GP's PE-set systems are solved (:func:`aff_app.gp.force.fit_force_model`):
+        'auto' (default) factors them densely when their kernels fit the memory budget and
+        otherwise (AFF) uses conjugate gradients on the matrix-free kernel (method.md
+        "Iterative path"); the peers ignore it.
     peer_timeout_s : float
         Wall-clock limit of the sgdml package's run.
     """
@@ -117,6 +122,7 @@ class TrainSettings:
     energy_lam: float | None = None
     keep_factors: bool = True
     budget_bytes: int | None = None
+    solver: str = "auto"
     peer_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
@@ -124,6 +130,10 @@ class TrainSettings:
             raise TrainingError(f"model must be one of {', '.join(ALL_MODES)}, got {self.mode!r}")
         if self.criterion not in ("likelihood", "cv"):
             raise TrainingError(f"criterion must be 'likelihood' or 'cv', got {self.criterion!r}")
+        if self.solver not in SOLVERS:
+            raise TrainingError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if self.solver == "iterative" and self.mode != "aff":
+            raise TrainingError(f"the iterative solver fits AFF models, not {self.mode}")
         if self.energy_model not in ENERGY_MODELS:
             raise TrainingError(f"energy model must be one of {', '.join(ENERGY_MODELS)}, got {self.energy_model!r}")
 
@@ -229,7 +239,7 @@ def fit(
         force = fit_force_model(
             traj.R[idx], traj.F[idx], traj.z, mode=s.mode, gamma=s.gamma, lam=s.lam, criterion=s.criterion,
             search_frames=s.search_frames, search_fraction=s.search_fraction, keep_factors=s.keep_factors,
-            train_idx=idx, budget_bytes=s.budget_bytes, seed=seed, record=record,
+            train_idx=idx, budget_bytes=s.budget_bytes, seed=seed, record=record, solver=s.solver,
             progress=lambda f, m: progress(share * f, m), **kwargs,
         )
     except ComputeBudgetError as exc:
