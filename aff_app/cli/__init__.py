@@ -31,10 +31,12 @@ import numpy as np
 from aff_app.errors import AFFError
 from aff_app.io.validation import format_value
 
-__all__ = ["Command", "register", "commands", "build_parser", "main", "add_data_arguments", "load_from_args", "CLIError"]
+__all__ = ["Command", "register", "commands", "build_parser", "main", "add_data_arguments", "load_from_args", "CLIError",
+           "add_scheduler_argument"]
 
 #: Modules imported before the parser is built; each registers its commands.
-COMMAND_MODULES: list[str] = ["aff_app.cli.model", "aff_app.cli.reproduce", "aff_app.cli.conserve", "aff_app.cli.design",
+COMMAND_MODULES: list[str] = ["aff_app.cli.model", "aff_app.cli.reproduce", "aff_app.cli.learning", "aff_app.cli.conserve",
+                               "aff_app.cli.design",
                                "aff_app.cli.md"]
 
 #: Exceptions that are the user's to fix: message, exit code 2, no traceback. Every library
@@ -249,6 +251,14 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, positional: bool = Tr
                         help="drop frames with NaN/inf positions or labels instead of refusing the file")
     parser.add_argument("--drop-duplicates", action="store_true",
                         help="drop frames that repeat an earlier geometry (they make the kernel singular)")
+
+
+def add_scheduler_argument(parser: argparse.ArgumentParser) -> None:
+    """``--scheduler``: where independent fits run (:func:`aff_app.parallel.parse_scheduler` reads it)."""
+    parser.add_argument("--scheduler", default="serial", metavar="WHERE",
+                        help="where the independent fits run: 'serial' (default, this process), 'local' (a Dask "
+                             "LocalCluster, one worker per core), 'local:N' (N workers) or 'tcp://host:8786' (a "
+                             "running Dask scheduler); same results, in the same order")
 
 
 def load_from_args(args: argparse.Namespace, path: str | None = None):

@@ -6,12 +6,14 @@ Registered with :func:`aff_app.cli.register` at import time (listed in
     python -m aff_app reproduce [--quick] [--json] [--out-dir artifacts/reproduce]
                                 [--molecules naphthalene benzene uracil aspirin] [--labels md17 rmd17]
                                 [--no-peer] [--aff-m M] [--curve-m 200 400 800] [--peer-m M] ...
+                                [--scheduler serial|local|local:N|tcp://host:8786]
 
 The work is :func:`aff_app.reproduce.run.run_reproduction`; the files
 (``results.json``, ``table_I.md``, Fig. 3 / Fig. 5 as HTML and PNG) are
 written by :func:`aff_app.reproduce.output.write_outputs`. ``--quick`` starts from
 :func:`aff_app.reproduce.settings.quick_settings`; options given explicitly override
-it. Without the optional ``sgdml`` package, a run that asks for it exits 2
+it. ``--scheduler`` runs our fits as tasks on Dask (:mod:`aff_app.parallel`); each finished
+point is appended to ``points.jsonl`` as it arrives. Without the optional ``sgdml`` package, a run that asks for it exits 2
 with the install command; ``--no-peer`` runs without it.
 """
 
@@ -22,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from aff_app.cli import CLIError, register
+from aff_app.cli import CLIError, add_scheduler_argument, register
 
 __all__: list[str] = []
 
@@ -54,6 +56,7 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder of <molecule>.npz (default ../shared/data/md17)")
     p.add_argument("--no-peer", action="store_true", help="do not run the sgdml package")
     p.add_argument("--no-png", action="store_true", help="write the figures as HTML only")
+    add_scheduler_argument(p)
     g = p.add_argument_group("split and sizes")
     g.add_argument("--seed", type=int, default=None, help="seed of the split (default 0)")
     g.add_argument("--n-test", type=int, default=None, help="held-out test frames (default 2000)")
@@ -104,10 +107,12 @@ def _settings(args):
 
 
 def _run_reproduce(args) -> dict:
-    from aff_app.reproduce.output import write_outputs
+    from aff_app.parallel import open_executor, parse_scheduler
+    from aff_app.reproduce.output import append_point, write_outputs
     from aff_app.reproduce.run import run_reproduction
 
     settings = _settings(args)
+    choice = parse_scheduler(args.scheduler)  # a bad --scheduler fails before any work
     out_dir = Path(args.out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"--out-dir {str(out_dir)!r} exists and is not a folder")
@@ -119,8 +124,15 @@ def _run_reproduce(args) -> dict:
             print(f"\r{100 * fraction:5.1f}% {message[:90]:<90}", end="", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / "points.jsonl"  # every finished point, as it arrives: kept if the run stops early
+    partial.write_text("", encoding="utf-8")
     try:
-        result = run_reproduction(settings, progress=progress, workdir=out_dir / "sgdml_work" if settings.peer else None)
+        with open_executor(choice) as executor:
+            choice = executor.choice  # as started: the workers and memory limit it chose
+            result = run_reproduction(settings, progress=progress, executor=executor,
+                                      workdir=out_dir / "sgdml_work" if settings.peer else None,
+                                      on_point=lambda pt: append_point(partial, pt))
     finally:
         if not args.json:
             print(file=sys.stderr)
@@ -139,8 +151,9 @@ def _run_reproduce(args) -> dict:
         "labels": result["labels"],
         "units": result["units"],
         "notes": result["notes"],
-        "files": files,
+        "files": {**files, "points": str(partial)},
         "figures": {k: v for k, v in files["figures"].items()},
+        "scheduler": choice.to_dict(),
         "wall_s": wall,
     }
 

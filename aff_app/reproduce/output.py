@@ -90,6 +90,12 @@ def write_outputs(result: dict, out_dir, *, png: bool = True) -> dict:
     return {"results": str(results), "table": str(table), "figures": figures}
 
 
+def append_point(path, point: dict) -> None:
+    """Append one finished point to a JSON-lines file (one object per line), flushed at once."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(point, default=_json_default) + "\n")
+
+
 def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()

@@ -7,7 +7,7 @@ import dataclasses
 
 from aff_app.workflows import pipeline
 from aff_app.symmetry import SymmetryInfo
-from aff_app.reproduce.settings import METHOD_AFF, METHOD_GDML, METHOD_SGDML, Progress, ReproduceSettings
+from aff_app.reproduce.settings import METHOD_AFF, METHOD_GDML, METHOD_SGDML, Progress, ReproduceSettings, _noop
 
 from aff_app.reproduce.planning import ReproSplit
 
@@ -28,7 +28,8 @@ def _timings(t, t_sym: float, t_pred: float) -> dict:
 
 
 def aff_point(traj, split: ReproSplit, sym: SymmetryInfo, t_sym: float, m: int, s: ReproduceSettings,
-               molecule: str, progress: Progress) -> dict:
+               molecule: str, progress: Progress = _noop) -> dict:
+    """AFF at M frames, scored on the split's evaluation frames (a module-level task: plain inputs)."""
     settings = pipeline.TrainSettings(mode="aff", gamma=s.gamma, lam=s.lam, search_frames=s.search_frames,
                                       energy_gamma=s.energy_gamma, energy_lam=s.energy_lam, budget_bytes=s.memory_bytes)
     trained = pipeline.fit(traj, split.train(m), settings, symmetry=sym, seed=s.seed,
@@ -56,7 +57,8 @@ def aff_point(traj, split: ReproSplit, sym: SymmetryInfo, t_sym: float, m: int, 
                   })
 
 
-def baseline_point(traj, split, sym, t_sym, mode, m, s, molecule, progress) -> dict:
+def baseline_point(traj, split, sym, t_sym, mode, m, s, molecule, progress: Progress = _noop) -> dict:
+    """Our GDML or sGDML mode at M frames, means only on the evaluation frames (a module-level task)."""
     settings = pipeline.TrainSettings(mode=mode, gamma=s.gamma, lam=s.lam,
                                       search_frames=s.baseline_search_frames or s.search_frames, search_fraction=0.0,
                                       budget_bytes=s.memory_bytes)

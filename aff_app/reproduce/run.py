@@ -40,11 +40,12 @@ import dataclasses
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from aff_app import __version__
+from aff_app.parallel import Executor, SerialExecutor, Task
 from aff_app.gp.budget import ComputeBudgetError, check_budget, estimate_cost
 from aff_app.reproduce.md17 import LABEL_DESCRIPTIONS
 from aff_app.reproduce.planning import ReproSplit, choose_aff_m, choose_peer_m, estimate_aff_seconds, make_split
@@ -93,7 +94,8 @@ def _paper(molecule: str) -> dict | None:
 
 
 def run_reproduction(settings: ReproduceSettings | None = None, *, progress: Progress | None = None,
-                     workdir=None) -> dict:
+                     workdir=None, executor: Executor | None = None,
+                     on_point: Callable[[dict], None] | None = None) -> dict:
     """Run the reproduction and return its table rows and figure data.
 
     Parameters
@@ -103,6 +105,14 @@ def run_reproduction(settings: ReproduceSettings | None = None, *, progress: Pro
     progress : callable(fraction, message), optional
     workdir : path-like, optional
         Where the sgdml datasets and models go (default: a temporary folder).
+    executor : aff_app.parallel.Executor, optional
+        Where our own fits run (default: one after the other here). With a Dask executor
+        (:func:`aff_app.parallel.open_executor`) each fit of a molecule (both label sets) is a
+        task; the results, their order and the table are the same. The sgdml package runs
+        here, after its molecule's fits.
+    on_point : callable(point), optional
+        Called with every finished point (dict, as in ``points``), in the order of ``points``
+        within each molecule, as soon as it is known: a caller keeps them when the run stops early.
 
     Returns
     -------
@@ -118,6 +128,9 @@ def run_reproduction(settings: ReproduceSettings | None = None, *, progress: Pro
     Raises
     ------
     ReproduceError, aff_app.peers.sgdml.PeerUnavailableError (peer asked for but not installed)
+    aff_app.parallel.TaskFailedError
+        (Dask only) a fit failed on the cluster; the message names it, the points finished before it were
+        passed to ``on_point``.
     """
     s = settings or ReproduceSettings()
     progress = progress or _noop
@@ -138,26 +151,24 @@ def run_reproduction(settings: ReproduceSettings | None = None, *, progress: Pro
     splits: dict[str, dict] = {}
     peer_runs: list[dict] = []
     n_units = len(s.molecules) * len(s.label_sets)
-    unit = [0]
-    # each unit (molecule × label set) is shared equally by its planned models
-    n_tasks = max(1, len(set(s.curve_m)) + 1 + len(s.baseline_modes) * len(s.baseline_m)
-                  + ((len(s.peer_curve_m) + 1) if s.peer else 0))
-    task = [0]
-
-    def sub(msg_prefix: str) -> Progress:
-        base, k = unit[0], min(task[0], n_tasks - 1)
-        task[0] += 1
-        return lambda f, msg: progress(min((base + (k + f) / n_tasks) / n_units, 1.0), f"{msg_prefix}: {msg}")
+    # each unit (molecule × label set) is shared equally by its planned models; our own fits run as
+    # independent tasks (one batch per molecule, both label sets), the package's runs after them here
+    n_peer = (len(s.peer_curve_m) + 1) if s.peer else 0
+    n_tasks = max(1, len(set(s.curve_m)) + 1 + len(s.baseline_modes) * len(s.baseline_m) + n_peer)
+    fits_share = (n_tasks - n_peer) / n_tasks
+    ex = executor or SerialExecutor()
+    emit = on_point or (lambda p: None)
 
     rate_holder: list = [None]  # dense Cholesky rate, measured once for the sgdml time estimates
-    for mol in s.molecules:
+    for k_mol, mol in enumerate(s.molecules):
+        mol_base = k_mol * len(s.label_sets)
         trajs = {ls: _load(s, mol, ls) for ls in s.label_sets}
         first = trajs[s.label_sets[0]]
         for ls, tj in trajs.items():
             if tj.n_frames != first.n_frames or not np.array_equal(tj.R, first.R):
                 raise ReproduceError(f"{mol}: the {ls} labels do not come with the same frames as {s.label_sets[0]}")
         split = make_split(first.n_frames, s.n_test, s.n_valid, seed=s.seed, eval_frames=s.eval_frames)
-        progress(unit[0] / n_units, f"{mol}: symmetry search")
+        progress(mol_base / n_units, f"{mol}: symmetry search")
         t = time.perf_counter()
         sym = detect_symmetry(first.R, first.z, n_samples=200, seed=s.seed)
         t_sym = time.perf_counter() - t
@@ -173,22 +184,27 @@ def run_reproduction(settings: ReproduceSettings | None = None, *, progress: Pro
         choices[mol] = choice
         used_sizes = set(curve)
 
-        peer_m: int | None = None
+        # plan our own fits of both label sets (what is skipped is decided here, before anything runs)
+        tasks: list[Task] = []
+        owner: list[str] = []
+        unit_skipped: dict[str, list] = {ls: [] for ls in s.label_sets}
+        split_h = ex.scatter(split)
         for ls in s.label_sets:
             traj = trajs[ls]
+            data = ex.scatter(traj)  # sent to a cluster once, named by every task of this label set
             pre = f"{mol}/{ls}"
-            mol_points = []
-            task[0] = 0
             for m in curve:
-                p = sub(f"{pre} AFF M={m}")
-                mol_points.append(aff_point(traj, split, sym, t_sym, m, s, mol, p))
+                tasks.append(Task(name=f"{pre} AFF M={m}", fn=aff_point, args=(data, split_h, sym, t_sym, m, s, mol),
+                                  progress_kw="progress",
+                                  weight=estimate_aff_seconds(m, sizes, sym.n_perms, split.eval.size)))
+                owner.append(ls)
             modes = list(s.baseline_modes)
             if sym.n_perms == 1 and "sgdml" in modes:
                 # a trivial group makes sGDML the very same model as GDML (paper Fig. 3 caption): fit it once
                 modes = [m for m in modes if m != "sgdml"] + ([] if "gdml" in modes else ["gdml"])
-                skipped.append({"molecule": mol, "label_set": ls, "method": METHOD_SGDML,
-                                "reason": "the permutation group is trivial: sGDML equals GDML (paper Fig. 3); "
-                                          "shown as GDML"})
+                unit_skipped[ls].append({"molecule": mol, "label_set": ls, "method": METHOD_SGDML,
+                                         "reason": "the permutation group is trivial: sGDML equals GDML "
+                                                   "(paper Fig. 3); shown as GDML"})
             for mode in modes:
                 for m in s.baseline_m:
                     est = estimate_aff_seconds(m, [first.n_atoms], sym.n_perms if mode == "sgdml" else 1,
@@ -197,22 +213,46 @@ def run_reproduction(settings: ReproduceSettings | None = None, *, progress: Pro
                     try:
                         check_budget(estimate_cost(m, [first.n_atoms]), s.memory_bytes, what=f"{mode} fit")
                     except ComputeBudgetError as exc:
-                        skipped.append({"molecule": mol, "label_set": ls, "method": name, "M": m, "reason": str(exc)})
+                        unit_skipped[ls].append({"molecule": mol, "label_set": ls, "method": name, "M": m,
+                                                 "reason": str(exc)})
                         continue
                     if est > s.baseline_time_limit_s:
-                        skipped.append({"molecule": mol, "label_set": ls, "method": name, "M": m,
-                                        "reason": f"estimated {est / 60:.0f} min > {s.baseline_time_limit_s / 60:.0f} min limit"})
+                        unit_skipped[ls].append({"molecule": mol, "label_set": ls, "method": name, "M": m,
+                                                 "reason": f"estimated {est / 60:.0f} min > "
+                                                           f"{s.baseline_time_limit_s / 60:.0f} min limit"})
                         continue
-                    mol_points.append(baseline_point(traj, split, sym, t_sym, mode, m, s, mol,
-                                                      sub(f"{pre} {mode} M={m}")))
+                    tasks.append(Task(name=f"{pre} {mode} M={m}", fn=baseline_point,
+                                      args=(data, split_h, sym, t_sym, mode, m, s, mol), progress_kw="progress",
+                                      weight=est))
+                    owner.append(ls)
                     used_sizes.add(m)
+
+        def fits_progress(f: float, msg: str, base=mol_base) -> None:
+            progress(min((base + f * len(s.label_sets) * fits_share) / n_units, 1.0), msg)
+
+        fitted = ex.run(tasks, on_result=lambda i, pt: emit(pt), progress=fits_progress)
+
+        peer_m: int | None = None
+        for k_ls, ls in enumerate(s.label_sets):
+            traj = trajs[ls]
+            pre = f"{mol}/{ls}"
+            mol_points = [pt for pt, o in zip(fitted, owner) if o == ls]
+            skipped.extend(unit_skipped[ls])
+            n_fitted = len(mol_points)
             peer_point = None
             if ls in peer_sets:
+                unit = mol_base + k_ls
+
+                def peer_progress(f: float, msg: str, unit=unit) -> None:
+                    progress(min((unit + fits_share + (1 - fits_share) * f) / n_units, 1.0), f"{pre} sgdml: {msg}")
+
                 peer_point, peer_m = _run_peer(traj, split, s, mol, ls, work, peer_m, choice, peer_runs, skipped,
-                                               mol_points, used_sizes, sub(f"{pre} sgdml"), rate_holder=rate_holder)
+                                               mol_points, used_sizes, peer_progress, rate_holder=rate_holder)
             elif s.peer:
                 skipped.append({"molecule": mol, "label_set": ls, "method": METHOD_PEER,
                                 "reason": f"the package runs on the label sets {list(peer_sets)} only"})
+            for pt in mol_points[n_fitted:]:
+                emit(pt)
             points.extend(mol_points)
             aff_row = next(p for p in mol_points if p["method"] == METHOD_AFF and p["M"] == aff_m)
             row = _row(mol, ls, aff_row, peer_point, choice, split)
@@ -224,8 +264,7 @@ def run_reproduction(settings: ReproduceSettings | None = None, *, progress: Pro
                 row["m_sgdml"] = peer_m
                 row["sgdml_note"] = _peer_failure(skipped, mol, ls, peer_m) or choice.get("m_sgdml_reason", "")
             rows.append(row)
-            unit[0] += 1
-            progress(unit[0] / n_units, f"{pre} done")
+            progress((mol_base + k_ls + 1) / n_units, f"{pre} done")
         splits[mol] = split.to_dict(sorted(used_sizes))
 
     return {
@@ -240,6 +279,7 @@ def run_reproduction(settings: ReproduceSettings | None = None, *, progress: Pro
         "units": dict(ROW_UNITS),
         "labels": {k: LABEL_DESCRIPTIONS[k] for k in s.label_sets},
         "timings": {"total_s": time.perf_counter() - t_start},
+        "scheduler": ex.choice.describe(),
         "notes": [
             "train_s: AFF = symmetry search + force fit (with its γ/λ search) + energy fit; our GDML/sGDML = force fit "
             "+ integrated energy; sgdml package = wall time of `sgdml all` (its permutation search, σ trials with "

@@ -33,6 +33,7 @@ from aff_app.gp.budget import (
     estimate_time,
 )
 from aff_app.gp.force import MODES, FactorizationError, ModelError
+from aff_app.parallel import Executor, SerialExecutor, Task
 from aff_app.workflows import pipeline
 from aff_app.workflows.pipeline import TrainSettings
 from aff_app.workflows.kinds import ALL_MODES, MODE_LABELS, PEER_MODES, peer_cost, uses_symmetry
@@ -51,6 +52,7 @@ __all__ = [
     "learning_split",
     "plan_learning_curve",
     "learning_curve",
+    "curve_point",
     "ROW_KEYS",
 ]
 
@@ -203,6 +205,37 @@ def _empty_row(point: CurvePoint, n_test: int) -> dict[str, Any]:
     return row
 
 
+def curve_point(traj: Trajectory, idx: np.ndarray, test: np.ndarray, valid: np.ndarray | None,
+                settings: TrainSettings, symmetry: SymmetryInfo | None, *, seed: int = 0, with_std: bool = True,
+                level: float = 0.95, kind: str = "latent", progress: Progress | None = None) -> dict[str, Any]:
+    """Fit one (model, M) point on frames ``idx`` and score it on ``test``: the row's new values.
+
+    A module-level function of plain inputs, so that it runs as a task anywhere
+    (:mod:`aff_app.parallel`). A fit that fails for a known reason (budget, factorisation,
+    the peers' own errors) gives ``status='failed'`` and the reason as ``note``.
+    """
+    job_progress = progress or _noop
+    try:
+        if settings.mode == "sgdml-package" and valid is None:
+            raise SplitError("no frame is left outside the training and test frames for the package's σ "
+                             "validation: use a smaller largest M or fewer test frames")
+        trained = pipeline.fit(traj, idx, settings, symmetry=symmetry, seed=seed, valid_idx=valid,
+                               progress=lambda f, m: job_progress(0.6 * f, m))
+        held = pipeline.evaluate(trained, traj, test_idx=test, with_std=with_std,
+                                 progress=lambda f, m: job_progress(0.6 + 0.4 * f, m))
+        rep = held.report(level, kind)
+    except (ComputeBudgetError, FactorizationError, ModelError, SplitError, PeerError, TrainingError, DCFError,
+            np.linalg.LinAlgError) as exc:
+        return {"status": "failed", "note": str(exc)}
+    fm, t = trained.force, trained.timings
+    return dict(
+        status="ok", force_mae=rep["force_mae"], force_rmse=rep["force_rmse"], energy_mae=rep["energy_mae"],
+        train_s=t.force_s, energy_train_s=t.energy_s, pci=rep["pci"], lci=rep["lci"], l_norm=rep["l_norm"],
+        delta_p=rep["delta_p"], gamma=finite_or_none(fm.gamma), lam=finite_or_none(fm.lam),
+        predict_ms=1e3 * held.predict_s / max(held.n_frames, 1),
+    )
+
+
 def learning_curve(
     traj: Trajectory,
     models: Sequence[str],
@@ -221,6 +254,7 @@ def learning_curve(
     with_std: bool = True,
     progress: Progress | None = None,
     on_point: Callable[[list[dict[str, Any]]], None] | None = None,
+    executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
     """Fit and evaluate every (model, M); one row per point.
 
@@ -253,7 +287,12 @@ def learning_curve(
     progress : callable(fraction, message), optional
     on_point : callable(rows), optional
         Called after every point with a copy of all rows so far (points not yet run have status
-        'pending'): a caller that is cancelled keeps the finished points.
+        'pending'): a caller that is cancelled keeps the finished points. Points arrive in the
+        order of the curve, also from a cluster.
+    executor : aff_app.parallel.Executor, optional
+        Where the points run (default: one after the other here). A Dask executor
+        (:func:`aff_app.parallel.open_executor`) fits them in parallel, with the same results; progress
+        then moves once per finished point.
 
     Returns
     -------
@@ -274,6 +313,8 @@ def learning_curve(
         No models, bad sizes, or sizes that do not fit the data.
     UnlabelledDataError
         The trajectory has no forces.
+    aff_app.parallel.TaskFailedError
+        (Dask only) a point failed for an unexpected reason; the finished points were passed to ``on_point``.
     """
     progress = progress or _noop
     if not traj.has_labels:
@@ -293,52 +334,28 @@ def learning_curve(
             valid = np.sort(np.random.default_rng(seed + 1).choice(
                 unused, size=min(pipeline.PACKAGE_VALID_FRAMES, unused.size), replace=False))
     points = plan_learning_curve(traj.n_atoms, models, sizes, symmetry=symmetry, budget_bytes=budget_bytes)
-    # weight each job by its estimated cost so the bar moves evenly
-    weights = np.array([max(p.estimate.seconds, 1e-3) if p.allowed else 0.0 for p in points])
-    total = float(weights.sum()) or 1.0
-    done = 0.0
-    rows = []
-    for p, w in zip(points, weights):
-        row = _empty_row(p, test.size)
-        rows.append(row)
+    rows = [_empty_row(p, test.size) for p in points]
+    # one task per allowed point, weighted by its estimated cost so the bar moves evenly; the
+    # trajectory is sent to a cluster once and every task names it
+    data = executor.scatter(traj) if executor is not None else traj
+    tasks, where = [], []
+    for i, p in enumerate(points):
         if not p.allowed:
             continue
-        base, share = done / total, w / total
-        tag = f"{p.label} M={p.n_train}"
-
-        def job_progress(f: float, msg: str, base=base, share=share, tag=tag) -> None:
-            progress(min(base + share * float(f), 1.0), f"{tag}: {msg}")
-
-        idx = train_sets[p.n_train]
         settings = TrainSettings(mode=p.mode, gamma=gamma, lam=lam, criterion=criterion, energy=with_energy,
                                  budget_bytes=budget_bytes)
-        try:
-            if p.mode == "sgdml-package" and valid is None:
-                raise SplitError("no frame is left outside the training and test frames for the package's σ "
-                                 "validation: use a smaller largest M or fewer test frames")
-            trained = pipeline.fit(traj, idx, settings, symmetry=symmetry if uses_symmetry(p.mode) else None,
-                                   seed=seed, valid_idx=valid, progress=lambda f, m: job_progress(0.6 * f, m))
-            held = pipeline.evaluate(trained, traj, test_idx=test, with_std=with_std,
-                                     progress=lambda f, m: job_progress(0.6 + 0.4 * f, m))
-            rep = held.report(level, kind)
-        except (ComputeBudgetError, FactorizationError, ModelError, SplitError, PeerError, TrainingError, DCFError,
-                np.linalg.LinAlgError) as exc:
-            row.update(status="failed", note=str(exc))
-            done += w
-            if on_point is not None:
-                on_point([dict(r) for r in rows] + [_empty_row(q, test.size) for q in points[len(rows):]])
-            continue
-        fm, t = trained.force, trained.timings
-        train_s, e_s = t.force_s, t.energy_s
-        row.update(
-            status="ok", force_mae=rep["force_mae"], force_rmse=rep["force_rmse"], energy_mae=rep["energy_mae"],
-            train_s=train_s, energy_train_s=e_s, pci=rep["pci"], lci=rep["lci"], l_norm=rep["l_norm"],
-            delta_p=rep["delta_p"], gamma=finite_or_none(fm.gamma), lam=finite_or_none(fm.lam),
-            predict_ms=1e3 * held.predict_s / max(held.n_frames, 1),
-        )
-        done += w
+        tasks.append(Task(name=f"{p.label} M={p.n_train}", fn=curve_point,
+                          args=(data, train_sets[p.n_train], test, valid, settings,
+                                symmetry if uses_symmetry(p.mode) else None),
+                          kwargs=dict(seed=seed, with_std=with_std, level=level, kind=kind),
+                          progress_kw="progress", weight=max(p.estimate.seconds, 1e-3)))
+        where.append(i)
+
+    def arrived(k: int, update: dict[str, Any]) -> None:
+        rows[where[k]].update(update)
         if on_point is not None:
-            on_point([dict(r) for r in rows] + [_empty_row(q, test.size) for q in points[len(rows):]])
-        progress(min(done / total, 1.0), f"{tag}: done")
+            on_point([dict(r) for r in rows])
+
+    (executor or SerialExecutor()).run(tasks, on_result=arrived, progress=progress)
     progress(1.0, "learning curve done")
     return rows
