@@ -28,8 +28,11 @@ also stops a ``LocalCluster`` it started.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -303,8 +306,10 @@ class DaskExecutor(Executor):
             mem = choice.memory_limit_bytes or max(default_budget_bytes() // n, 2**28)
             # processes, not threads: the fits hold the GIL in numba/numpy stretches and each keeps
             # its own BLAS; one thread per worker, as the nanny already pins BLAS/OpenMP to one thread
-            self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit=int(mem),
-                                         dashboard_address=":0", silence_logs=logging.ERROR)
+            with _bare_main():
+                self._cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                             memory_limit=int(mem), dashboard_address=":0",
+                                             silence_logs=logging.ERROR)
             self.choice = SchedulerChoice(kind="local", n_workers=n, memory_limit_bytes=int(mem),
                                           retries=choice.retries, connect_timeout_s=choice.connect_timeout_s)
             try:
@@ -377,6 +382,24 @@ class DaskExecutor(Executor):
             if self._cluster is not None:
                 self._cluster.close()
                 self._cluster = None
+
+
+@contextlib.contextmanager
+def _bare_main():
+    """Hide the ``__main__`` module from the worker processes' spawn while they start.
+
+    ``multiprocessing``'s spawn re-runs the parent's main script in every child. Under Streamlit that
+    script is the app (Streamlit installs each page run's module as ``__main__``), which must not run in
+    a worker ("Nanny failed to start"). The tasks are functions of ``aff_app``, never of ``__main__``, so
+    the workers need nothing from it.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 def _slug(name: str) -> str:

@@ -316,3 +316,31 @@ def test_a_server_restart_reports_the_interrupted_job_and_keeps_its_finished_poi
     assert "server restart" not in _texts(third, "warning")
     gate.set()
     assert bg.get_queue().wait(job, timeout=60)
+
+
+def test_learning_curve_points_run_on_a_dask_cluster_from_the_compare_page(root):
+    """The Compare page's "Run the points on" field: a bad address is refused before the button; local:2 (a real
+    two-worker LocalCluster, started for the job and stopped after it) gives the serial run's numbers."""
+    pytest.importorskip("distributed")
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    at.switch_page("pages/compare.py").run()
+    at.multiselect(key=state.CMP_MODELS).set_value(["aff"])
+    at.multiselect(key=state.CMP_SIZES).set_value([25])
+    at.number_input(key=state.CMP_N_TEST).set_value(10)
+    at.radio(key=state.CMP_HYPER).set_value("fixed").run()
+    at.number_input(key=state.CMP_GAMMA).set_value(4.0)
+    at.number_input(key=state.CMP_LAM).set_value(1e-8).run()
+    at.text_input(key=state.CMP_SCHEDULER).set_value("udp://nowhere").run()
+    assert "Cannot run the points there" in _texts(at, "error") and at.button(key=state.CMP_RUN).disabled
+    at.text_input(key=state.CMP_SCHEDULER).set_value("serial").run()
+    at.button(key=state.CMP_RUN).click().run()
+    assert not at.exception, at.exception
+    serial = at.session_state[state.CMP_RESULT]["rows"]
+    at.text_input(key=state.CMP_SCHEDULER).set_value("local:2").run()
+    at.button(key=state.CMP_RUN).click().run()
+    assert not at.exception, at.exception
+    on_dask = at.session_state[state.CMP_RESULT]["rows"]
+    assert [(r["M"], r["status"]) for r in on_dask] == [(25, "ok")]
+    assert on_dask[0]["force_mae"] == pytest.approx(serial[0]["force_mae"], rel=1e-9)
+    (job,) = [j for j in bg.get_queue().jobs_for(at.session_state[state.WS_SESSION]) if "on " in j.label]
+    assert "Dask" in job.label or "local" in job.label

@@ -488,3 +488,26 @@ def test_predictions_page_on_unlabelled_loaded_data():
     assert not at.exception, at.exception
     table = [d for d in at.dataframe if "energy sd (kcal/mol)" in d.value.columns][0].value
     assert len(table) == 10 and (table["energy sd (kcal/mol)"] > 0).all()
+
+
+def test_a_fit_over_the_budget_for_the_dense_path_takes_the_iterative_one(monkeypatch):
+    """The cost card says which path a fit takes: with a budget below the dense kernels (41.6 MB for benzene,
+    M = 40, two 6-atom sets) AFF goes iterative (conjugate gradients) and stays trainable; GDML, dense only, is
+    refused."""
+    from aff_app.gp.budget import estimate_cost
+
+    monkeypatch.setenv("AFF_MEMORY_BUDGET_GB", str(20e6 / 2**30))
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page(TRAIN).run()
+    at.number_input(key=state.TRAIN_M).set_value(40).run()
+    assert not at.exception, at.exception
+    expected = estimate_cost(40, [6, 6], n_perms=12, solver="auto", budget_bytes=int(20e6), n_atoms=12)
+    assert expected.solver == "iterative" and expected.dense_peak_bytes > 20e6 >= expected.peak_bytes
+    infos = " ".join(str(e.value) for e in at.info)
+    assert "The dense kernels would exceed the memory budget" in infos and expected.summary in infos
+    assert f"Solver: {expected.summary}" in " ".join(str(c.value) for c in at.caption)
+    assert not at.button(key=state.TRAIN_RUN).disabled
+    assert not at.error
+    at.radio(key=state.TRAIN_MODEL).set_value("gdml").run()
+    assert "Refused before training" in " ".join(str(e.value) for e in at.error)
+    assert at.button(key=state.TRAIN_RUN).disabled

@@ -44,6 +44,7 @@ class CurveForm:
     with_energy: bool
     symmetry: SymmetryInfo | None
     ready: bool
+    scheduler: object = None  # aff_app.parallel.SchedulerChoice: where the points run (None: here, one by one)
 
     @property
     def params(self) -> dict:
@@ -132,13 +133,14 @@ def curve_form(traj: Trajectory) -> CurveForm:
     if fixed:
         st.caption(prefill)
 
+    scheduler = _scheduler_field()
     symmetry = sw.ensure_symmetry(traj) if any(uses_symmetry(m) for m in chosen) else None
     if "sgdml-package" in chosen and mw.package_status() is not None:
         st.warning(f"The sgdml package's points will fail: {mw.package_status()}")
-    ready = bool(chosen) and bool(sizes)
-    if not ready:
+    ready = bool(chosen) and bool(sizes) and scheduler is not None
+    if not (chosen and sizes):
         st.info("Choose at least one model and one training size.")
-    else:
+    elif ready:
         plan = learning.plan_learning_curve(traj.n_atoms, chosen, sizes, symmetry=symmetry)
         refused = [p for p in plan if not p.allowed]
         allowed = [p for p in plan if p.allowed]
@@ -151,7 +153,23 @@ def curve_form(traj: Trajectory) -> CurveForm:
                        + "; ".join(f"{p.label} M = {p.n_train} ({p.note})" for p in refused)
                        + ". Raise AFF_MEMORY_BUDGET_GB or choose smaller M.")
     return CurveForm(chosen=list(chosen), sizes=list(sizes), n_test=n_test, seed=seed, fixed=fixed, gamma=gamma,
-                     lam=lam, with_energy=bool(with_energy), symmetry=symmetry, ready=ready)
+                     lam=lam, with_energy=bool(with_energy), symmetry=symmetry, ready=ready, scheduler=scheduler)
+
+
+def _scheduler_field():
+    """Where the learning curve's points run: here one by one (default), or on Dask; None when the text is bad."""
+    from aff_app.parallel import SchedulerError, parse_scheduler
+
+    text = st.text_input(
+        "Run the points on", value="serial", key=state.CMP_SCHEDULER,
+        help="serial: one after the other in this server's job. local or local:N: a Dask LocalCluster of N worker "
+             "processes on this machine, started for the job and stopped after it. tcp://host:8786: a running Dask "
+             "scheduler (its workers need aff_app installed). Same points, same order, either way.")
+    try:
+        return parse_scheduler(text)
+    except SchedulerError as exc:
+        st.error(f"Cannot run the points there: {exc}")
+        return None
 
 
 def compute_button(traj: Trajectory, form: CurveForm) -> None:
@@ -161,6 +179,8 @@ def compute_button(traj: Trajectory, form: CurveForm) -> None:
     run = st.button("Compute learning curves", key=state.CMP_RUN, type="primary", disabled=not ready)
     if run and ready:
         job_label = f"{', '.join(MODE_LABELS[m] for m in chosen)}; M = {', '.join(map(str, params['sizes']))}"
+        if not form.scheduler.is_serial:
+            job_label += f" on {form.scheduler.describe()}"
         plan = learning.plan_learning_curve(traj.n_atoms, chosen, sizes, symmetry=symmetry)
         allowed = [p for p in plan if p.allowed]
         cost = max((p.estimate.peak_bytes for p in allowed), default=0)  # the points run one after another
@@ -169,9 +189,15 @@ def compute_button(traj: Trajectory, form: CurveForm) -> None:
             def keep(rows):
                 job.keep(CurveResult(fp, params, rows))
 
-            rows = learning.learning_curve(
-                traj, chosen, sizes, n_test=n_test, seed=seed, symmetry=symmetry, gamma=params["gamma"],
-                lam=params["lam"], with_energy=bool(with_energy), progress=job.report, on_point=keep)
+            from aff_app.parallel import open_executor
+
+            # a Dask cluster is started (or reached) for this job and closed with it (SchedulerError: the
+            # address does not answer — the job fails with that message)
+            with open_executor(form.scheduler) as executor:
+                rows = learning.learning_curve(
+                    traj, chosen, sizes, n_test=n_test, seed=seed, symmetry=symmetry, gamma=params["gamma"],
+                    lam=params["lam"], with_energy=bool(with_energy), progress=job.report, on_point=keep,
+                    executor=executor)
             return CurveResult(fp, params, rows)
 
         try:

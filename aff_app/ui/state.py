@@ -233,6 +233,8 @@ CMP_GAMMA = "cmp_gamma"
 CMP_LAM = "cmp_lam"
 CMP_HYPER_FROM = "cmp_hyper_from"
 CMP_ENERGY = "cmp_energy"
+#: Where the learning curve's points run: serial, local[:N] or tcp://host:port (aff_app.parallel).
+CMP_SCHEDULER = "cmp_scheduler"
 CMP_RUN = "cmp_run"
 CMP_CURVE_CHART = "cmp_curve_chart"
 CMP_UNCERTAINTY_CHART = "cmp_uncertainty_chart"

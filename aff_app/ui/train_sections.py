@@ -181,7 +181,8 @@ def symmetry_caption(traj: Trajectory, mode: str) -> SymmetryInfo | None:
 def cost_card(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | None) -> str | None:
     """The memory, flop and time estimate before anything runs; the budget refusal's text, or None."""
     mode, n_train, fixed = form.mode, form.n_train, form.fixed
-    est = learning.cost_for(mode, n_train, traj.n_atoms, symmetry)
+    # AFF takes the iterative path when its dense kernels exceed the budget (TrainSettings.solver = 'auto')
+    est = learning.cost_for(mode, n_train, traj.n_atoms, symmetry, solver="auto")
     budget = default_budget_bytes()
     over_budget = None
     if mode == "sgdml-package":
@@ -205,7 +206,7 @@ def cost_card(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | None) 
                     help="All kernel matrices (float64) plus work space; 1 GB = 2³⁰ bytes.")
         k[2].metric("Memory budget", f"{budget / 2**30:.1f} GB", help="AFF_MEMORY_BUDGET_GB, or 60% of this machine's RAM.")
         times = learning.time_for(mode, n_train, traj.n_atoms, symmetry, search=not fixed, energy=traj.E is not None,
-                                  n_test=form.n_test, energy_model=form.energy_model)
+                                  n_test=form.n_test, energy_model=form.energy_model, solver="auto")
         k[3].metric("Time, train and test (est.)", _seconds(times.total_s),
                     help="Within about a factor of 2 on the reference 2-core machine (docs/benchmarks.md). Parts: "
                          + _parts(times) + ".")
@@ -217,7 +218,11 @@ def cost_card(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | None) 
             st.caption(f"Estimated: {_parts(times)} ({'`sgdml all`: its σ trials each factor the 3MN-sided kernel' if mode == 'sgdml-package' else 'the network stops early or at its time limit'}). "
                        + no_interval_note(mode))
             return over_budget
-        st.caption(f"Estimated parts: {_parts(times)}."
+        if est.solver == "iterative":
+            st.info(f"The dense kernels would exceed the memory budget, so this fit takes the {est.summary} "
+                    "(docs/method.md \"Iterative path\": λ is kept at or above 10⁻¹¹ of the kernel variance, the sd "
+                    "is conditioned on the preconditioner's frames).")
+        st.caption(f"Solver: {est.summary}. Estimated parts: {_parts(times)}."
                    + ("" if fixed else " The search builds and eigendecomposes the kernels of max(100, M/4) training "
                       "frames for about 10 values of γ; set γ and λ by hand to skip it."))
     return over_budget
@@ -261,8 +266,8 @@ def train_button(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | Non
     if run:
         label = f"{MODE_LABELS[mode]}, M = {n_train}"
         times = learning.time_for(mode, n_train, traj.n_atoms, symmetry, search=not fixed, energy=traj.E is not None,
-                                  n_test=n_test, energy_model=form.energy_model)
-        cost = learning.cost_for(mode, n_train, traj.n_atoms, symmetry)
+                                  n_test=n_test, energy_model=form.energy_model, solver="auto")
+        cost = learning.cost_for(mode, n_train, traj.n_atoms, symmetry, solver="auto")
         request = bg.FitRequest(
             traj=traj, n_train=n_train, n_test=n_test, seed=seed, name=name,
             settings=pipeline.TrainSettings(mode=mode, gamma=float(gamma_in) if fixed else None,

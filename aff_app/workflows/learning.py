@@ -91,16 +91,22 @@ def set_sizes_for(mode: str, n_atoms: int, symmetry: SymmetryInfo | None) -> tup
     return [n_atoms], n_perms
 
 
-def cost_for(mode: str, n_train: int, n_atoms: int, symmetry: SymmetryInfo | None) -> CostEstimate:
-    """``estimate_cost`` of one fit: Σ(3 M l_i)³/3 flops, peak memory, rough seconds (the peers': ``peer_cost``)."""
+def cost_for(mode: str, n_train: int, n_atoms: int, symmetry: SymmetryInfo | None, *,
+             solver: str = "dense") -> CostEstimate:
+    """``estimate_cost`` of one fit: Σ(3 M l_i)³/3 flops, peak memory, rough seconds (the peers': ``peer_cost``).
+
+    ``solver``: AFF's path ('dense', 'iterative', or 'auto': iterative when the dense kernels exceed the
+    budget, as ``TrainSettings.solver`` decides); GDML/sGDML are always dense.
+    """
     sizes, n_perms = set_sizes_for(mode, n_atoms, symmetry)
     if mode in PEER_MODES:
         return peer_cost(mode, n_train, n_atoms, n_perms)
-    return estimate_cost(int(n_train), sizes, n_perms=n_perms)
+    return estimate_cost(int(n_train), sizes, n_perms=n_perms, solver=solver if mode == "aff" else "dense",
+                         n_atoms=int(n_atoms))
 
 
 def time_for(mode: str, n_train: int, n_atoms: int, symmetry: SymmetryInfo | None, *, search: bool, energy: bool,
-             n_test: int, energy_model: str = "integrated") -> TimeEstimate:
+             n_test: int, energy_model: str = "integrated", solver: str = "dense") -> TimeEstimate:
     """``estimate_time`` of training one model and predicting ``n_test`` held-out frames.
 
     ``energy_model``: AFF's (``TrainSettings.energy_model``); the integrated one adds its subset's
@@ -108,7 +114,7 @@ def time_for(mode: str, n_train: int, n_atoms: int, symmetry: SymmetryInfo | Non
     """
     from aff_app.gp.aff_energy import MIN_SUBSET_FRAMES, subset_side, subset_size
 
-    cost = cost_for(mode, n_train, n_atoms, symmetry)
+    cost = cost_for(mode, n_train, n_atoms, symmetry, solver=solver)
     if mode in PEER_MODES:
         # the peers' own estimate is the whole fit; their held-out predictions are means only
         return TimeEstimate(search_s=0.0, fit_s=cost.seconds, energy_s=0.0, held_out_s=2e-3 * int(n_test))
