@@ -15,6 +15,7 @@ from aff_app.gp.iterative import (ITERATIVE_LAM_FLOOR, NystromPreconditioner, Se
 from aff_app.gp.kernels import Geometry, force_covariance_sets
 from aff_app.gp.persistence import load_model, read_arrays
 from aff_app.symmetry import find_permutations, pe_sets_from_permutations
+from test_force_model import _gp_draws  # forces drawn from the AFF prior (a 3-atom toy)
 
 
 @pytest.fixture(scope="module")
@@ -216,20 +217,6 @@ def test_iterative_predictions_rotate_translate_and_permute(benzene):
     b = model.predict(x[:1][:, perm])
     np.testing.assert_allclose(b.mean[0], a.mean[0][perm], rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(b.std[0], a.std[0][perm], rtol=1e-6, atol=1e-9)
-
-
-def _gp_draws(gamma, lam, n_frames, n_draws, seed=0):
-    """Forces drawn from the AFF prior (plain kernel, three singleton sets of a 3-atom toy)."""
-    rng = np.random.default_rng(seed)
-    base = np.array([[0.0, 0.0, 0.0], [1.1, 0.0, 0.0], [-0.3, 1.0, 0.0]])
-    R = base + rng.normal(scale=0.12, size=(n_frames, 3, 3))
-    sets = [np.array([0]), np.array([1]), np.array([2])]
-    Ks = force_covariance_sets(R, R, gamma, sets)
-    F = np.zeros((n_draws, n_frames, 3, 3))
-    for k, (s, K) in enumerate(zip(sets, Ks)):
-        L = np.linalg.cholesky(K + lam * np.eye(K.shape[0]))
-        F[:, :, s[0], :] = (L @ rng.normal(size=(K.shape[0], n_draws))).T.reshape(n_draws, n_frames, 3)
-    return R, F, np.array([8, 1, 1])
 
 
 def test_calibrated_interval_covers_held_out_forces_with_a_small_subset():
