@@ -21,6 +21,7 @@ SAMPLE = REPO / "sample_data" / "benzene.npz"
 #: Exception classes that are deliberately not user errors, and why.
 NOT_USER_ERRORS = {
     "aff_app.cli._UsageError": "argparse's complaint, re-raised at once as CLIError (an AFFError)",
+    "aff_app.parallel.TaskFailedError": "a task that raised a bug (its user-error twin, TaskUserError, is an AFFError)",
 }
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import types
 
 import cloudpickle
 import numpy as np
@@ -125,7 +126,10 @@ def test_a_failed_task_is_named_and_finished_results_are_kept(dask_ex):
     assert isinstance(info.value, AFFError) and "your fault 1" in str(info.value)
 
 
-def test_a_killed_worker_task_is_rerun(dask_ex, tmp_path):
+def test_a_killed_worker_task_is_rerun(dask_ex, tmp_path, monkeypatch):
+    # the nanny spawns the replacement worker with whatever __main__ is then; AppTest tests earlier in the
+    # session leave the app script there (Streamlit installs it as __main__), which a worker must not run
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     marker = tmp_path / "killed_once"
     before = set(dask_ex.client.scheduler_info()["workers"])
     tasks = [Task("sq 6", square, (6,)), Task("dies once", die_once, (str(marker), 8))]

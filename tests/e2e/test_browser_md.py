@@ -81,8 +81,8 @@ def test_an_md_run_goes_on_while_the_user_is_on_another_page(page, app_url):
     expect(page.get_by_role("heading", name="MD").first).to_be_visible()
     page.locator(".st-key-md_ensemble").get_by_text("NVT (Langevin thermostat)", exact=True).click()
     _settle(page, 300)
-    _set_keyed_number(page, "md_steps", 10000)
-    _set_keyed_number(page, "md_record_every", 50)
+    _set_keyed_number(page, "md_steps", 100000)  # ~1 min at ~1 ms per step: still running when the user leaves
+    _set_keyed_number(page, "md_record_every", 100)
     page.get_by_role("button", name="Run MD").click()
     # the page waits for the job in place (progress bar) while the user stays
     expect(page.locator('[data-testid="stProgress"]', has_text=re.compile(r"running \d+%")).first).to_be_visible(
@@ -90,11 +90,11 @@ def test_an_md_run_goes_on_while_the_user_is_on_another_page(page, app_url):
     _nav(page, "Data")
     expect(page.get_by_role("heading", name="Data").first).to_be_visible()
     sidebar = page.get_by_test_id("stSidebar")
-    job = re.compile(r"MD: AFF M=200 seed 0, NVT, 10,000 steps: ")
+    job = re.compile(r"MD: AFF M=200 seed 0, NVT, 100,000 steps: ")
     expect(sidebar.get_by_text(re.compile(job.pattern + "running"))).to_be_visible(timeout=30_000)
     _shot(page, "md_job_sidebar", 900)
     expect(sidebar.get_by_text(re.compile(job.pattern + "done in"))).to_be_visible(timeout=RUN_TIMEOUT_MS * 2)
     _nav(page, "MD")
     expect(page.get_by_role("heading", name="Run: AFF M=200 seed 0").first).to_be_visible(timeout=60_000)
-    expect(page.get_by_text(re.compile(r"(completed 10000 steps|stopped at step \d+)")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"(completed 100000 steps|stopped at step \d+)")).first).to_be_visible()
     expect(page.locator("text.gtitle", has_text="MD run: energies").first).to_be_visible()
