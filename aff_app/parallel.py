@@ -1,4 +1,6 @@
-"""Independent work on one machine or a Dask cluster: learning-curve points, reproduction fits.
+"""Independent work on one machine or a Dask cluster: learning-curve points, reproduction fits,
+and the independent parts of one fit (its search's γ grid, its large PE sets:
+``aff_app.gp.force.fit_force_model(executor=)``).
 
 The work that outgrows one machine is embarrassingly parallel: each point of a
 learning curve and each fit of the reproduction is a function of plain,
@@ -49,6 +51,7 @@ __all__ = [
     "DaskExecutor",
     "parse_scheduler",
     "open_executor",
+    "aligned",
     "SERIAL",
 ]
 
@@ -212,6 +215,14 @@ class Executor:
 
     choice: SchedulerChoice
 
+    #: Whether tasks run in other processes (Dask): a fit then ships work to it only when this is True
+    #: (on the serial executor a task is the same call made here, with nothing to gain).
+    remote: bool = False
+
+    def worker_memory_bytes(self) -> int | None:
+        """The smallest worker's memory limit, bytes; None when unknown or unlimited (serial: this process)."""
+        return None
+
     def scatter(self, obj):
         """A handle to ``obj`` for task arguments (Dask: sent to the cluster once; serial: ``obj`` itself)."""
         return obj
@@ -326,9 +337,21 @@ class DaskExecutor(Executor):
                     "start one (`dask scheduler` and `dask worker ADDRESS`) or run without --scheduler"
                 ) from None
 
+    remote = True
+
     @property
     def dashboard_link(self) -> str | None:
         return getattr(self.client, "dashboard_link", None)
+
+    def worker_memory_bytes(self) -> int | None:
+        # a worker past 95% of its limit is killed by its nanny (80%: paused), so a task whose
+        # arrays would not fit must stay in the calling process; 0 is Dask's "no limit"
+        try:
+            limits = [int(w.get("memory_limit") or 0) for w in self.client.scheduler_info()["workers"].values()]
+        except Exception:  # noqa: BLE001 - an old or odd scheduler: the limit is unknown
+            return None
+        limits = [m for m in limits if m > 0]
+        return min(limits) if limits else None
 
     def scatter(self, obj):
         # broadcast: every worker holds a copy, so a lost worker loses no input (its tasks re-run
@@ -400,6 +423,34 @@ def _bare_main():
     finally:
         if main is not None:
             sys.modules["__main__"] = main
+
+
+def aligned(x):
+    """``x`` with every numpy array in it aligned to its item size: arrays, and those in tuples,
+    lists and dataclasses (rebuilt only where something was copied).
+
+    Call it on a task's inputs where the task must give this process's numbers. Dask hands a
+    task the arrays it deserialised from a message frame at whatever byte offset they had there
+    (measured: the search frames' inverse distances, ``aligned`` False in the worker). numpy's
+    matmul does not hand unaligned arrays to BLAS and sums in its own order instead (here the Gram
+    matrix of the descriptor distances): a kernel built from them differed from this process's in
+    the last bit of up to a quarter of its entries. A copy costs a few microseconds per array;
+    already aligned arrays are returned as they are.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        return x if x.flags.aligned else np.array(x, order="K")
+    if isinstance(x, (tuple, list)):
+        items = [aligned(v) for v in x]
+        return x if all(a is b for a, b in zip(items, x)) else type(x)(items)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        changed = {f.name: v for f in dataclasses.fields(x) if f.init
+                   and (v := aligned(getattr(x, f.name))) is not getattr(x, f.name)}
+        return dataclasses.replace(x, **changed) if changed else x
+    return x
 
 
 def _slug(name: str) -> str:

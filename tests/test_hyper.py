@@ -106,3 +106,35 @@ def test_lambda_floor_is_not_an_edge_but_the_top_of_the_grid_is():
     search = fit.record.search
     assert not search.lam_at_floor and search.converged is False, search
     assert "λ at the top of its grid" in search.edge_warning(fit.gamma, fit.lam)
+
+
+def test_search_restricted_to_a_nugget_floor_picks_the_range_for_it():
+    """The iterative solver's search (method.md "Iterative path"): λ only from the floor up, reported on the full
+    grid's index; on noise-free benzene forces the unconstrained λ sits at 1e-13 of the kernel variance, and a
+    floor of 1e-11 makes the likelihood prefer a shorter range (smaller γ) that carries that nugget."""
+    from pathlib import Path
+
+    from aff_app.gp.hyper import SearchKernels, lambda_grid, score_gamma, search
+    from aff_app.gp.kernels import Geometry
+    from aff_app.io.files import load_trajectory
+    from aff_app.symmetry import detect_symmetry
+
+    t = load_trajectory(Path(__file__).resolve().parents[1] / "sample_data" / "benzene.npz")
+    R, F = t.R[:40], t.F[:40]
+    sym = detect_symmetry(R, t.z, n_samples=40, seed=0)
+    sets = [np.sort(s) for s in sym.pe_sets]
+    build = SearchKernels(Geometry.from_positions(R), tuple(sets), sym.perms)
+    ys = [F[:, s, :].reshape(-1) for s in sets]
+    d = build.geometry.D
+    rho = float(np.median(np.linalg.norm(d[:, None] - d[None], axis=-1)[np.triu_indices(40, 1)]))
+    free = search(build, ys, rho_scale=rho)
+    floored = search(build, ys, rho_scale=rho, lam_min_rel=1e-11)
+    var = lambda g: 5.0 / (3.0 * g * g)  # noqa: E731 - the kernel variance, λ's unit
+    assert free.lam / var(free.gamma) == pytest.approx(LAMBDA_GRID_REL[0]) and free.lam_min_rel == 0.0
+    assert floored.lam / var(floored.gamma) >= 1e-11 * (1 - 1e-9) and floored.lam_min_rel == 1e-11
+    assert floored.gamma < 0.8 * free.gamma, (floored.gamma, free.gamma)
+    # a floor at the grid's own bottom changes nothing; the index is the full grid's
+    same = search(build, ys, rho_scale=rho, lam_min_rel=LAMBDA_GRID_REL[0])
+    assert (same.gamma, same.lam, same.history) == (free.gamma, free.lam, free.history)
+    score, lam, k = score_gamma(build, ys, floored.gamma, "likelihood", lam_min_rel=1e-11)
+    assert lam == pytest.approx(LAMBDA_GRID_REL[k] * var(floored.gamma)) and k >= lambda_grid(1e-11)[1]

@@ -10,10 +10,11 @@ from scipy.stats import binom
 
 from aff_app.gp import ForceModel, ModelError, fit_force_model
 from aff_app.gp.budget import ComputeBudgetError, estimate_cost
-from aff_app.gp.iterative import (ITERATIVE_LAM_FLOOR, NystromPreconditioner, SetsOperator, farthest_point_frames,
-                                  frame_diagonal, pcg)
+from aff_app.gp.iterative import (ITERATIVE_LAM_FLOOR, LAM_RAISE_FACTOR, NystromPreconditioner, SetsOperator,
+                                  farthest_point_frames, frame_diagonal, pcg)
 from aff_app.gp.kernels import Geometry, force_covariance_sets
 from aff_app.gp.persistence import load_model, read_arrays
+from aff_app.gp.record import FitRecord
 from aff_app.symmetry import find_permutations, pe_sets_from_permutations
 from test_force_model import _gp_draws  # forces drawn from the AFF prior (a 3-atom toy)
 
@@ -243,24 +244,37 @@ def test_calibrated_interval_covers_held_out_forces_with_a_small_subset():
 
 
 def test_nugget_is_raised_when_cg_stalls_and_the_fit_says_so(uracil):
-    # a preconditioner of 10 of 60 frames cannot carry CG to 1e-8 within 60 iterations at λ = 1e-11 of
-    # the kernel variance: λ is raised 100× at a time (preconditioner rebuilt) until it does, and recorded
+    # a preconditioner of 10 of 60 frames cannot carry CG to 1e-8 within 150 iterations at λ = 1e-9 of
+    # the kernel variance: λ is raised LAM_RAISE_FACTOR× at a time (preconditioner rebuilt) until it does, and recorded
     from aff_app.gp.iterative import IterativeError, fit_iterative
 
     R, F, z = uracil
     G = Geometry.from_positions(R[:60])
     sets, perms, gamma = [np.array([i]) for i in range(12)], np.arange(12)[None], 18.0
     scale = 5 / (3 * gamma**2)
-    fit = fit_iterative(G, F[:60], sets, perms, gamma, 1e-11 * scale, budget=2**30, n_subset=10, maxiter=60,
-                        calibrate=False, lam_floor=1e-11)
+    fit = fit_iterative(G, F[:60], sets, perms, gamma, 1e-9 * scale, budget=2**30, n_subset=10, maxiter=150,
+                        calibrate=False, lam_floor=1e-9)
     raised = fit.info["raised"]
-    assert raised and raised[0][0] == pytest.approx(1e-11 * scale) and all(r[1] <= 60 for r in raised)
-    assert fit.lam == pytest.approx(1e-11 * scale * 100.0 ** len(raised))
+    assert raised and raised[0][0] == pytest.approx(1e-9 * scale) and all(r[1] <= 150 for r in raised)
+    assert fit.lam == pytest.approx(1e-9 * scale * LAM_RAISE_FACTOR ** len(raised))
     assert max(fit.info["residuals"]) <= 10 * fit.info["tol"]
     # the same system solved densely at the raised λ
     K = force_covariance_sets(G, G, gamma, [sets[0]])[0]
     exact = np.linalg.solve(K + fit.lam * np.eye(K.shape[0]), F[:60, 0].reshape(-1))
     assert _rel(K @ fit.alpha[0], K @ exact) < 1e-6
     with pytest.raises(IterativeError, match="even with λ raised"):
-        fit_iterative(G, F[:60], sets, perms, gamma, 1e-11 * scale, budget=2**30, n_subset=10, maxiter=5,
-                      calibrate=False, lam_floor=1e-11)
+        fit_iterative(G, F[:60], sets, perms, gamma, 1e-9 * scale, budget=2**30, n_subset=10, maxiter=5,
+                      calibrate=False, lam_floor=1e-9)
+
+
+def test_the_iterative_path_searches_gamma_for_the_nuggets_it_can_use(uracil):
+    # λ below ITERATIVE_LAM_FLOOR is out of CG's reach: the search scores γ from the floor up (method.md
+    # "Iterative path"), and says so in the record; the dense path searches the whole grid
+    R, F, z = uracil
+    it = fit_force_model(R[:40], F[:40], z, solver="iterative", calibrate=None)
+    dense = fit_force_model(R[:40], F[:40], z, solver="dense", calibrate=None, refine_lam=False)
+    scale = lambda g: 5 / (3 * g**2)  # noqa: E731
+    assert it.record.search.lam_min_rel == ITERATIVE_LAM_FLOOR and dense.record.search.lam_min_rel == 0.0
+    assert it.record.search.lam / scale(it.gamma) >= ITERATIVE_LAM_FLOOR * (1 - 1e-9)
+    assert it.lam == it.record.search.lam or it.record.solver.raised
+    assert FitRecord.from_dict(it.record.to_dict()).search.lam_min_rel == ITERATIVE_LAM_FLOOR  # the model file's

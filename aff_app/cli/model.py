@@ -7,7 +7,7 @@ listed in ``aff_app.cli.COMMAND_MODULES``)::
     python -m aff_app train DATA --model aff|gdml|sgdml|sgdml-package|dcf --n-train M --out MODEL.npz [--seed S]
                                  [--gamma G --lam L] [--criterion likelihood|cv] [--pe-sets "0,1;2 3"]
                                  [--labels md17|rmd17] [--memory-budget-gb X] [--no-energy]
-                                 [--solver auto|dense|iterative]
+                                 [--solver auto|dense|iterative] [--scheduler serial|local|local:N|tcp://host:8786]
     python -m aff_app evaluate MODEL DATA [--n-test K] [--seed S] [--level 0.95] [--interval latent|observation]
     python -m aff_app predict MODEL DATA --out OUT.extxyz|OUT.csv [--frames ...]
 
@@ -17,7 +17,10 @@ listed in ``aff_app.cli.COMMAND_MODULES``)::
 here and a model written here uploads there. ``train`` fits the energy model
 too (unless ``--no-energy``); ``evaluate`` reports the energy metrics beside the
 force metrics, so ``train DATA --labels md17 --n-train 1600`` then ``evaluate``
-gives a row of the paper's Table I.
+gives a row of the paper's Table I. ``train --scheduler`` runs the independent parts of the
+one force fit — the γ grid of the search, the PE sets with large kernels — as Dask tasks
+(:mod:`aff_app.parallel`, ``fit_force_model(executor=)``); the model is the serial one's up to
+BLAS rounding, and ``--json`` names the scheduler and the sets that ran on it.
 
 Each ``run`` returns a JSON-ready dict; ``aff_app.cli`` prints it (``--json``:
 one JSON object on the last stdout line) and turns user errors into exit
@@ -175,14 +178,21 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", choices=("auto", "dense", "iterative"), default="auto",
                    help="auto (default): factor the PE sets' kernels when they fit the memory budget, else (AFF) "
                         "conjugate gradients on the matrix-free kernel; dense; iterative (AFF only)")
+    p.add_argument("--scheduler", default="serial", metavar="WHERE",
+                   help="where the independent parts of the force fit run (the hyperparameter search's γ grid, "
+                        "PE sets with large kernels): 'serial' (default, this process), 'local' (a Dask "
+                        "LocalCluster, one worker per core), 'local:N' (N workers) or 'tcp://host:8786' (a running "
+                        "Dask scheduler); the same model up to rounding")
 
 
 def _run_train(args) -> dict:
     from aff_app.gp.record import Timings
+    from aff_app.parallel import open_executor, parse_scheduler
     from aff_app.workflows import pipeline
     from aff_app.workflows.metrics import finite_or_none
     from aff_app.workflows.training import resolve_symmetry
 
+    choice = parse_scheduler(args.scheduler)  # a bad --scheduler fails before any work
     out = _out_path_npz(args.out)
     if args.memory_budget_gb is not None and not args.memory_budget_gb > 0:
         raise CLIError(f"--memory-budget-gb must be > 0, got {args.memory_budget_gb}")
@@ -192,6 +202,9 @@ def _run_train(args) -> dict:
         raise CLIError(f"--pe-sets applies to --model aff and sgdml; {args.model} takes no PE sets")
     if args.model in PEER_MODES and (args.gamma is not None or args.lam is not None):
         raise CLIError(f"--gamma/--lam are the GP's hyperparameters; --model {args.model} chooses its own")
+    if args.model in PEER_MODES and not choice.is_serial:
+        raise CLIError(f"--scheduler runs parts of a GP fit (aff, gdml, sgdml); --model {args.model} trains in "
+                       "this process")
     t0 = time.perf_counter()
     traj = load_from_args(args)
     budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * 2**30)
@@ -207,8 +220,13 @@ def _run_train(args) -> dict:
                                     seed=args.seed, pe_sets=args.pe_sets)
         t_sym = time.perf_counter() - ts
     try:
-        trained = pipeline.train(traj, n_train=args.n_train, seed=args.seed, settings=settings, symmetry=symmetry,
-                                 n_symmetry_frames=args.symmetry_frames, progress=progress)
+        with open_executor(choice) as executor:
+            choice = executor.choice  # as started: the workers and memory limit it chose
+            # serial: the fit as before, no executor (a serial one would change nothing)
+            remote = {} if choice.is_serial else {"executor": executor}
+            trained = pipeline.train(traj, n_train=args.n_train, seed=args.seed, settings=settings,
+                                     symmetry=symmetry, n_symmetry_frames=args.symmetry_frames, progress=progress,
+                                     **remote)
     finally:
         _end_progress(args)
     timings: Timings = trained.timings
@@ -249,6 +267,7 @@ def _run_train(args) -> dict:
                     "energy_s": timings.energy_s, "total_s": timings.total_s},
         "data_fingerprint": rec.data_fingerprint,
         "solver": _solver_summary(model, budget, args.solver),
+        "scheduler": choice.to_dict(),
     }
 
 
@@ -265,7 +284,8 @@ def _solver_summary(model, budget: int | None, solver: str) -> dict | None:
     return {"method": rec.method, "reason": rec.reason, "iterations": list(rec.iterations) or None,
             "held_out_iterations": None if rec.held_out_iterations is None else list(rec.held_out_iterations),
             "lam_search": rec.lam_search, "lam": rec.lam, "lam_raised": rec.lam_raised,
-            "nystrom_frames": rec.nystrom_frames, "estimate": est.to_dict()}
+            "nystrom_frames": rec.nystrom_frames, "estimate": est.to_dict(),
+            "scheduler": rec.scheduler, "task_sets": list(rec.task_sets), "tasks_s": rec.tasks_s}
 
 
 def _energy_kind(energy) -> str | None:
@@ -304,6 +324,15 @@ def _render_train(r: dict) -> str:
             if sv["lam_raised"]:
                 line += f"; λ raised from the search's {sv['lam_search']:.3g} to the iterative floor {sv['lam']:.3g}"
         lines.append(line)
+    sched = r.get("scheduler")
+    if sched is not None and sched["kind"] != "serial":
+        ran = ["the γ grid of the search"] if r["criterion"] != "fixed" else []
+        tasks = (sv or {}).get("task_sets") or []
+        if tasks:
+            ran.append(f"PE sets {tasks} ({sv['tasks_s']:.2f} s)")
+        here = ("" if tasks or (sv or {}).get("method") != "dense" else
+                "; every PE set was factored here (kernels below the task size, or beyond a worker's memory)")
+        lines.append(f"scheduler: {sched['description']}: " + (" and ".join(ran) or "nothing") + " ran on it" + here)
     lines.extend(f"warning: {w}" for w in r.get("warnings") or [])
     return "\n".join(lines)
 

@@ -736,6 +736,7 @@ def fit_force_model(
     solver: str = "auto",
     cg_tol: float | None = None,
     nystrom_frames: int | None = None,
+    executor=None,
 ) -> ForceModel:
     """Fit a force GP on training frames.
 
@@ -807,7 +808,7 @@ def fit_force_model(
         'dense': build and factor every PE set's kernel. 'iterative' (AFF only; method.md
         "Iterative path", :mod:`aff_app.gp.iterative`): preconditioned conjugate gradients on
         the matrix-free kernel, a Nyström preconditioner on a subset of frames sized to the
-        budget, λ raised to at least ``ITERATIVE_LAM_FLOOR``·5/(3γ²), the predictive variance
+        budget, λ at least ``ITERATIVE_LAM_FLOOR``·5/(3γ²) (and γ searched for such λ), the predictive variance
         from the subset frames, its scale calibrated on held-out training frames; no λ check.
         'auto' (default): dense when its estimate fits the budget, else iterative (AFF; GDML
         and sGDML are refused as before). The choice and the CG iterations are in
@@ -816,6 +817,19 @@ def fit_force_model(
         CG's relative residual (default ``aff_app.gp.iterative.CG_TOL``).
     nystrom_frames : int, optional
         The iterative path's subset size r (default: the most the budget allows).
+    executor : aff_app.parallel.Executor, optional
+        Independent parts of this one fit as tasks on a Dask executor (a serial one changes
+        nothing): the initial γ grid of the search (:func:`aff_app.gp.hyper.search`), and on the
+        dense path every PE set with a kernel side of at least ``TASK_SET_SIDE`` whose kernel
+        fits a worker (``TASK_MEMORY_SHARE`` of its memory limit), once the λ check (on the
+        small probe sets, here) has fixed λ. A task returns the set's α, σ̂², jitter and
+        leave-one-frame-out terms, not its factor: the model then keeps no factors (as with
+        ``keep_factors=False``; a ``predict`` with intervals rebuilds them), and
+        ``model.record.solver`` names the scheduler and the sets that ran as tasks. The model
+        is the serial fit's up to BLAS rounding (a worker runs BLAS on one thread; with the
+        same threads here, the same numbers). A task that fails raises
+        :class:`aff_app.parallel.TaskFailedError` (:class:`~aff_app.parallel.TaskUserError`
+        for a FactorizationError) naming the set or γ candidate.
     progress : callable(fraction, message), optional
     record : FitRecord, optional
         The caller's part of the provenance (data, split, symmetry); the fit
@@ -838,9 +852,13 @@ def fit_force_model(
     check_budget(est, budget_bytes, what=f"{mode.upper()} fit")
 
     G = Geometry.from_positions(R)
+    # the iterative path cannot use the smallest nuggets: γ is searched for those it can (method.md "Iterative path")
+    from aff_app.gp.iterative import ITERATIVE_LAM_FLOOR
+
     gamma, lam, search_result, t_search = _search_hyperparameters(
         G, F, sets, kperms, gamma, lam, criterion=criterion, search_frames=search_frames,
-        search_fraction=search_fraction, seed=seed, progress=progress)
+        search_fraction=search_fraction, seed=seed, progress=progress, executor=executor,
+        lam_min_rel=ITERATIVE_LAM_FLOOR if est.solver == "iterative" else 0.0)
     if est.solver == "iterative":
         reason = ("asked for (solver='iterative')" if solver == "iterative" else
                   f"the dense kernels need {est.dense_peak_bytes / 2**30:.3g} GB, over the memory budget")
@@ -852,7 +870,7 @@ def fit_force_model(
     progress(0.72, f"building and factorising {len(sets)} kernel matrices (largest {max(est.matrix_sides)}²)")
     sf = _SetFactoriser(G, F, sets, kperms, gamma, lam, est.matrix_sides, keep_factors=keep_factors,
                         want_loo=calibrate == "loo" and m >= 3, q_loo=min(m, max(LOO_FRAMES, m // 8)),
-                        progress=progress)
+                        progress=progress, executor=executor)
     lam_refine = {"method": None}
     if refine_lam and search_result is not None and search_result.n_frames < m and m >= 3:
         lam_refine = _check_lam(sf, est, keep_factors, budget_bytes)
@@ -874,14 +892,17 @@ def fit_force_model(
             cholesky_s=sf.clock["factor"], force_s=time.perf_counter() - t0),
         cholesky_flops=est.cholesky_flops,
         solver=SolverRecord(method="dense", reason=("asked for (solver='dense')" if solver == "dense" else
-                                                    "the dense kernels fit the memory budget")),
+                                                    "the dense kernels fit the memory budget"),
+                            scheduler=None if sf.executor is None else sf.executor.choice.describe(),
+                            task_sets=tuple(sf.on_tasks), tasks_s=sf.clock["tasks"] if sf.on_tasks else None),
     )
     return ForceModel(
         mode=mode, z=z, R_train=R, F_train=F,
         train_idx=np.arange(m) if train_idx is None else np.asarray(train_idx, np.int64),
         pe_sets=sets, perms=kperms, gamma=float(sf.gamma), lam=float(sf.lam), sigma2=np.array(sigma2),
         alpha=[r[1] for r in sf.results], jitter=[r[3] for r in sf.results], record=rec,
-        _chol=[r[0] for r in sf.results] if keep_factors else None, _geom=G,
+        # sets fitted as tasks sent no factor back: none kept, a predict with intervals rebuilds them all
+        _chol=[r[0] for r in sf.results] if keep_factors and not sf.on_tasks else None, _geom=G,
     )
 
 
@@ -968,8 +989,14 @@ def _checked_inputs(R, F, z, mode, pe_sets, perms, gamma, lam, calibrate):
 
 
 def _search_hyperparameters(G, F, sets, kperms, gamma, lam, *, criterion, search_frames, search_fraction, seed,
-                            progress):
-    """γ and λ (those not given) by ``criterion`` on a seeded subset of the frames: (γ, λ, SearchResult|None, s)."""
+                            progress, executor=None, lam_min_rel=0.0):
+    """γ and λ (those not given) by ``criterion`` on a seeded subset of the frames: (γ, λ, SearchResult|None, s).
+
+    ``executor``: the γ grid's candidates run as its tasks (:func:`aff_app.gp.hyper.search`).
+    ``lam_min_rel``: λ searched from this many kernel variances up (the iterative path's floor).
+    """
+    from aff_app.gp.hyper import SearchKernels
+
     if gamma is not None and lam is not None:
         return gamma, lam, None, 0.0
     ts = time.perf_counter()
@@ -987,7 +1014,7 @@ def _search_hyperparameters(G, F, sets, kperms, gamma, lam, *, criterion, search
     rho = np.sqrt(np.maximum(np.sum(d**2, 1)[:, None] + np.sum(d**2, 1)[None] - 2 * d @ d.T, 0))
     rho_scale = float(np.median(rho[np.triu_indices(ms, 1)])) if ms > 1 else 1.0
     result = search(
-        lambda g: force_covariance_sets(Gs, Gs, g, sets, perms=kperms),
+        SearchKernels(Gs, tuple(sets), kperms),  # picklable: a γ candidate may run on another process
         ys,
         rho_scale=rho_scale,
         criterion=criterion,
@@ -995,6 +1022,8 @@ def _search_hyperparameters(G, F, sets, kperms, gamma, lam, *, criterion, search
         block=[3 * s.size for s in sets],
         progress=lambda f, msg: progress(0.7 * f, "hyperparameter search: " + msg),
         n_frames=ms,
+        executor=executor,
+        lam_min_rel=lam_min_rel,
     )
     gamma = result.gamma if gamma is None else gamma
     if lam is None:
@@ -1002,6 +1031,20 @@ def _search_hyperparameters(G, F, sets, kperms, gamma, lam, *, criterion, search
     if not (gamma > 0 and lam >= 0):
         raise ModelError(f"γ must be > 0 and λ >= 0, got γ = {gamma}, λ = {lam}")
     return gamma, lam, result, time.perf_counter() - ts
+
+
+#: Smallest kernel side 3·M·l_i of a PE set that ``fit_force_model(executor=...)`` factors as a task on the
+#: executor's workers; smaller sets are factored here. Measured on the 2-core machine (uracil, one thread):
+#: a task's round trip is ≈ 5–10 ms (twelve tasks of side 120 took 75 ms on two workers, 18 ms here), the
+#: training geometry is scattered once per fit (0.5 MB per 100 frames, 15 ms for 400 frames), while a set's
+#: build + Cholesky + leave-one-out terms take 36 ms at side 1200 and 165 ms at 2400. From 2400 up the
+#: round trip is a few per cent of the work a task moves; below it the overhead is 15–30% or more, and a
+#: set factored here also shares the coefficient cache and all BLAS threads.
+TASK_SET_SIDE = 2400
+#: Share of a worker's memory limit one task's kernel may take (its nanny pauses the worker at 80% and
+#: kills it at 95%; the rest is the worker's own ≈ 0.2 GB, the geometry and the factor's leave-one-out
+#: copies). A larger set is factored here, within the fit's own budget.
+TASK_MEMORY_SHARE = 0.6
 
 
 class _SetFactoriser:
@@ -1015,23 +1058,44 @@ class _SetFactoriser:
 
     ``results[k]`` is set k's (L or None, α, σ̂², jitter); ``loo[k]`` its leave-one-frame-out
     (residuals, variances) at the final λ; ``clock`` the build and factor seconds.
+
+    With a remote ``executor`` (Dask), the sets with a kernel side of at least TASK_SET_SIDE that
+    fit a worker's memory (``eligible``) and are left after the λ check are fitted as tasks
+    (:meth:`solve_task`): only α, σ̂², the jitter and the leave-one-out terms come back, never
+    the factor (``results[k][0]`` None; ``on_tasks`` lists them).
     """
 
-    def __init__(self, G, F, sets, kperms, gamma, lam, sides, *, keep_factors, want_loo, q_loo, progress):
+    def __init__(self, G, F, sets, kperms, gamma, lam, sides, *, keep_factors, want_loo, q_loo, progress,
+                 executor=None):
         self.G, self.sets, self.kperms, self.gamma, self.lam = G, sets, kperms, gamma, lam
         self.sides, self.keep_factors, self.want_loo, self.q_loo = sides, keep_factors, want_loo, q_loo
         self.progress = progress
         self.ys = [F[:, s, :].reshape(-1) for s in sets]
         self.cache = CoefficientCache(max(s.size for s in sets)) if len(sets) > 1 else None
-        self.buffer = None if keep_factors else np.empty(max(sides) ** 2)
-        self.clock = {"build": 0.0, "factor": 0.0, "loo": 0.0}
+        self.executor = executor if executor is not None and executor.remote else None
+        self.eligible = self._task_sets()
+        # the buffer serves the sets built here (sized up in build() should a larger one come here)
+        here = [n for k, n in enumerate(sides) if k not in self.eligible] or [min(sides)]
+        self.buffer = None if keep_factors else np.empty(max(here) ** 2)
+        self.clock = {"build": 0.0, "factor": 0.0, "loo": 0.0, "tasks": 0.0}
         self.done = 0
         self.results: list = [None] * len(sets)
         self.loo: dict[int, tuple] = {}
+        self.on_tasks: list[int] = []
+
+    def _task_sets(self) -> set[int]:
+        """The sets worth a task (side ≥ TASK_SET_SIDE) whose kernel fits a worker (TASK_MEMORY_SHARE)."""
+        if self.executor is None:
+            return set()
+        limit = self.executor.worker_memory_bytes()
+        return {k for k, n in enumerate(self.sides)
+                if n >= TASK_SET_SIDE and (limit is None or 8.0 * n * n <= TASK_MEMORY_SHARE * limit)}
 
     def build(self, k: int) -> np.ndarray:
         tb = time.perf_counter()
         side = self.sides[k]
+        if self.buffer is not None and self.buffer.size < side * side:
+            self.buffer = np.empty(side * side)  # a set meant for a task, factored here (a λ-check probe)
         out = None if self.buffer is None else [self.buffer[: side * side]]
         K = force_covariance_sets(self.G, self.G, self.gamma, [self.sets[k]], perms=self.kperms, mirror=False,
                                   out=out, coef_cache=self.cache)[0]
@@ -1040,17 +1104,80 @@ class _SetFactoriser:
 
     def factor(self, k: int, K: np.ndarray):
         tc, built = time.perf_counter(), self.clock["build"]
-        L, jit = _cholesky_with_jitter(K, self.lam, k, self.sets[k], rebuild=lambda: self.build(k))
-        y = self.ys[k]
+        res = self.solve(K, self.ys[k], self.lam, k, self.sets[k], rebuild=lambda: self.build(k))
+        self.clock["factor"] += time.perf_counter() - tc - (self.clock["build"] - built)  # a rebuild counts as build
+        self.done += 1
+        self.progress(0.75 + 0.25 * self.done / len(self.sets), f"factorised PE set {self.done}/{len(self.sets)}")
+        return res
+
+    @staticmethod
+    def solve(K: np.ndarray, y: np.ndarray, lam: float, k: int, atoms, rebuild) -> tuple:
+        """(L, α, σ̂², jitter) of one set from its kernel's lower triangle K (overwritten by L)."""
+        L, jit = _cholesky_with_jitter(K, lam, k, atoms, rebuild=rebuild)
         # L is C-ordered with the factor in its lower triangle; cho_solve would copy it to
         # Fortran order first (70 ms at side 3000), solve_triangular reads it in place
         a = scipy.linalg.solve_triangular(L, y, lower=True, check_finite=False)
         a = scipy.linalg.solve_triangular(L, a, lower=True, trans="T", check_finite=False)
-        self.clock["factor"] += time.perf_counter() - tc - (self.clock["build"] - built)  # a rebuild counts as build
-        self.done += 1
-        self.progress(0.75 + 0.25 * self.done / len(self.sets), f"factorised PE set {self.done}/{len(self.sets)}")
         # σ̂_i² = F_iᵀ(R_i+λI)⁻¹F_i / (3 M l_i)   (method.md (9))
         return L, a, float(y @ a) / y.size, jit
+
+    @staticmethod
+    def solve_task(G: Geometry, y: np.ndarray, atoms: np.ndarray, k: int, kperms: np.ndarray, gamma: float,
+                   lam: float, lmax: int, q_loo: int | None) -> tuple:
+        """One PE set's fit where a task runs it: build R_k, factor R_k + λI, solve (method.md (8)-(9)).
+
+        A module-level name with plain inputs (the training frames' ``G``, scattered once; F_k as
+        ``y``, shape (3·M·l_k,)), so it pickles by reference. ``lmax`` sets the kernel's row chunks
+        as the builds here set them (the coefficient cache of the fit's largest set), so the kernel
+        is the one this process would build. Returns (α, σ̂², jitter, (r, var) or None, seconds):
+        the leave-one-frame-out residuals and variances of the last ``q_loo`` frames
+        (:func:`loo_frame_residuals`) for the calibration, never the factor (side² numbers).
+        """
+        from aff_app.parallel import aligned
+
+        t0 = time.perf_counter()
+        # arrays as Dask delivered them may be unaligned, which numpy's matmul sums without BLAS (see aligned)
+        G, y, atoms, kperms = aligned((G, y, atoms, kperms))
+        cache = CoefficientCache(lmax)
+
+        def build() -> np.ndarray:
+            return force_covariance_sets(G, G, gamma, [atoms], perms=kperms, mirror=False, coef_cache=cache)[0]
+
+        L, a, sigma2, jit = _SetFactoriser.solve(build(), y, lam, k, atoms, rebuild=build)
+        loo = None if q_loo is None else loo_frame_residuals(L, a, 3 * atoms.size, q_loo)
+        return a, sigma2, jit, loo, time.perf_counter() - t0
+
+    def factor_as_tasks(self, ks: list[int]) -> None:
+        """Sets ``ks`` fitted by :meth:`solve_task` on the executor; their results and leave-one-out terms kept."""
+        from aff_app.parallel import Task
+
+        tt = time.perf_counter()
+        geometry = self.executor.scatter(self.G)  # the training frames, sent once for all the sets
+        lmax = self.cache.lmax if self.cache is not None else max(s.size for s in self.sets)
+        q = self.q_loo if self.want_loo else None
+
+        def name(k: int) -> str:
+            atoms = self.sets[k].tolist()
+            shown = ",".join(map(str, atoms[:8])) + (",…" if len(atoms) > 8 else "")
+            return f"PE set {k} (atoms {shown}; kernel side {self.sides[k]})"
+
+        tasks = [Task(name=name(k), fn=_SetFactoriser.solve_task,
+                      args=(geometry, self.ys[k], self.sets[k], k, self.kperms, self.gamma, self.lam, lmax, q),
+                      weight=float(self.sides[k]) ** 3) for k in ks]
+        base, n = self.done, len(self.sets)
+
+        def progress(f: float, msg: str) -> None:
+            self.progress(0.75 + 0.25 * (base + f * len(ks)) / n, f"factorised on the workers: {msg}")
+
+        for k, (a, sigma2, jit, loo, _) in zip(ks, self.executor.run(tasks, progress=progress)):
+            self.results[k] = (None, a, sigma2, jit)
+            if loo is not None:
+                self.loo[k] = loo
+        self.done += len(ks)
+        self.on_tasks = sorted(self.on_tasks + list(ks))
+        # the wait counts as factorisation (build_s + cholesky_s stay parts of the fit's wall time)
+        self.clock["tasks"] += time.perf_counter() - tt
+        self.clock["factor"] += time.perf_counter() - tt
 
     def loo_of(self, res, k: int) -> tuple:
         return loo_frame_residuals(res[0], res[1], 3 * self.sets[k].size, self.q_loo)
@@ -1068,12 +1195,19 @@ class _SetFactoriser:
         return self.lean(res)
 
     def factor_remaining(self) -> None:
-        """Every set the λ check did not settle, one after another on all BLAS threads.
+        """Every set the λ check did not settle: the ``eligible`` ones as tasks, first, then the
+        others here, one after another on all BLAS threads.
 
-        Faster than one set per core with one thread each at every side measured on the
-        2-core machine (300: 6 vs 10 ms; 1200: 0.12 vs 0.16 s; 3000: 1.1 vs 2.3 s for twelve sets).
+        Here, one set after another is faster than one set per core with one thread each at every
+        side measured on the 2-core machine (300: 6 vs 10 ms; 1200: 0.12 vs 0.16 s; 3000: 1.1 vs
+        2.3 s for twelve sets): tasks pay off on workers of other machines, or to keep the large
+        kernels out of this process's memory.
         """
         remaining = [k for k in range(len(self.sets)) if self.results[k] is None]
+        tasks = [k for k in remaining if k in self.eligible]
+        if tasks:
+            self.factor_as_tasks(tasks)
+            remaining = [k for k in remaining if k not in self.eligible]
         if self.keep_factors and len(remaining) > 1:
             # every kernel is kept anyway: build them in one pass, then factor them, so the
             # switch from our assembly threads to BLAS's (whose idle workers spin-wait for a

@@ -20,10 +20,14 @@ refined by successive parabolic interpolation in log γ; λ on a log grid over m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from aff_app.gp._lapack_nogil import eig_projected
+
+if TYPE_CHECKING:  # kernels (numba) is imported where the kernels are built
+    from aff_app.gp.kernels import Geometry
 
 #: λ grid in units of the kernel scale 5/(3γ²) (the force variance at ρ = 0).
 LAMBDA_GRID_REL = np.logspace(-13, -1, 49)
@@ -50,6 +54,9 @@ class SearchResult:
         Every γ evaluated, with its best λ.
     n_frames : int
         Frames the search used.
+    lam_min_rel : float
+        Smallest λ searched, in units of the kernel variance 5/(3γ²): 0 for the whole grid,
+        the iterative solver's floor when the fit takes that path (method.md "Iterative path").
     """
 
     gamma: float
@@ -59,6 +66,7 @@ class SearchResult:
     converged: bool
     history: list = field(default_factory=list)
     n_frames: int = 0
+    lam_min_rel: float = 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -68,6 +76,7 @@ class SearchResult:
             "score": self.score,
             "converged": self.converged,
             "n_frames": self.n_frames,
+            "lam_min_rel": self.lam_min_rel,
             "history": [list(map(float, h)) for h in self.history],
         }
 
@@ -185,6 +194,119 @@ def parabolic_refine_max(f, cache_points: dict, n_evals: int, *, tol: float = 0.
         cache_points[x] = f(x)
 
 
+@dataclass(frozen=True)
+class SearchKernels:
+    """The search frames' per-set kernels R_i(γ): ``build`` of :func:`search`, picklable (a task's input).
+
+    A closure over the frames would do for the serial search; a γ candidate that runs on
+    another process (:func:`score_gamma` as a :class:`~aff_app.parallel.Task`) needs its
+    inputs as plain data: the frames' kernel terms, the sets and the permutations.
+
+    Attributes
+    ----------
+    geometry : aff_app.gp.kernels.Geometry
+        The search frames (m of them).
+    sets : tuple of int arrays
+        The PE sets' atoms, in the order of the labels ``ys``.
+    perms : (S, N) int array
+        Permutations averaged in the kernel (method.md (7)).
+    """
+
+    geometry: "Geometry"
+    sets: tuple
+    perms: np.ndarray
+
+    def __call__(self, gamma: float) -> list:
+        """R_i at range ``gamma`` (1/Å), shapes (3·m·l_i, 3·m·l_i), in the order of ``sets``."""
+        from aff_app.gp.kernels import force_covariance_sets
+
+        return force_covariance_sets(self.geometry, self.geometry, gamma, list(self.sets), perms=self.perms)
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """What every γ candidate of one search shares: sent to a cluster once (:meth:`Executor.scatter`)."""
+
+    build: object
+    ys: tuple
+    criterion: str
+    block: tuple | None
+    lam_min_rel: float = 0.0
+
+
+def lambda_grid(lam_min_rel: float = 0.0) -> tuple[np.ndarray, int]:
+    """The searched part of ``LAMBDA_GRID_REL``: the points ≥ ``lam_min_rel``, and the index of the first.
+
+    The iterative solver cannot reach the grid's lower end (method.md "Iterative path"), and a γ
+    chosen for a nugget it will not get over-fits: its search scores γ at the nuggets it can use.
+    """
+    first = int(np.searchsorted(LAMBDA_GRID_REL, float(lam_min_rel) * (1 - 1e-9)))
+    return LAMBDA_GRID_REL[min(first, LAMBDA_GRID_REL.size - 1):], min(first, LAMBDA_GRID_REL.size - 1)
+
+
+def score_gamma(build, ys, gamma: float, criterion: str, block=None,
+                lam_min_rel: float = 0.0) -> tuple[float, float, int]:
+    """One γ candidate of the search: its best λ on the grid and the criterion there.
+
+    Module-level and a function of plain inputs, so a candidate can run as a
+    :class:`~aff_app.parallel.Task` on another process with the numbers of this one: BLAS at one
+    thread whenever there are several sets (as :func:`search` runs), the sets' spectra in parallel.
+
+    Parameters
+    ----------
+    build : callable γ -> list of ndarray
+        The search frames' kernels R_i (picklable, e.g. :class:`SearchKernels`, to run elsewhere).
+    ys : sequence of ndarray
+        F_i of each set, shapes (3·m·l_i,), kcal/mol/Å.
+    gamma : float
+        The candidate range, 1/Å.
+    criterion : {'likelihood', 'cv'}
+    block : sequence of int, optional
+        3·l_i per set ('cv' only).
+    lam_min_rel : float
+        Score λ ≥ this many kernel variances only (:func:`lambda_grid`).
+
+    Returns
+    -------
+    score, lam, index : float, float, int
+        The criterion at the best λ (larger is better: ℓ, or −LOO-CV error), that λ (kernel
+        units) and its index on ``LAMBDA_GRID_REL``.
+    """
+    from contextlib import nullcontext
+
+    from aff_app.gp.kernels import single_threaded_blas
+
+    g = float(gamma)
+    grid, first = lambda_grid(lam_min_rel)
+    lams = grid * 5.0 / (3.0 * g * g)
+    with single_threaded_blas() if len(ys) > 1 else nullcontext():
+        spectra = _spectra(build(g), list(ys), vectors=criterion == "cv")
+        if criterion == "likelihood":
+            vals = profile_loglik(spectra, lams)
+            vals = np.where(np.isfinite(vals), vals, -np.inf)
+            k = int(np.argmax(vals))
+            score = float(vals[k])
+        else:
+            vals = loo_cv_error(spectra, lams, list(block))
+            vals = np.where(np.isfinite(vals), vals, np.inf)
+            k = int(np.argmin(vals))
+            score = -float(vals[k])
+    return score, float(lams[k]), first + k
+
+
+def _score_candidate(shared: _Candidates, gamma: float) -> tuple[float, float, int]:
+    """:func:`score_gamma` of one candidate with the search's shared inputs (a task's function)."""
+    from aff_app.parallel import aligned
+
+    shared = aligned(shared)  # Dask may deliver unaligned arrays, which numpy's matmul sums without BLAS
+    return score_gamma(shared.build, shared.ys, gamma, shared.criterion, shared.block, shared.lam_min_rel)
+
+
+def _gamma_of(log_g: float) -> float:
+    # one expression for the cache key, wherever a candidate is evaluated (grid tasks or here)
+    return float(np.exp(log_g))
+
+
 def search(
     build,
     ys,
@@ -197,58 +319,81 @@ def search(
     n_refine: int = 3,
     progress=None,
     n_frames: int = 0,
+    executor=None,
+    lam_min_rel: float = 0.0,
 ) -> SearchResult:
     """Maximise the profile likelihood (or minimise LOO-CV error) over γ and λ.
 
     Parameters
     ----------
     build : callable γ -> list of ndarray
-        Kernel matrices R_i of the search frames for range γ.
+        Kernel matrices R_i of the search frames for range γ (picklable, e.g.
+        :class:`SearchKernels`, when ``executor`` runs on other processes).
     ys : list of ndarray
         Stacked forces F_i of each set (same order).
     rho_scale : float
         Typical descriptor distance between search frames (median), 1/Å.
     gamma : float, optional
         Fix γ and search λ only.
+    executor : aff_app.parallel.Executor, optional
+        A remote one (Dask; a serial executor changes nothing) runs the ``n_grid``
+        candidates of the initial γ grid as independent tasks (:func:`score_gamma`;
+        ``build`` and ``ys`` are scattered once). The grid's
+        extensions past an edge and the parabolic refinement depend on the scores before
+        them and run here, one after another. The result is the serial search's: each
+        candidate is the same computation with the same BLAS threads (one, for several
+        sets; a single set's eigendecomposition may round differently on a one-thread
+        worker than on this process's threads).
+    lam_min_rel : float
+        Search λ ≥ this many kernel variances 5/(3γ²) only (:func:`lambda_grid`; the iterative
+        solver's floor, method.md "Iterative path"): γ is then chosen for the nuggets the fit
+        can use.
     """
     if criterion not in ("likelihood", "cv"):
         raise ValueError(f"criterion must be 'likelihood' or 'cv', got {criterion!r}")
-    cache: dict[float, tuple[float, float]] = {}
+    cache: dict[float, tuple[float, float, int]] = {}
     n_sets = len(ys)
     calls = [0]
     total_calls = 1 if gamma is not None else n_grid + n_refine
 
     def evaluate(log_g: float) -> float:
-        g = float(np.exp(log_g))
+        g = _gamma_of(log_g)
         if g in cache:
             return cache[g][0]
-        spectra = _spectra(build(g), ys, vectors=criterion == "cv")
-        lams = LAMBDA_GRID_REL * 5.0 / (3.0 * g * g)
-        if criterion == "likelihood":
-            vals = profile_loglik(spectra, lams)
-            vals = np.where(np.isfinite(vals), vals, -np.inf)
-            k = int(np.argmax(vals))
-            score = float(vals[k])
-        else:
-            vals = loo_cv_error(spectra, lams, block)
-            vals = np.where(np.isfinite(vals), vals, np.inf)
-            k = int(np.argmin(vals))
-            score = -float(vals[k])
-        cache[g] = (score, float(lams[k]), k)
+        cache[g] = score_gamma(build, ys, g, criterion, block, lam_min_rel)
         calls[0] += 1
         if progress is not None:
-            progress(min(1.0, calls[0] / total_calls), f"γ = {g:.3g}: best λ = {lams[k]:.2e}")
-        return score
+            progress(min(1.0, calls[0] / total_calls), f"γ = {g:.3g}: best λ = {cache[g][1]:.2e}")
+        return cache[g][0]
+
+    def prefetch(log_gs) -> None:
+        """The grid's candidates at once, as tasks on ``executor`` (nothing to do without one)."""
+        from aff_app.parallel import Task
+
+        todo = [g for g in dict.fromkeys(_gamma_of(x) for x in log_gs) if g not in cache]
+        if executor is None or not executor.remote or len(todo) < 2:
+            return  # here, one after another: the same numbers, with progress after each
+        shared = executor.scatter(_Candidates(build, tuple(ys), criterion, None if block is None else tuple(block),
+                                              float(lam_min_rel)))
+        tasks = [Task(name=f"γ candidate {g:.4g} ({n_frames} search frames, {n_sets} sets)", fn=_score_candidate,
+                      args=(shared, g)) for g in todo]
+        sub = None if progress is None else (
+            lambda f, msg: progress(min(1.0, f * len(todo) / total_calls), f"γ grid: {msg}"))
+        for g, res in zip(todo, executor.run(tasks, progress=sub)):
+            cache[g] = (float(res[0]), float(res[1]), int(res[2]))
+        calls[0] += len(todo)
 
     from contextlib import nullcontext
 
     from aff_app.gp.kernels import single_threaded_blas
 
     with single_threaded_blas() if n_sets > 1 else nullcontext():
-        return _search(evaluate, cache, criterion, gamma, rho_scale, n_grid, n_refine, n_frames)
+        result = _search(evaluate, prefetch, cache, criterion, gamma, rho_scale, n_grid, n_refine, n_frames)
+    result.lam_min_rel = float(lam_min_rel)
+    return result
 
 
-def _search(evaluate, cache, criterion, gamma, rho_scale, n_grid, n_refine, n_frames) -> SearchResult:
+def _search(evaluate, prefetch, cache, criterion, gamma, rho_scale, n_grid, n_refine, n_frames) -> SearchResult:
     if gamma is not None:
         evaluate(np.log(gamma))
         # the cache is keyed by exp(log γ), which need not be γ to the last bit (exp(log 3) = 3.0000000000000004)
@@ -258,6 +403,7 @@ def _search(evaluate, cache, criterion, gamma, rho_scale, n_grid, n_refine, n_fr
     else:
         grid = list(np.log(rho_scale) + np.linspace(np.log(0.1), np.log(30.0), n_grid))
         step = grid[1] - grid[0]
+        prefetch(grid)  # independent candidates: tasks on an executor when there is one
         scores = [evaluate(x) for x in grid]
         # an optimum on the edge of the grid: walk outwards (bounded) until it is inside
         for _ in range(MAX_GRID_EXTENSIONS):

@@ -62,18 +62,21 @@ __all__ = [
 
 #: Smallest nugget of the iterative path, in units of the kernel variance 5/(3γ²) (method.md
 #: "Iterative path"). The dense search goes down to 1e-13, where rMD17's nearly noise-free labels
-#: often put λ. Measured on benzene (rMD17, M = 1000, γ = 154, 333 Nyström frames): CG took 7
-#: iterations at 1e-9 (held-out force MAE 0.157 kcal/mol/Å), 17 at 1e-11 (0.044), and had not
-#: passed a relative residual of 3.6e-2 after 400 at 1e-13 (the dense fit at 6e-15: 0.026): the
-#: product's rounding is of the order of such a nugget.
-ITERATIVE_LAM_FLOOR = 1e-11
+#: often put λ, and there CG does not converge: on benzene (rMD17, M = 1000, γ = 154 from the
+#: unconstrained search, 333 Nyström frames) 17 iterations at 1e-11 (held-out force MAE 0.044
+#: kcal/mol/Å), a relative residual still 3.6e-2 after 400 at 1e-13 (the dense fit at 6e-15: 0.026).
+#: The cost of the floor is mostly γ's: the search, restricted to λ ≥ the floor, picks a shorter
+#: range that suits it (γ = 85 at 1e-12): 42 iterations and MAE 0.0285 (0.0299 at 1e-11, γ = 45).
+ITERATIVE_LAM_FLOOR = 1e-12
 #: Relative residual ‖F − (R + λI)α‖ / ‖F‖ at which CG stops.
 CG_TOL = 1e-8
 #: Most CG iterations per set and solve (fewer when the rate so far predicts twice as many, see
 #: ``_stalled``) before the nugget is raised LAM_RAISE_FACTOR× (at most LAM_RAISES times), the
-#: preconditioner rebuilt and the solve restarted.
+#: preconditioner rebuilt and the solve restarted. Tenfold steps: γ was searched for the floor, and a
+#: nugget far above it costs accuracy (benzene, M = 500, dense
+#: fits at γ = 100: held-out MAE 0.035 at 1e-12, 0.043 at 1e-11, 0.067 at 1e-10).
 CG_MAX_ITER = 500
-LAM_RAISE_FACTOR = 100.0
+LAM_RAISE_FACTOR = 10.0
 LAM_RAISES = 3
 #: A solve counts as converged at CONVERGED_FACTOR·tol (the last iterations' rounding).
 CONVERGED_FACTOR = 10.0
@@ -593,7 +596,7 @@ def fit_iterative(G: Geometry, F: np.ndarray, sets, perms, gamma: float, lam: fl
             if max(held_cg.residual.values()) > CONVERGED_FACTOR * tol and attempt < LAM_RAISES:
                 raised.append((lam_used, max(held_cg.iterations.values()), max(held_cg.residual.values())))
                 lam_used *= LAM_RAISE_FACTOR
-                x0 = None  # a solution at a 100× smaller λ is a poor start (α grows as λ shrinks)
+                x0 = None  # a solution at a 10× smaller λ is a poor start (α grows as λ shrinks)
                 continue
         cg = pcg(op, precs, ys, lam_used, tol=tol, maxiter=maxiter, x0=x0,
                  progress=lambda f, m: progress(0.6 + 0.35 * f, m))

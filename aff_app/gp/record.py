@@ -96,6 +96,7 @@ class SearchRecord:
     converged: bool | None = None
     n_frames: int = 0
     history: tuple[tuple[float, float, float], ...] = ()
+    lam_min_rel: float = 0.0  # λ searched from this many kernel variances up (the iterative path's floor)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SearchRecord":
@@ -193,7 +194,10 @@ class SolverRecord:
     ``lam_floor`` when the search's ``lam_search`` was below it; ``iterations`` and ``residuals``
     per set, ``nystrom_frames`` the preconditioner's (and the variance's) subset of frames,
     ``reason`` why this path was taken, ``raised`` (λ, iterations, residual) of each attempt
-    that did not converge before λ was raised.
+    that did not converge before λ was raised. ``scheduler``: the executor the fit was given
+    (``fit_force_model(executor=)``, its description; None: this process only), ``task_sets``
+    the PE sets factored as its tasks and ``tasks_s`` the wait for them (part of
+    ``Timings.cholesky_s``); files written before these fields read as None and ().
     """
 
     method: str = "dense"
@@ -216,11 +220,14 @@ class SolverRecord:
     precondition_s: float | None = None
     cg_s: float | None = None
     seconds: float | None = None
+    scheduler: str | None = None
+    task_sets: tuple[int, ...] = ()
+    tasks_s: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SolverRecord":
         d = _pick(cls, d)
-        for k in ("iterations", "residuals", "nystrom_sides", "held_out_iterations"):
+        for k in ("iterations", "residuals", "nystrom_sides", "held_out_iterations", "task_sets"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         d["raised"] = tuple(tuple(x) for x in d.get("raised") or ())

@@ -349,6 +349,9 @@ def trained_message(entry) -> str:
     if record.search.lam_at_floor:
         msg += (" λ is at its floor, 10⁻¹³ of the kernel variance (what double precision resolves): "
                 "the search found the labels noise-free at this γ.")
+    elif record.search.lam_min_rel > 0:
+        msg += (f" The conjugate-gradient solver needs λ ≥ {record.search.lam_min_rel:.0e} of the kernel variance: "
+                "γ was searched for such λ.")
     check = record.lam_check
     if check.lowered:
         msg += (f" λ lowered {check.factor:.0f}× from the search's {mw.fmt(check.candidates[0], '.2e')}: on "

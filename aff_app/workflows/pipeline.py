@@ -183,6 +183,7 @@ def fit(
     record: FitRecord | None = None,
     valid_idx: Sequence[int] | None = None,
     progress: Progress | None = None,
+    executor=None,
 ) -> Trained:
     """Fit the force model (and the energy model) on the frames ``train_idx`` of ``traj``.
 
@@ -205,6 +206,9 @@ def fit(
         ``PACKAGE_VALID_FRAMES`` frames drawn with ``seed`` among those neither
         trained nor recorded as test frames). The other models ignore it.
     progress : callable(fraction, message), optional
+    executor : aff_app.parallel.Executor, optional
+        Runs the independent parts of the GP force fit (the γ grid, the large PE sets) as
+        tasks (:func:`aff_app.gp.force.fit_force_model`); the peers and the energy model ignore it.
 
     Returns
     -------
@@ -240,7 +244,7 @@ def fit(
             traj.R[idx], traj.F[idx], traj.z, mode=s.mode, gamma=s.gamma, lam=s.lam, criterion=s.criterion,
             search_frames=s.search_frames, search_fraction=s.search_fraction, keep_factors=s.keep_factors,
             train_idx=idx, budget_bytes=s.budget_bytes, seed=seed, record=record, solver=s.solver,
-            progress=lambda f, m: progress(share * f, m), **kwargs,
+            progress=lambda f, m: progress(share * f, m), executor=executor, **kwargs,
         )
     except ComputeBudgetError as exc:
         raise _budget_error(exc) from None
@@ -361,6 +365,7 @@ def train(
     symmetry: SymmetryInfo | None = None,
     n_symmetry_frames: int = DEFAULT_SYMMETRY_FRAMES,
     progress: Progress | None = None,
+    executor=None,
 ) -> Trained:
     """Draw the split, find the symmetry, fit: "train on M random frames".
 
@@ -380,6 +385,8 @@ def train(
         Permutations and PE sets; by default detected on up to
         ``n_symmetry_frames`` frames of ``traj`` (GDML uses none).
     progress : callable(fraction, message), optional
+    executor : aff_app.parallel.Executor, optional
+        Passed to :func:`fit` (independent parts of the force fit as tasks).
 
     Returns
     -------
@@ -426,7 +433,7 @@ def train(
         timings=Timings(symmetry_s=t_sym),
     )
     return fit(traj, split.train, settings, symmetry=symmetry, seed=seed, record=record,
-               progress=lambda f, m: progress(0.1 + 0.9 * f, m))
+               progress=lambda f, m: progress(0.1 + 0.9 * f, m), executor=executor)
 
 
 def train_model(traj: Trajectory, *, model: str = "aff", n_train: int, seed: int = 0, n_test: int | None = None,
