@@ -52,7 +52,8 @@ def split(n_frames: int, m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return np.sort(pool[:m]), test
 
 
-def one_fit(molecule: str, m: int, solver: str, budget_gb: float | None, tol: float | None) -> dict:
+def one_fit(molecule: str, m: int, solver: str, budget_gb: float | None, tol: float | None,
+            gamma: float | None = None, lam_rel: float | None = None) -> dict:
     """Fit and test one model in this process; returns the row (peak memory of this process)."""
     from aff_app.gp import fit_force_model
     from aff_app.gp.budget import default_budget_bytes, estimate_cost
@@ -67,8 +68,11 @@ def one_fit(molecule: str, m: int, solver: str, budget_gb: float | None, tol: fl
     est = estimate_cost(m, sizes, n_perms=len(sym.perms), keep_factors=False, solver=solver, budget_bytes=budget,
                         n_atoms=z.size)
     t0 = time.perf_counter()
+    fixed = {}
+    if gamma is not None:  # γ (and λ, in units of the kernel variance 5/(3γ²)) fixed: no search
+        fixed = {"gamma": gamma, "lam": (lam_rel if lam_rel is not None else 1e-12) * 5.0 / (3.0 * gamma**2)}
     model = fit_force_model(R[train], F[train], z, pe_sets=list(sym.pe_sets), perms=sym.perms, keep_factors=False,
-                            solver=solver, budget_bytes=budget, cg_tol=tol, train_idx=train, seed=0)
+                            solver=solver, budget_bytes=budget, cg_tol=tol, train_idx=train, seed=0, **fixed)
     fit_s = time.perf_counter() - t0
     tp = time.perf_counter()
     pred = model.predict(R[test])
@@ -80,7 +84,8 @@ def one_fit(molecule: str, m: int, solver: str, budget_gb: float | None, tol: fl
         "molecule": molecule, "M": m, "solver": model.solver, "n_test": int(test.size),
         "n_sets": len(sym.pe_sets), "set_sizes": sizes, "n_perms": int(len(sym.perms)),
         "fit_s": fit_s, "predict_s": pred_s, "search_s": rec.timings.search_s,
-        "gamma": model.gamma, "lam": model.lam, "lam_search": rec.search.lam,
+        "gamma": model.gamma, "lam": model.lam, "lam_search": rec.search.lam, "gamma_fixed": gamma is not None,
+        "search_lam_min_rel": rec.search.lam_min_rel,
         "force_mae": float(np.mean(np.abs(pred.mean - ref))),
         "force_rmse": float(np.sqrt(np.mean((pred.mean - ref) ** 2))),
         "pci": float(np.mean((ref >= lo) & (ref <= hi))),
@@ -109,12 +114,16 @@ def main() -> None:
                     help="default: dense and iterative at M = 1000, iterative above")
     ap.add_argument("--budget-gb", type=float, default=None, help="memory budget (default AFF_MEMORY_BUDGET_GB or 60%% of RAM)")
     ap.add_argument("--tol", type=float, default=None, help="CG tolerance (default aff_app.gp.iterative.CG_TOL)")
+    ap.add_argument("--gamma", type=float, default=None, help="fix γ (1/Å): no search (the long fits reuse the "
+                    "floor-restricted search's γ of a smaller M)")
+    ap.add_argument("--lam-rel", type=float, default=None, help="with --gamma: λ in kernel variances (default 1e-12)")
     ap.add_argument("--out", default=None, help="JSON file for the rows (default: print only)")
     ap.add_argument("--one", nargs=3, metavar=("MOLECULE", "M", "SOLVER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         mol, m, solver = args.one
-        print("ROW " + json.dumps(one_fit(mol, int(m), solver, args.budget_gb, args.tol)), flush=True)
+        print("ROW " + json.dumps(one_fit(mol, int(m), solver, args.budget_gb, args.tol, args.gamma, args.lam_rel)),
+              flush=True)
         return
     rows = []
     out = Path(args.out) if args.out else None
@@ -127,6 +136,8 @@ def main() -> None:
                     cmd += ["--budget-gb", str(args.budget_gb)]
                 if args.tol is not None:
                     cmd += ["--tol", str(args.tol)]
+                if args.gamma is not None:
+                    cmd += ["--gamma", str(args.gamma)] + ([] if args.lam_rel is None else ["--lam-rel", str(args.lam_rel)])
                 t0 = time.perf_counter()
                 print(f"== {mol} M = {m} {solver}", flush=True)
                 p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))

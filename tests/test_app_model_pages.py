@@ -511,3 +511,31 @@ def test_a_fit_over_the_budget_for_the_dense_path_takes_the_iterative_one(monkey
     at.radio(key=state.TRAIN_MODEL).set_value("gdml").run()
     assert "Refused before training" in " ".join(str(e.value) for e in at.error)
     assert at.button(key=state.TRAIN_RUN).disabled
+
+
+def test_train_page_runs_the_large_pe_sets_of_a_fit_on_a_local_cluster():
+    """The Train page's "Run the fit on" field (issue 18): a bad scheduler disables Train and says why; local:2
+    (a real two-worker LocalCluster, started for the fit and stopped after it) factors benzene's two 6-atom sets
+    (kernel side 18·M = 2520 ≥ TASK_SET_SIDE) as tasks, and the model equals the serial fit."""
+    pytest.importorskip("distributed")
+    from aff_app.gp.force import TASK_SET_SIDE
+
+    at = _open(TRAIN)
+    _fixed_small(at)
+    at.number_input(key=state.TRAIN_M).set_value(140)
+    at.text_input(key=state.TRAIN_SCHEDULER).set_value("udp://nowhere").run()
+    assert "Cannot run the fit there" in _texts(at, "error") and at.button(key=state.TRAIN_RUN).disabled
+    at.text_input(key=state.TRAIN_SCHEDULER).set_value("local:2").run()
+    assert not at.button(key=state.TRAIN_RUN).disabled
+    at.button(key=state.TRAIN_RUN).click().run(timeout=300)
+    assert not at.exception, at.exception
+    new = at.session_state[state.MODELS].get("AFF M=140 seed 0")
+    solver = new.force.record.solver
+    assert 18 * 140 >= TASK_SET_SIDE and solver.task_sets == (0, 1), solver
+    assert "LocalCluster" in solver.scheduler or "local" in solver.scheduler, solver.scheduler
+    serial = pipeline.train_model(_traj(), model="aff", n_train=140, n_test=15, gamma=GAMMA, lam=LAM)
+    assert np.array_equal(new.force.train_idx, serial.train_idx)
+    # the predictions, not α: at λ = 1e-8 α is ~1e6 and carries the BLAS threads' rounding (workers run one)
+    R = _traj().R[new.test_idx]
+    expected = serial.predict_mean(R)
+    assert np.abs(new.force.predict_mean(R) - expected).max() <= 1e-7 * np.abs(expected).max()

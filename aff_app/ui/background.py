@@ -126,6 +126,7 @@ class FitRequest:
     symmetry: SymmetryInfo | None
     name: str
     training_share: float = 0.8
+    scheduler: object = None  # aff_app.parallel.SchedulerChoice for the GP fit's tasks; None: here (not in the key)
 
     @property
     def key(self) -> str:
@@ -155,10 +156,14 @@ def _fit(request: FitRequest, job: Job) -> FitOutcome:
     """The worker: train, then predict the held-out frames (the same work the page used to do in its script)."""
     from aff_app.ui.model_widgets import held_report  # pure function (no Streamlit call)
 
+    from aff_app.parallel import open_executor
+
     share = request.training_share
-    trained = pipeline.train(request.traj, n_train=request.n_train, n_test=request.n_test, seed=request.seed,
-                             settings=request.settings, symmetry=request.symmetry,
-                             progress=lambda f, m: job.report(share * f, m))
+    # a Dask cluster is started (or reached) for this fit and closed with it; serial opens nothing
+    with open_executor(request.scheduler) as executor:
+        trained = pipeline.train(request.traj, n_train=request.n_train, n_test=request.n_test, seed=request.seed,
+                                 settings=request.settings, symmetry=request.symmetry,
+                                 progress=lambda f, m: job.report(share * f, m), executor=executor)
     held = pipeline.evaluate(trained.force, request.traj, energy=trained.energy, n_test=request.n_test,
                              seed=request.seed,
                              progress=lambda f, m: job.report(share + (1 - share) * f, "held-out predictions: " + m))

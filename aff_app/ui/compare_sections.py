@@ -158,18 +158,8 @@ def curve_form(traj: Trajectory) -> CurveForm:
 
 def _scheduler_field():
     """Where the learning curve's points run: here one by one (default), or on Dask; None when the text is bad."""
-    from aff_app.parallel import SchedulerError, parse_scheduler
-
-    text = st.text_input(
-        "Run the points on", value="serial", key=state.CMP_SCHEDULER,
-        help="serial: one after the other in this server's job. local or local:N: a Dask LocalCluster of N worker "
-             "processes on this machine, started for the job and stopped after it. tcp://host:8786: a running Dask "
-             "scheduler (its workers need aff_app installed). Same points, same order, either way.")
-    try:
-        return parse_scheduler(text)
-    except SchedulerError as exc:
-        st.error(f"Cannot run the points there: {exc}")
-        return None
+    return mw.scheduler_field("Run the points on", state.CMP_SCHEDULER, "the points",
+                              "The learning-curve points, one after the other or as tasks (same order).")
 
 
 def compute_button(traj: Trajectory, form: CurveForm) -> None:

@@ -315,3 +315,23 @@ def progress_adapter(bar, token: CancelToken | None = None, *, estimate_s: float
     :class:`aff_app.cancel.Cancelled` once it is cancelled (see ``jobs``).
     """
     return jobs.progress_callback(bar, token, estimate_s=estimate_s)
+
+
+SCHEDULER_HELP = (
+    "serial: here, in this server's job. local or local:N: a Dask LocalCluster of N worker processes on this "
+    "machine, started for the job and stopped after it. tcp://host:8786: a running Dask scheduler (its workers "
+    "need aff_app installed). The results are the same either way."
+)
+
+
+def scheduler_field(label: str, key: str, what: str, help_text: str = ""):
+    """Where a job's independent parts run (``aff_app.parallel.parse_scheduler``); None, with an error, when the
+    text is not a scheduler. ``what`` names those parts in the error ("the points", "the fit")."""
+    from aff_app.parallel import SchedulerError, parse_scheduler
+
+    text = st.text_input(label, value="serial", key=key, help=(help_text + " " if help_text else "") + SCHEDULER_HELP)
+    try:
+        return parse_scheduler(text)
+    except SchedulerError as exc:
+        st.error(f"Cannot run {what} there: {exc}")
+        return None

@@ -181,6 +181,7 @@ TRAIN_HYPER = "train_hyper"
 TRAIN_GAMMA = "train_gamma"
 TRAIN_LAM = "train_lam"
 TRAIN_ENERGY_MODEL = "train_energy_model"
+TRAIN_SCHEDULER = "train_scheduler"  # where a fit's γ candidates and large PE sets run (aff_app.parallel)
 #: (data fingerprint, uid of the searched model) the hand-set γ/λ were last filled from (Train, Compare).
 TRAIN_HYPER_FROM = "train_hyper_from"
 TRAIN_NAME = "train_name"

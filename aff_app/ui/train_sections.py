@@ -12,6 +12,7 @@ import streamlit as st
 
 from aff_app.gp import covariance as cov
 from aff_app.gp.budget import ComputeBudgetError, check_budget, default_budget_bytes
+from aff_app.gp.force import TASK_SET_SIDE
 from aff_app.gp.persistence import load_model, model_bytes
 from aff_app.io.trajectory import Trajectory
 from aff_app.symmetry import SymmetryInfo
@@ -65,6 +66,7 @@ class TrainForm:
     gamma: float
     lam: float
     energy_model: str = "integrated"
+    scheduler: object = None  # aff_app.parallel.SchedulerChoice; None when the field's text is not a scheduler
 
     @property
     def fixed(self) -> bool:
@@ -155,9 +157,14 @@ def settings_form(traj: Trajectory) -> TrainForm:
     energy_model = st.radio("Energy model (AFF)", list(ENERGY_LABELS), format_func=ENERGY_LABELS.get,
                             horizontal=True, key=state.TRAIN_ENERGY_MODEL, help=ENERGY_HELP,
                             disabled=mode != "aff" or traj.E is None)
+    scheduler = mw.scheduler_field(
+        "Run the fit on", state.TRAIN_SCHEDULER, "the fit",
+        "AFF, GDML and sGDML: the hyperparameter search's γ candidates, and every PE set whose kernel is at least "
+        f"{TASK_SET_SIDE:,} rows (and fits a worker), as tasks; the rest here. Pays off with workers on other "
+        "machines, or to keep large kernels out of the server's memory. The peers ignore it.")
     sw.save_settings(state.TRAIN_SETTINGS, SETTINGS, fingerprint=fp)
     return TrainForm(mode=mode, n_train=n_train, seed=seed, n_test=n_test, hyper=hyper, gamma=float(gamma_in),
-                     lam=float(lam_in), energy_model=energy_model)
+                     lam=float(lam_in), energy_model=energy_model, scheduler=scheduler)
 
 
 def symmetry_caption(traj: Trajectory, mode: str) -> SymmetryInfo | None:
@@ -261,10 +268,11 @@ def train_button(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | Non
     auto_name = default_name(mode, n_train, seed)
     name = c_name.text_input("Model name", key=state.TRAIN_NAME, placeholder=auto_name,
                              help=f"Leave empty for '{auto_name}'.").strip() or auto_name
-    run = c_btn.button("Train", key=state.TRAIN_RUN, type="primary", disabled=over_budget is not None,
-                       width="stretch")
+    run = c_btn.button("Train", key=state.TRAIN_RUN, type="primary",
+                       disabled=over_budget is not None or form.scheduler is None, width="stretch")
+    scheduler = None if mode in PEER_MODES or form.scheduler is None or form.scheduler.is_serial else form.scheduler
     if run:
-        label = f"{MODE_LABELS[mode]}, M = {n_train}"
+        label = f"{MODE_LABELS[mode]}, M = {n_train}" + ("" if scheduler is None else f" on {scheduler.describe()}")
         times = learning.time_for(mode, n_train, traj.n_atoms, symmetry, search=not fixed, energy=traj.E is not None,
                                   n_test=n_test, energy_model=form.energy_model, solver="auto")
         cost = learning.cost_for(mode, n_train, traj.n_atoms, symmetry, solver="auto")
@@ -275,7 +283,7 @@ def train_button(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | Non
                                             criterion="cv" if hyper == "cv" else "likelihood",
                                             energy_model=form.energy_model),
             symmetry=symmetry if uses_symmetry(mode) else None,
-            training_share=min(max(times.training_share, 0.2), 0.95))
+            training_share=min(max(times.training_share, 0.2), 0.95), scheduler=scheduler)
         try:
             submitted = bg.submit_fit(request, cost_bytes=cost.peak_bytes, estimate_s=times.total_s, label=label)
         except mw.EXPECTED_ERRORS as exc:
