@@ -22,9 +22,19 @@ ASSUMED_FLOPS = 3.0e10
 #: Solvers a fit can take: 'dense' (Cholesky), 'iterative' (preconditioned CG), 'auto' (dense
 #: when its kernels fit the budget, else iterative).
 SOLVERS = ("auto", "dense", "iterative")
-#: CG iterations the time estimate of the iterative path assumes per solve (it makes two: the
-#: held-out calibration's and the fit's). Measured: docs/benchmarks.md "Iterative path".
-ASSUMED_CG_ITERATIONS = 150
+#: CG iterations per solve that the iterative path's time estimate assumes, per training frame
+#: per Nyström frame (M/r): the preconditioner captures less of the kernel as M outgrows r.
+#: Measured on benzene (λ at the floor, γ searched for it): M/r = 3 (M = 1000): 33–54 iterations
+#: per solve; M/r = 16 (M = 4500): 189–365. docs/benchmarks.md "Iterative path".
+CG_ITERATIONS_PER_RATIO = 20.0
+
+
+def expected_cg_iterations(n_train: int, nystrom_frames: int) -> int:
+    """CG iterations of one solve of the iterative path, for the time estimate (two solves per fit)."""
+    from aff_app.gp.iterative import CG_MAX_ITER
+
+    ratio = n_train / max(int(nystrom_frames), 1)
+    return int(min(max(CG_ITERATIONS_PER_RATIO * ratio, 20), CG_MAX_ITER))
 #: Rate of the matrix-free product's GEMMs (inner dimension ~50: below the Cholesky's rate).
 ASSUMED_MATVEC_FLOPS = 1.5e10
 
@@ -79,7 +89,7 @@ class CostEstimate:
     nystrom_frames : int or None
         r, the iterative path's subset of frames (preconditioner and predictive variance).
     iterative_seconds : float or None
-        Rough wall time of the iterative fit (``ASSUMED_CG_ITERATIONS`` per solve).
+        Rough wall time of the iterative fit (:func:`expected_cg_iterations` per solve).
     """
 
     n_train: int
@@ -157,8 +167,9 @@ def iterative_cost(dense: CostEstimate, budget: int, *, n_atoms: int | None = No
     matvec = 6.0 * m * s * m * touched  # three GEMMs per product (method.md (27))
     pre = sum(2.0 * (3 * m * l) * (3 * r * l) ** 2 for l in sizes)  # trsm + syrk per set
     build = sum(8 * (3 * m * l) * (3 * r * l) for l in sizes) * s / 2e9
-    coef = (0.0 if cache else 1.0) * 2 * ASSUMED_CG_ITERATIONS * s * m * m * 2e-8
-    secs = 2 * ASSUMED_CG_ITERATIONS * matvec / ASSUMED_MATVEC_FLOPS + pre / ASSUMED_FLOPS + build + coef
+    iters = expected_cg_iterations(m, r)
+    coef = (0.0 if cache else 1.0) * 2 * iters * s * m * m * 2e-8
+    secs = 2 * iters * matvec / ASSUMED_MATVEC_FLOPS + pre / ASSUMED_FLOPS + build + coef
     return CostEstimate(
         n_train=m, set_sizes=sizes, n_perms=s, matrix_sides=dense.matrix_sides, peak_bytes=int(peak),
         cholesky_flops=dense.cholesky_flops, seconds=float(secs), solver="iterative",
