@@ -533,6 +533,7 @@ def test_train_page_runs_the_large_pe_sets_of_a_fit_on_a_local_cluster():
     solver = new.force.record.solver
     assert 18 * 140 >= TASK_SET_SIDE and solver.task_sets == (0, 1), solver
     assert "LocalCluster" in solver.scheduler or "local" in solver.scheduler, solver.scheduler
+    assert "PE sets 1, 2 were factored on" in _texts(at, "success")
     serial = pipeline.train_model(_traj(), model="aff", n_train=140, n_test=15, gamma=GAMMA, lam=LAM)
     assert np.array_equal(new.force.train_idx, serial.train_idx)
     # the predictions, not α: at λ = 1e-8 α is ~1e6 and carries the BLAS threads' rounding (workers run one)

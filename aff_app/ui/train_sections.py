@@ -360,6 +360,9 @@ def trained_message(entry) -> str:
     elif record.search.lam_min_rel > 0:
         msg += (f" The conjugate-gradient solver needs λ ≥ {record.search.lam_min_rel:.0e} of the kernel variance: "
                 "γ was searched for such λ.")
+    if record.solver.task_sets:
+        sets = ", ".join(str(k + 1) for k in record.solver.task_sets)
+        msg += f" PE sets {sets} were factored on {record.solver.scheduler}."
     check = record.lam_check
     if check.lowered:
         msg += (f" λ lowered {check.factor:.0f}× from the search's {mw.fmt(check.candidates[0], '.2e')}: on "
