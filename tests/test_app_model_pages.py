@@ -525,6 +525,9 @@ def test_train_page_runs_the_large_pe_sets_of_a_fit_on_a_local_cluster():
     at.number_input(key=state.TRAIN_M).set_value(140)
     at.text_input(key=state.TRAIN_SCHEDULER).set_value("udp://nowhere").run()
     assert "Cannot run the fit there" in _texts(at, "error") and at.button(key=state.TRAIN_RUN).disabled
+    at.radio(key=state.TRAIN_MODEL).set_value("dcf").run()  # a peer ignores the field: not blocked by it
+    assert not at.button(key=state.TRAIN_RUN).disabled
+    at.radio(key=state.TRAIN_MODEL).set_value("aff").run()
     at.text_input(key=state.TRAIN_SCHEDULER).set_value("local:2").run()
     assert not at.button(key=state.TRAIN_RUN).disabled
     at.button(key=state.TRAIN_RUN).click().run(timeout=300)

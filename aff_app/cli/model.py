@@ -250,6 +250,7 @@ def _run_train(args) -> dict:
         "sigma2": model.sigma2.tolist() if hasattr(model, "sigma2") else None,
         "has_interval": bool(model.has_interval),
         "criterion": rec.criterion,
+        "gamma_fixed": args.gamma is not None,
         "search_converged": rec.search.converged,
         "converged": rec.search.converged,
         "lam_at_floor": rec.search.lam_at_floor,
@@ -326,7 +327,8 @@ def _render_train(r: dict) -> str:
         lines.append(line)
     sched = r.get("scheduler")
     if sched is not None and sched["kind"] != "serial":
-        ran = ["the γ grid of the search"] if r["criterion"] != "fixed" else []
+        searched_gamma = r["criterion"] != "fixed" and not r.get("gamma_fixed")
+        ran = ["the γ grid of the search"] if searched_gamma else []
         tasks = (sv or {}).get("task_sets") or []
         if tasks:
             ran.append(f"PE sets {tasks} ({sv['tasks_s']:.2f} s)")

@@ -269,7 +269,8 @@ def train_button(traj: Trajectory, form: TrainForm, symmetry: SymmetryInfo | Non
     name = c_name.text_input("Model name", key=state.TRAIN_NAME, placeholder=auto_name,
                              help=f"Leave empty for '{auto_name}'.").strip() or auto_name
     run = c_btn.button("Train", key=state.TRAIN_RUN, type="primary",
-                       disabled=over_budget is not None or form.scheduler is None, width="stretch")
+                       disabled=over_budget is not None or (form.scheduler is None and mode not in PEER_MODES),
+                       width="stretch")
     scheduler = None if mode in PEER_MODES or form.scheduler is None or form.scheduler.is_serial else form.scheduler
     if run:
         label = f"{MODE_LABELS[mode]}, M = {n_train}" + ("" if scheduler is None else f" on {scheduler.describe()}")
