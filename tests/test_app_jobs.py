@@ -68,6 +68,17 @@ def _texts(at, kind: str) -> str:
     return " | ".join(str(e.value) for e in getattr(at, kind))
 
 
+def _fixed_aff_curve_form(at: AppTest, sizes: list[int]) -> AppTest:
+    """Open the Compare page with an AFF learning curve at ``sizes``, 10 test frames, γ = 4 and λ = 1e-8 fixed."""
+    at.switch_page("pages/compare.py").run()
+    at.multiselect(key=state.CMP_MODELS).set_value(["aff"])
+    at.multiselect(key=state.CMP_SIZES).set_value(sizes)
+    at.number_input(key=state.CMP_N_TEST).set_value(10)
+    at.radio(key=state.CMP_HYPER).set_value("fixed").run()
+    at.number_input(key=state.CMP_GAMMA).set_value(4.0)
+    return at.number_input(key=state.CMP_LAM).set_value(1e-8).run()
+
+
 def _leave_the_page(monkeypatch):
     """The user clicks elsewhere right after Train: Streamlit stops the page's script at its next progress update
     (with the StopException it raises there), while the job goes on."""
@@ -191,13 +202,7 @@ def test_a_reload_while_a_learning_curve_runs_still_gets_its_curves(root, monkey
     _leave_the_page(monkeypatch)
     at = AppTest.from_file(APP, default_timeout=120).run()
     key = at.session_state[state.WS_SESSION]
-    at.switch_page("pages/compare.py").run()
-    at.multiselect(key=state.CMP_MODELS).set_value(["aff"])
-    at.multiselect(key=state.CMP_SIZES).set_value([25])
-    at.number_input(key=state.CMP_N_TEST).set_value(10)
-    at.radio(key=state.CMP_HYPER).set_value("fixed").run()
-    at.number_input(key=state.CMP_GAMMA).set_value(4.0)
-    at.number_input(key=state.CMP_LAM).set_value(1e-8).run()
+    _fixed_aff_curve_form(at, [25])
     at.button(key=state.CMP_RUN).click().run()
     (job,) = bg.get_queue().jobs_for(key, active_only=True)
     # the reload: a new Streamlit session on the same key while the job runs
@@ -281,13 +286,7 @@ def test_a_server_restart_reports_the_interrupted_job_and_keeps_its_finished_poi
     _leave_the_page(monkeypatch)
     at = AppTest.from_file(APP, default_timeout=120).run()
     key = at.session_state[state.WS_SESSION]
-    at.switch_page("pages/compare.py").run()
-    at.multiselect(key=state.CMP_MODELS).set_value(["aff"])
-    at.multiselect(key=state.CMP_SIZES).set_value([25, 50])
-    at.number_input(key=state.CMP_N_TEST).set_value(10)
-    at.radio(key=state.CMP_HYPER).set_value("fixed").run()
-    at.number_input(key=state.CMP_GAMMA).set_value(4.0)
-    at.number_input(key=state.CMP_LAM).set_value(1e-8).run()
+    _fixed_aff_curve_form(at, [25, 50])
     at.button(key=state.CMP_RUN).click().run()
     (job,) = bg.get_queue().jobs_for(key, active_only=True)
     ws = Workspace(root)
@@ -323,13 +322,7 @@ def test_learning_curve_points_run_on_a_dask_cluster_from_the_compare_page(root)
     two-worker LocalCluster, started for the job and stopped after it) gives the serial run's numbers."""
     pytest.importorskip("distributed")
     at = AppTest.from_file(APP, default_timeout=300).run()
-    at.switch_page("pages/compare.py").run()
-    at.multiselect(key=state.CMP_MODELS).set_value(["aff"])
-    at.multiselect(key=state.CMP_SIZES).set_value([25])
-    at.number_input(key=state.CMP_N_TEST).set_value(10)
-    at.radio(key=state.CMP_HYPER).set_value("fixed").run()
-    at.number_input(key=state.CMP_GAMMA).set_value(4.0)
-    at.number_input(key=state.CMP_LAM).set_value(1e-8).run()
+    _fixed_aff_curve_form(at, [25])
     at.text_input(key=state.CMP_SCHEDULER).set_value("udp://nowhere").run()
     assert "Cannot run the points there" in _texts(at, "error") and at.button(key=state.CMP_RUN).disabled
     at.text_input(key=state.CMP_SCHEDULER).set_value("serial").run()

@@ -33,18 +33,23 @@ def test_aff_with_one_set_of_all_atoms_equals_gdml(benzene):
     np.testing.assert_allclose(a.std, b.std, rtol=1e-8, atol=1e-10)
 
 
-def test_predicted_forces_rotate_with_the_molecule(benzene):
-    R, F, z, perms = benzene
-    sets = pe_sets_from_permutations(perms)
-    model = fit_force_model(R[:30], F[:30], z, pe_sets=sets, perms=perms, gamma=0.5, lam=1e-6)
+def _assert_rotates_and_translates(model, x):
+    """Predictions at x rotated and shifted: means rotate as Q F, each atom's 3×3 covariance as Q C Qᵀ."""
     Q = Rotation.from_euler("zyx", [0.4, 1.3, -0.7]).as_matrix()
-    x = R[60:63]
     p = model.predict(x)
     pr = model.predict(x @ Q.T + np.array([3.0, -1.0, 2.0]))
     np.testing.assert_allclose(pr.mean, p.mean @ Q.T, rtol=1e-8, atol=1e-8)
     # the 3×3 covariance of each atom's force rotates as Q C Qᵀ (its trace, ‖sd‖², is invariant)
     scale = np.abs(p.cov).max()
     np.testing.assert_allclose(pr.cov, np.einsum("ij,bnjk,lk->bnil", Q, p.cov, Q), rtol=1e-7, atol=1e-9 * scale)
+    return p, pr
+
+
+def test_predicted_forces_rotate_with_the_molecule(benzene):
+    R, F, z, perms = benzene
+    sets = pe_sets_from_permutations(perms)
+    model = fit_force_model(R[:30], F[:30], z, pe_sets=sets, perms=perms, gamma=0.5, lam=1e-6)
+    p, pr = _assert_rotates_and_translates(model, R[60:63])
     np.testing.assert_allclose(np.linalg.norm(pr.std, axis=-1) ** 2, np.einsum("bncc->bn", p.cov), rtol=1e-8)
 
 

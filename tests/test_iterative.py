@@ -5,7 +5,6 @@ symmetries of the predictions."""
 
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 from scipy.stats import binom
 
 from aff_app.gp import ForceModel, ModelError, fit_force_model
@@ -16,7 +15,7 @@ from aff_app.gp.kernels import Geometry, force_covariance_sets
 from aff_app.gp.persistence import load_model, read_arrays
 from aff_app.gp.record import FitRecord
 from aff_app.symmetry import find_permutations, pe_sets_from_permutations
-from test_force_model import _gp_draws  # forces drawn from the AFF prior (a 3-atom toy)
+from test_force_model import _assert_rotates_and_translates, _gp_draws  # shared checks; prior draws (3-atom toy)
 
 
 @pytest.fixture(scope="module")
@@ -205,13 +204,8 @@ def test_iterative_predictions_rotate_translate_and_permute(benzene):
     R, F, z, perms, sets = benzene
     model = fit_force_model(R[:30], F[:30], z, pe_sets=sets, perms=perms, gamma=0.5, lam=1e-6, solver="iterative",
                             nystrom_frames=10)
-    Q = Rotation.from_euler("zyx", [0.4, 1.3, -0.7]).as_matrix()
     x = R[60:63]
-    p = model.predict(x)
-    pr = model.predict(x @ Q.T + np.array([3.0, -1.0, 2.0]))
-    np.testing.assert_allclose(pr.mean, p.mean @ Q.T, rtol=1e-8, atol=1e-8)
-    scale = np.abs(p.cov).max()
-    np.testing.assert_allclose(pr.cov, np.einsum("ij,bnjk,lk->bnil", Q, p.cov, Q), rtol=1e-7, atol=1e-9 * scale)
+    _assert_rotates_and_translates(model, x)
     perm = perms[3]
     assert not np.array_equal(perm, np.arange(z.size))
     a = model.predict(x[:1])

@@ -46,6 +46,7 @@ from aff_app.gp.energy import (
     _split_force,
     self_covariances,
 )
+from aff_app.gp.descriptors import farthest_point_order
 from aff_app.gp.force import ForceModel, ModelError, Progress, _json_default, _noop, fit_force_model
 from aff_app.gp.integrated import IntegratedEnergyModel, fit_integrated_energy
 from aff_app.gp.kernels import Geometry, energy_covariance, energy_force_covariance
@@ -89,14 +90,7 @@ def spread_frames(R, k: int) -> np.ndarray:
     m = D.shape[0]
     if not 1 <= k <= m:
         raise ModelError(f"cannot choose {k} frames of {m}")
-    first = int(np.argmin(np.sum((D - D.mean(axis=0)) ** 2, axis=1)))
-    chosen = [first]
-    dist = np.sum((D - D[first]) ** 2, axis=1)
-    for _ in range(k - 1):
-        j = int(np.argmax(dist))
-        chosen.append(j)
-        dist = np.minimum(dist, np.sum((D - D[j]) ** 2, axis=1))
-    return np.asarray(chosen, dtype=np.int64)
+    return farthest_point_order(D, k, first=int(np.argmin(np.sum((D - D.mean(axis=0)) ** 2, axis=1))))
 
 
 def calibration_size(n_frames: int) -> int:

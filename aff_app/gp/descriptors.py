@@ -114,3 +114,20 @@ def descriptor_jacobian(R: np.ndarray) -> np.ndarray:
     J[:, p, i, :] = -g
     J[:, p, j, :] = g
     return J.reshape(m, i.size, 3 * n)
+
+
+def farthest_point_order(D: np.ndarray, k: int, first: int) -> np.ndarray:
+    """Farthest-point sampling on descriptors: ``first``, then ``k − 1`` rows each farthest
+    (Euclidean) from those chosen. D: (M, P); returns (k,) row indices in the order chosen.
+
+    One loop for the two samplers built on it: AFF's energy subset (``aff_energy.spread_frames``)
+    and the iterative path's Nyström frames (``iterative.farthest_point_frames``), which differ
+    only in where they start and which rows they may take.
+    """
+    chosen = [int(first)]
+    dist = np.sum((D - D[first]) ** 2, axis=1)
+    for _ in range(int(k) - 1):
+        j = int(np.argmax(dist))
+        chosen.append(j)
+        dist = np.minimum(dist, np.sum((D - D[j]) ** 2, axis=1))
+    return np.asarray(chosen, dtype=np.int64)

@@ -41,7 +41,7 @@ import scipy.special
 from scipy.linalg.blas import dsyrk, dtrsm
 
 from aff_app.errors import AFFError
-from aff_app.gp.descriptors import pair_indices
+from aff_app.gp.descriptors import farthest_point_order, pair_indices
 from aff_app.gp.kernels import Geometry, _coefficients, _rho, force_covariance_self, force_covariance_sets
 
 __all__ = [
@@ -237,16 +237,8 @@ def farthest_point_frames(D: np.ndarray, r: int, *, exclude=None, seed: int = 0)
     r = int(min(r, cand.size))
     if r <= 0:
         return np.zeros(0, dtype=np.int64)
-    Dc = D[cand]
-    rng = np.random.default_rng(seed)
-    first = int(rng.integers(cand.size))
-    chosen = [first]
-    d2 = np.sum((Dc - Dc[first]) ** 2, axis=1)
-    for _ in range(r - 1):
-        nxt = int(np.argmax(d2))
-        chosen.append(nxt)
-        d2 = np.minimum(d2, np.sum((Dc - Dc[nxt]) ** 2, axis=1))
-    return np.sort(cand[np.asarray(chosen)])
+    first = int(np.random.default_rng(seed).integers(cand.size))
+    return np.sort(cand[farthest_point_order(D[cand], r, first)])
 
 
 def _chol_jitter(A: np.ndarray, what: str) -> tuple[np.ndarray, float]:
